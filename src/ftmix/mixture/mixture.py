@@ -1,0 +1,142 @@
+"""The Mixture: ZeRO stage, offload, LoRA, gradient checkpointing, attention kernel, precision, shape.
+
+Defaults are the study's recommended setup (../shared/docs/study.md, "Experimental setup" and
+finding 1): ZeRO-2 with optimizer-state offload, LoRA r=64 alpha=32 on q_proj,v_proj, no GC,
+FlashAttention-2 where the GPU supports it (else PyTorch SDPA), bf16 where supported (else fp16),
+micro batch 1, sequence length 256, one GPU on one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from ftmix.catalog import GpuSpec, ModelSpec
+from ftmix.errors import FtmixError
+
+OFFLOADS = ("none", "optimizer", "all")
+ATTN_KERNELS = ("eager", "sdpa", "fa2")
+PRECISIONS = ("fp16", "bf16", "fp32")
+ALL_LINEAR = "all-linear"
+
+DEFAULTS = dict(zero=2, offload="optimizer", lora=64, lora_alpha=32, lora_targets="q_proj,v_proj", gc=False,
+                attn=None, precision=None, micro_batch=1, seq_len=256, gpus=1, nodes=1)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    zero: int = 2
+    offload: str = "optimizer"
+    lora: int = 64  # rank; 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
+    gc: bool = False
+    attn: str = "sdpa"
+    precision: str = "bf16"
+    micro_batch: int = 1
+    seq_len: int = 256
+    gpus: int = 1  # per node
+    nodes: int = 1
+
+    @property
+    def world(self) -> int:
+        """Data-parallel ranks N_d = nodes x GPUs per node."""
+        return self.gpus * self.nodes
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro step per GPU, s x b."""
+        return self.seq_len * self.micro_batch
+
+    @property
+    def label(self) -> str:
+        parts = [f"ZeRO-{self.zero}" if self.zero else "DDP"]
+        if self.offload == "optimizer":
+            parts.append("offload opt")
+        elif self.offload == "all":
+            parts.append("offload all")
+        parts.append(f"LoRA r{self.lora}" if self.lora else "full FT")
+        if self.gc:
+            parts.append("GC")
+        parts.append({"fa2": "FA2", "sdpa": "SDPA", "eager": "eager"}[self.attn])
+        return " + ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> Mixture:
+        return replace(self, **changes)
+
+
+def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
+    """Fill the flags the user left out (None) with the study's defaults, resolved for the GPU.
+
+    attn: fa2 where the GPU supports FlashAttention-2, else sdpa; precision: bf16 where supported,
+    else fp16. With no GPU named, sdpa and bf16.
+    """
+    unknown = set(flags) - set(DEFAULTS)
+    if unknown:
+        raise FtmixError(f"unknown mixture keys: {', '.join(sorted(unknown))}")
+    values = {k: (DEFAULTS[k] if flags.get(k) is None else flags[k]) for k in DEFAULTS}
+    if values["attn"] is None:
+        values["attn"] = "fa2" if (gpu is not None and gpu.flash_attention_2) else "sdpa"
+    if values["precision"] is None:
+        values["precision"] = "bf16" if (gpu is None or gpu.bf16) else "fp16"
+    if isinstance(values["lora_targets"], (list, tuple)):
+        values["lora_targets"] = ",".join(values["lora_targets"])
+    return Mixture(**values)
+
+
+def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | None = None) -> Mixture:
+    """Reject impossible mixtures with one clear FtmixError; return the mixture unchanged."""
+    for key in ("micro_batch", "seq_len", "gpus", "nodes", "lora_alpha"):
+        value = getattr(m, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise FtmixError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    if isinstance(m.lora, bool) or not isinstance(m.lora, int) or m.lora < 0:
+        raise FtmixError(f"lora must be a rank >= 0 (0 = full fine-tuning), got {m.lora!r}")
+    if m.zero not in (0, 1, 2, 3):
+        raise FtmixError(f"zero must be 0, 1, 2 or 3, got {m.zero!r}")
+    if m.offload not in OFFLOADS:
+        raise FtmixError(f"offload must be one of {', '.join(OFFLOADS)}, got {m.offload!r}")
+    if m.attn not in ATTN_KERNELS:
+        raise FtmixError(f"attn must be one of {', '.join(ATTN_KERNELS)}, got {m.attn!r}")
+    if m.precision not in PRECISIONS:
+        raise FtmixError(f"precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}")
+    if m.offload != "none" and m.zero < 1:
+        raise FtmixError(f"offload {m.offload} needs a ZeRO stage >= 1 (got --zero 0)")
+    if m.offload == "all" and m.zero != 3:
+        raise FtmixError(f"parameter offload (--offload all) needs ZeRO stage 3 (got --zero {m.zero})")
+    if gpu is not None:
+        if m.attn == "fa2" and not gpu.flash_attention_2:
+            raise FtmixError(f"FlashAttention-2 needs an Ampere or newer GPU; {gpu.name} is {gpu.architecture}")
+        if m.precision == "bf16" and not gpu.bf16:
+            raise FtmixError(f"bf16 is not supported on {gpu.name} ({gpu.architecture}); use --precision fp16")
+    if model is not None:
+        if m.seq_len > model.max_positions:
+            raise FtmixError(f"seq-len {m.seq_len} exceeds {model.name}'s {model.max_positions} positions")
+        if m.lora:
+            resolve_targets(m, model)
+    return m
+
+
+def resolve_targets(m: Mixture, model: ModelSpec) -> tuple[str, ...]:
+    """The decoder-layer linear modules LoRA wraps, as PEFT would match them.
+
+    "all-linear" is PEFT's shorthand for every linear layer but the output head. The default
+    q_proj,v_proj falls back to PEFT's default targets for models that fuse q/k/v (phi3:
+    qkv_proj, falcon: query_key_value), as PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    does.
+    """
+    if m.lora_targets.strip().lower() == ALL_LINEAR:
+        return model.linear_names
+    wanted = tuple(t.strip() for t in m.lora_targets.split(",") if t.strip())
+    if not wanted:
+        raise FtmixError("lora-targets is empty; give module names or all-linear")
+    found = tuple(n for n in model.linear_names if n in wanted)
+    if not found and m.lora_targets == DEFAULTS["lora_targets"]:
+        return model.peft_default_targets
+    missing = [t for t in wanted if t not in model.linear_names]
+    if missing:
+        raise FtmixError(f"lora-targets {', '.join(missing)} name no linear layer of {model.name} "
+                         f"(it has {', '.join(model.linear_names)})")
+    return found

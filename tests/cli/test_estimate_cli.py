@@ -1,0 +1,92 @@
+import subprocess
+import sys
+
+import pytest
+
+KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
+        "seq_len", "gpus", "nodes"}
+
+
+def test_paper_table_through_the_cli(cli):
+    peaks = []
+    for zero in (1, 2, 3):
+        out = cli("estimate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "8", "--zero", str(zero),
+                  "--offload", "none", "--lora", "0", "--seq-len", "256", "--micro-batch", "1", "--method", "paper",
+                  "--json", check_json=True)
+        peaks.append(round(out["peak_gb"], 2))
+    assert peaks == [39.98, 27.73, 15.48]
+
+
+def test_json_shape(cli):
+    out = cli("estimate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "8", "--json", check_json=True)
+    assert {"peak_gb", "breakdown_gb", "cpu_gb", "fits", "total_params", "trainable_params", "method", "mixture"} <= set(out)
+    assert set(out["mixture"]) == KEYS
+    assert out["mixture"]["attn"] == "fa2" and out["mixture"]["zero"] == 2 and out["trainable_params"] == 33_554_432
+    assert out["fits"] is True and out["method"] == "analytic"
+    assert abs(sum(out["breakdown_gb"].values()) - out["peak_gb"]) < 0.01
+    assert out["cpu_gb"] > 0  # optimizer offload is on by default
+
+
+def test_no_gpu_no_verdict(cli):
+    out = cli("estimate", "--model", "llama-2-70b", "--json", check_json=True)
+    assert out["fits"] is None and out["mixture"]["precision"] == "bf16"
+
+
+def test_does_not_fit(cli):
+    out = cli("estimate", "--model", "llama-2-70b", "--gpu", "a100-80gb", "--zero", "0", "--offload", "none",
+              "--lora", "0", "--json", check_json=True)
+    assert out["fits"] is False and out["peak_gb"] > 1000
+
+
+def test_table_for_people(cli):
+    proc = cli("estimate", "--model", "llama-2-7b", "--gpu", "v100-32gb", "--gpus", "8", "--zero", "1")
+    assert proc.returncode == 0
+    assert "peak allocated" in proc.stdout and "fits" in proc.stdout and "fp16" not in proc.stderr
+
+
+def test_lists(cli):
+    models = cli("models", "--json", check_json=True)["models"]
+    assert {"llama-2-7b", "falcon-180b", "smollm2-135m", "qwen2.5-7b"} <= {m["name"] for m in models}
+    gpus = cli("gpus", "--json", check_json=True)["gpus"]
+    assert len(gpus) >= 10 and all(g["memory_gb"] > 15 for g in gpus)
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "llama-9b"],
+    ["--gpu", "gtx-1080"],
+    ["--gpu", "v100-32gb", "--attn", "fa2"],
+    ["--gpu", "t4-16gb", "--precision", "bf16"],
+    ["--zero", "2", "--offload", "all"],
+    ["--zero", "0", "--offload", "optimizer"],
+    ["--seq-len", "5000"],
+    ["--seq-len", "0"],
+    ["--micro-batch", "-2"],
+    ["--gpus", "0"],
+    ["--seq-len", "lots"],
+    ["--method", "guess"],
+    ["--lora-targets", "nothing_here"],
+    ["--safety-margin", "1.5"],
+    ["--no-such-flag"],
+    ["--model", "/nonexistent/config.json"],
+])
+def test_bad_input_is_one_line_and_exit_2(cli, args):
+    proc = cli("estimate", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_malformed_config_file(cli, tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    proc = cli("estimate", "--model", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_estimate_path_imports_no_torch():
+    code = ("import sys; from ftmix.cli.app import app; from ftmix.estimate import estimate; "
+            "from ftmix.catalog import load_model; from ftmix.mixture import Mixture; "
+            "estimate(load_model('llama-2-7b'), Mixture()); "
+            "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
