@@ -31,6 +31,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 1 --offload none --lora 0 --method paper
+	$(BIN)/ftmix plan --model llama-2-7b --gpu a100-80gb --gpus 8
+	$(BIN)/ftmix matrix --gpu v100-32gb --gpus 8 --offload optimizer
 
 clean:
 	rm -rf $(VENV) build *.egg-info

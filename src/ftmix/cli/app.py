@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
-from ftmix.cli.render import console, estimate_table, print_json
+from ftmix.cli.render import console, estimate_table, matrix_table, plan_report, print_json
 from ftmix.errors import FtmixError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -103,3 +103,85 @@ def estimate_cmd(
     if json_out:
         return print_json(est.to_json())
     estimate_table(est)
+
+
+SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search the micro batch at the fixed effective batch.")]
+EffectiveBatch = Annotated[int, typer.Option("--effective-batch", help="Samples per optimizer step, all GPUs together (the study: 8).")]
+Calibration = Annotated[Optional[str], typer.Option("--calibration", help="JSON of runtime constants measured by `ftmix study`.")]
+Margin = Annotated[float, typer.Option("--safety-margin", help="Fraction of GPU memory kept free for the fit verdict.")]
+
+
+@app.command("plan")
+@guard
+def plan_cmd(
+    model: o.Model = "llama-2-7b",
+    gpu: Annotated[str, typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")] = "a100-80gb",
+    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
+    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
+    micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
+    search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
+    safety_margin: Margin = 0.05, json_out: o.Json = False,
+):
+    """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched."""
+    from ftmix.plan import load_calibration, plan
+
+    spec, gpu_spec = load_model(model), load_gpu(gpu)
+    flags = dict(zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
+                 attn=attn, precision=precision, micro_batch=micro_batch, seq_len=seq_len, gpus=gpus, nodes=nodes)
+    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin)
+    if json_out:
+        return print_json(result.to_json())
+    plan_report(result)
+
+
+@app.command("matrix")
+@guard
+def matrix_cmd(
+    gpu: Annotated[str, typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")] = "v100-32gb",
+    models: Annotated[str, typer.Option("--models", help="Comma list of models.")] = "llama-2-7b,llama-2-13b,llama-2-70b",
+    seq_lens: Annotated[str, typer.Option("--seq-lens", help="Comma list of context lengths.")] = "256,512,1024,2048,4096",
+    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
+    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
+    micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
+    search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
+    safety_margin: Margin = 0.05,
+    png: Annotated[Optional[str], typer.Option("--png", help="Also write the matrix as a PNG heatmap.")] = None,
+    json_out: o.Json = False,
+):
+    """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
+    from ftmix.plan import load_calibration, matrix
+    from ftmix.plan.matrix import write_png
+
+    specs = [load_model(name) for name in _split(models, "models")]
+    lengths = [_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens")]
+    gpu_spec = load_gpu(gpu)
+    flags = dict(zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
+                 attn=attn, precision=precision, micro_batch=micro_batch, gpus=gpus, nodes=nodes)
+    cells = matrix(specs, gpu_spec, lengths, flags, search_batch=search_batch, effective_batch=effective_batch,
+                   constants=load_calibration(calibration), safety_margin=safety_margin)
+    world = (gpus or 1) * (nodes or 1)
+    title = f"fastest fitting mixture on {world} x {gpu_spec.name}"
+    if png:
+        write_png(cells, png, title)
+    if json_out:
+        return print_json({"gpu": gpu_spec.name, "gpus": world, "cells": [c.to_json() for c in cells], "png": png})
+    matrix_table(cells, title)
+    if png:
+        console.print(f"heatmap written to {png}")
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise FtmixError(f"--{what} is empty")
+    return items
+
+
+def _positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise FtmixError(f"--{what}: {text!r} is not an integer") from None
+    if value <= 0:
+        raise FtmixError(f"--{what}: {value} must be positive")
+    return value

@@ -47,3 +47,58 @@ def estimate_table(est: Estimate) -> None:
                       f"{gb(budget)} GB usable ({gb(est.gpu_memory)} GB less {est.safety_margin:.0%} margin)")
     for note in est.notes:
         console.print(f"[dim]{note}[/dim]")
+
+
+def plan_report(result) -> None:
+    """Chosen mixture, why it wins, runners-up; or the smallest change when nothing fits."""
+    best = result.best
+    if best is None:
+        console.print(f"[red]{result.suggestion or 'nothing fits'}[/red]")
+        closest = sorted(result.candidates, key=lambda c: c.over_gb)[:3]
+        table = Table(title="closest candidates")
+        for col in ("mixture", "device GB", "over by GB", "step s"):
+            table.add_column(col, justify="left" if col == "mixture" else "right")
+        for c in closest:
+            table.add_row(c.mixture.label, gb(c.memory.device_total), f"{c.over_gb:.2f}", f"{c.time.total:.3f}")
+        console.print(table)
+        return
+    m = best.mixture
+    console.print(f"[bold green]{m.label}[/bold green] for {result.model} on {m.world} x {result.gpu}, "
+                  f"s={m.seq_len}, micro batch {m.micro_batch} x {best.time.grad_accum} accumulation")
+    console.print(f"peak {gb(best.memory.peak)} GB allocated, {gb(best.memory.device_total)} GB on the device; "
+                  f"{best.time.total:.3f} s per optimizer step ({best.time.samples} samples)")
+    misfits = result.faster_misfits
+    if misfits:
+        console.print("why it wins: the faster mixtures do not fit:")
+        for c in misfits[:5]:
+            console.print(f"  {c.mixture.label}: {c.time.total:.3f} s, over by {c.over_gb:.2f} GB")
+    else:
+        console.print("why it wins: it is the fastest candidate, and it fits")
+    table = Table(title="runners-up")
+    for col in ("mixture", "peak GB", "device GB", "step s", "slower by"):
+        table.add_column(col, justify="left" if col == "mixture" else "right")
+    for c in result.runners_up:
+        table.add_row(c.mixture.label, gb(c.memory.peak), gb(c.memory.device_total), f"{c.time.total:.3f}",
+                      f"{100 * (c.time.total / best.time.total - 1):.1f}%")
+    console.print(table)
+
+
+def matrix_table(cells, title: str) -> None:
+    seqs = list(dict.fromkeys(c.seq_len for c in cells))
+    table = Table(title=title)
+    table.add_column("model")
+    for s in seqs:
+        table.add_column(str(s), justify="center")
+    for model in dict.fromkeys(c.model for c in cells):
+        row = [model]
+        for s in seqs:
+            cell = next(c for c in cells if c.model == model and c.seq_len == s)
+            if cell.best is None:
+                row.append("n/a" if cell.note else "—")
+            else:
+                row.append(f"{cell.best.mixture.short_label}\n[dim]{cell.best.time.total:.2f} s · "
+                           f"{cell.best.memory.device_total / GB:.0f} GB[/dim]")
+        table.add_row(*row)
+    console.print(table)
+    console.print("[dim]cells: fastest fitting mixture, seconds per optimizer step, device GB; — nothing fits; "
+                  "n/a beyond the model's positions[/dim]")

@@ -52,8 +52,8 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
         breakdown.update({k: 0.0 for k in acts})
         breakdown["optimizer_step"] = states.optimizer_temp
         where = "optimizer step (fp32 gradient partition)"
-    peak = sum(breakdown.values())
-    overheads = {"allocator_slack": ALLOCATOR_SLACK * peak, "cuda_context": CUDA_CONTEXT_BYTES,
+    dynamic = sum(v for k, v in breakdown.items() if k not in ("parameters", "gradients", "optimizer"))
+    overheads = {"allocator_slack": ALLOCATOR_SLACK * dynamic, "cuda_context": CUDA_CONTEXT_BYTES,
                  "cublas_workspace": CUBLAS_WORKSPACE_BYTES,
                  "nccl_buffers": NCCL_BUFFER_BYTES if m.world > 1 else 0.0}
     return Estimate(method="analytic", model=model.name, gpu=gpu, mixture=m,

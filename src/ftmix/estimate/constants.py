@@ -21,7 +21,9 @@ CUDA_CONTEXT_BYTES = 0.5 * 2**30
 # cuBLAS workspace: CUBLAS_WORKSPACE_CONFIG default :4096:8 plus :16:8 on Hopper, ~ 32 MiB.
 CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 # Caching-allocator slack (reserved - allocated at the peak): 5-15% in practice for training
-# (PyTorch CUDA caching allocator block rounding to 512 B / 2 MiB / 20 MiB segments). ftmix uses 8%.
+# (PyTorch CUDA caching allocator block rounding to 512 B / 2 MiB / 20 MiB segments). It comes from
+# the allocations that churn every step (activations, buffers, temporaries), not from model states
+# allocated once at start-up: ftmix applies 8% to that dynamic part.
 ALLOCATOR_SLACK = 0.08
 # NCCL communicator buffers per process group with >1 rank (NCCL_BUFFSIZE 4 MiB x channels).
 NCCL_BUFFER_BYTES = 256 * 2**20

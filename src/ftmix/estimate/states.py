@@ -88,12 +88,14 @@ def zero_buffers(model: ModelSpec, m: Mixture, trainable: int) -> float:
     ZeRO-1/2/3 allocate ``reduce_bucket_size`` 16-bit elements for gradient reduction, twice with
     overlap_comm (``stage_1_and_2.setup_buckets``; ``stage3`` ipg buffer). ZeRO-3 also holds the
     module being computed, gathered in full (DeepSpeed's estimator: 4 bytes x largest layer, its
-    16-bit weights and gradient), plus the prefetch bucket of 16-bit parameters.
+    16-bit weights and gradient; a frozen LoRA base module has no gradient: 2 bytes), plus the
+    prefetch bucket of 16-bit parameters.
     """
     if m.zero == 0:
         return 0.0
     e = 4 if m.precision == "fp32" else 2
     buffers = e * reduce_bucket_elements(trainable) * (2 if overlap_comm(m) else 1)
     if m.zero == 3:
-        buffers += 2 * e * model.largest_module_params + e * DS_PREFETCH_BUCKET
+        gathered = (1 if m.lora else 2) * e * model.largest_module_params
+        buffers += gathered + e * DS_PREFETCH_BUCKET
     return buffers

@@ -60,6 +60,16 @@ class Mixture:
         parts.append({"fa2": "FA2", "sdpa": "SDPA", "eager": "eager"}[self.attn])
         return " + ".join(parts)
 
+    @property
+    def short_label(self) -> str:
+        """A matrix cell: "ZeRO-3 LoRA GC" (SDPA, the neutral kernel, left out)."""
+        parts = [f"ZeRO-{self.zero}" if self.zero else "DDP"]
+        parts += {"optimizer": ["off-opt"], "all": ["off-all"]}.get(self.offload, [])
+        parts.append("LoRA" if self.lora else "full")
+        parts += ["GC"] if self.gc else []
+        parts += {"fa2": ["FA2"], "eager": ["eager"]}.get(self.attn, [])
+        return " ".join(parts)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -1,0 +1,68 @@
+"""The study's optimization matrix (model size x context length -> fastest fitting mixture) for any
+GPU, and its heatmap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftmix.catalog import GpuSpec, ModelSpec
+from ftmix.errors import FtmixError
+from ftmix.plan.search import Candidate, plan
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    seq_len: int
+    best: Candidate | None
+    note: str | None = None  # why there is no plan (context beyond the model's positions)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "seq_len": self.seq_len,
+                "best": None if self.best is None else self.best.to_json(), "note": self.note}
+
+
+def matrix(models: list[ModelSpec], gpu: GpuSpec, seq_lens: list[int], flags: dict, **plan_kwargs) -> list[Cell]:
+    cells = []
+    for model in models:
+        for s in seq_lens:
+            if s > model.max_positions:
+                cells.append(Cell(model.name, s, None, f"beyond {model.max_positions} positions"))
+                continue
+            result = plan(model, gpu, dict(flags, seq_len=s), suggest=False, **plan_kwargs)
+            cells.append(Cell(model.name, s, result.best))
+    return cells
+
+
+def write_png(cells: list[Cell], path: str | Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # the planning side installs without matplotlib
+        raise FtmixError(f"--png needs matplotlib ({exc})") from None
+    models = list(dict.fromkeys(c.model for c in cells))
+    seqs = list(dict.fromkeys(c.seq_len for c in cells))
+    grid = [[next(c for c in cells if c.model == m and c.seq_len == s) for s in seqs] for m in models]
+    fig, ax = plt.subplots(figsize=(1.9 * len(seqs) + 2, 0.9 * len(models) + 1.6))
+    colors = {0: "#d8f0d0", 1: "#b6e3a8", 2: "#8fd1c9", 3: "#f5d28c"}
+    for i, row in enumerate(grid):
+        for j, cell in enumerate(row):
+            best = cell.best
+            color = "#dddddd" if best is None else colors[best.mixture.zero]
+            if best is not None and best.mixture.gc:
+                color = "#f2a98f"
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, color=color, ec="white"))
+            text = "—" if best is None else f"{best.mixture.short_label}\n{best.time.total:.2f} s/step"
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, len(seqs))
+    ax.set_ylim(len(models), 0)
+    ax.set_xticks([j + 0.5 for j in range(len(seqs))], [str(s) for s in seqs])
+    ax.set_yticks([i + 0.5 for i in range(len(models))], models)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,153 @@
+"""Time of one optimizer step at a fixed effective batch: compute, communication, offload, optimizer.
+
+FLOPs per token (Kaplan et al. 2020; Narayanan et al. 2021): forward 2N for N matmul parameters;
+full fine-tuning's backward 4N (input and weight gradients), LoRA's 2N (frozen weights need input
+gradients only) plus the adapters' 6 per trainable parameter; GC adds one forward (2N). Attention
+adds 4 s h per layer per token forward (QK^T and PV), halved by causal FlashAttention/SDPA kernels,
+not by eager; its backward is twice the forward. Collectives are ring algorithms over the slowest
+link: all-reduce 2 (N-1)/N x bytes, reduce-scatter and all-gather (N-1)/N x bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ftmix.catalog import GpuSpec, ModelSpec
+from ftmix.estimate import activations as act
+from ftmix.estimate.states import trainable_params
+from ftmix.mixture import Mixture
+from ftmix.plan.constants import DEFAULT, RuntimeConstants
+
+STUDY_EFFECTIVE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds per optimizer step, by part."""
+
+    compute: float
+    attention: float
+    memory_bound: float
+    communication: float
+    offload: float
+    optimizer: float
+    overhead: float
+    grad_accum: int
+    samples: int  # per optimizer step, all ranks together
+
+    @property
+    def total(self) -> float:
+        return (self.compute + self.attention + self.memory_bound + self.communication + self.offload
+                + self.optimizer + self.overhead)
+
+    def to_json(self) -> dict:
+        return {"step_time_s": round(self.total, 4), "compute_s": round(self.compute, 4),
+                "attention_s": round(self.attention, 4), "memory_bound_s": round(self.memory_bound, 4),
+                "communication_s": round(self.communication, 4), "offload_s": round(self.offload, 4),
+                "optimizer_s": round(self.optimizer, 4), "overhead_s": round(self.overhead, 4),
+                "grad_accum": self.grad_accum, "samples_per_step": self.samples}
+
+
+def matmul_params(model: ModelSpec) -> int:
+    """Parameters that take part in matmuls: every linear and the output head (not the lookup)."""
+    return model.layers * sum(lin.d_in * lin.d_out for lin in model.linears) + model.vocab * model.hidden
+
+
+def flops_per_token(model: ModelSpec, m: Mixture) -> tuple[float, float]:
+    """(GEMM FLOPs, attention-kernel FLOPs) per token for forward + backward (+ recompute)."""
+    n = matmul_params(model)
+    forward = 2 * n
+    if m.lora:
+        backward = 2 * n + 6 * trainable_params(model, m)
+    else:
+        backward = 4 * n
+    gemm = forward + backward + (forward if m.gc else 0)
+    attn_fwd = 4 * m.seq_len * model.q_dim * model.layers * (1.0 if m.attn == "eager" else 0.5)
+    attention = attn_fwd * (3 + (1 if m.gc else 0))
+    return gemm, attention
+
+
+def grad_accum_steps(m: Mixture, effective_batch: int) -> int:
+    return max(1, math.ceil(effective_batch / (m.micro_batch * m.world)))
+
+
+def pcie_bandwidth(gpu: GpuSpec, c: RuntimeConstants) -> float:
+    return {"volta": c.pcie_gen3, "turing": c.pcie_gen3, "hopper": c.pcie_gen5}.get(gpu.architecture, c.pcie_gen4)
+
+
+def link_bandwidth(gpu: GpuSpec, m: Mixture, c: RuntimeConstants) -> float:
+    """Bytes/s of the slowest hop of a ring across the job: NVLink/PCIe inside a node, the node's
+    network between nodes (a ring crosses each node boundary once per direction)."""
+    link = gpu.intra_node_bandwidth
+    if m.nodes > 1:
+        link = min(link, gpu.inter_node_bandwidth)
+    return link * c.link_efficiency
+
+
+def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> float:
+    n = m.world
+    if n == 1:
+        return 0.0
+    bw = link_bandwidth(gpu, m, c)
+    e = 4 if m.precision == "fp32" else 2
+    grads = e * trainable_params(model, m)
+    frac = (n - 1) / n
+    if m.zero == 0:  # DDP all-reduce once per optimizer step (no_sync during accumulation)
+        return 2 * frac * grads / bw * c.exposed_comm_ddp
+    if m.zero in (1, 2):
+        # both reduce-scatter gradients and all-gather the updated 16-bit partitions (2 Psi, as
+        # DDP; Rajbhandari et al. 2020 sec. 7); stage 1 at the accumulation boundary only, stage 2
+        # every micro step, since it keeps no full gradient between them
+        reduces = accum if m.zero == 2 else 1
+        seconds = reduces * frac * grads / bw + frac * grads / bw
+        return seconds * c.exposed_comm_zero12
+    weights = e * model.total_params  # stage 3 gathers every parameter, frozen or not
+    gathers = 3 if m.gc else 2  # forward, backward (and recompute)
+    per_micro = (gathers * frac * weights / bw + frac * grads / bw) * c.exposed_comm_zero3
+    modules = model.layers * (len(model.linears) + model.norms_per_layer) + 3  # + embedding, norm, head
+    per_micro += gathers * modules * c.zero3_fetch_overhead_s
+    return accum * per_micro
+
+
+def offload_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> tuple[float, float]:
+    """(PCIe transfer seconds, CPU optimizer seconds) per optimizer step."""
+    if m.offload == "none":
+        return 0.0, 0.0
+    pcie = pcie_bandwidth(gpu, c)
+    e = 4 if m.precision == "fp32" else 2
+    part = trainable_params(model, m) / (m.world if m.zero >= 1 else 1)
+    # gradients down (every micro step under ZeRO-2's reduce-scatter), updated 16-bit weights up
+    transfers = (accum if m.zero >= 2 else 1) * e * part + e * part
+    if m.offload == "all":  # the rank's 16-bit partition crosses PCIe for every gather
+        transfers += accum * (3 if m.gc else 2) * e * model.total_params / m.world
+    cpu_step = part * m.gpus / c.cpu_adam_params_per_s  # the node's ranks share its CPU
+    return transfers / pcie, cpu_step
+
+
+def step_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int = STUDY_EFFECTIVE_BATCH,
+              c: RuntimeConstants = DEFAULT) -> StepTime:
+    accum = grad_accum_steps(m, effective_batch)
+    tokens = m.tokens
+    mfu = c.mfu_max * tokens / (tokens + c.mfu_half_tokens)
+    peak = gpu.peak_flops_16bit / (16 if m.precision == "fp32" else 1)  # fp32 runs off the tensor cores
+    gemm, attn = flops_per_token(model, m)
+    compute = accum * gemm * tokens / (peak * mfu)
+    if m.attn == "eager":
+        scores = model.layers * model.heads * m.seq_len ** 2 * m.micro_batch * (1.5 if m.gc else 1.0)
+        attention = accum * (attn * tokens / (peak * mfu) + scores * c.eager_bytes_per_score / gpu.memory_bandwidth)
+    else:
+        kernel = c.fa2_efficiency if m.attn == "fa2" else c.sdpa_efficiency
+        attention = accum * attn * tokens / (peak * mfu * kernel)
+    stored = act.layer_activations(model, m).total * model.layers * tokens
+    memory_bound = accum * c.elementwise_passes * stored * (1.5 if m.gc else 1.0) / gpu.memory_bandwidth
+    comm = communication(model, gpu, m, accum, c)
+    transfers, cpu_step = offload_time(model, gpu, m, accum, c)
+    if m.offload == "none":
+        part = trainable_params(model, m) / (m.world if m.zero >= 1 else 1)
+        optimizer = part * c.gpu_adam_bytes_per_param / gpu.memory_bandwidth
+    else:
+        optimizer = cpu_step
+    return StepTime(compute=compute, attention=attention, memory_bound=memory_bound, communication=comm,
+                    offload=transfers, optimizer=optimizer, overhead=accum * c.step_overhead_s,
+                    grad_accum=accum, samples=accum * m.micro_batch * m.world)

@@ -1,0 +1,163 @@
+"""Choose the fastest mixture that fits: enumerate what the user left open, estimate memory and
+time for each candidate, keep those that fit, sort by step time. No torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ftmix.catalog import GpuSpec, ModelSpec
+from ftmix.errors import FtmixError
+from ftmix.estimate import Estimate, estimate
+from ftmix.estimate.constants import GB, SAFETY_MARGIN
+from ftmix.mixture import Mixture, mixture_from_flags
+from ftmix.plan.constants import DEFAULT, RuntimeConstants
+from ftmix.plan.runtime import STUDY_EFFECTIVE_BATCH, StepTime, step_time
+
+SEARCHED = ("zero", "offload", "gc", "attn")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mixture: Mixture
+    memory: Estimate
+    time: StepTime
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.memory.fits)
+
+    @property
+    def over_gb(self) -> float:
+        """How far the device total exceeds the usable memory (negative: headroom)."""
+        return (self.memory.device_total - self.memory.gpu_memory * (1 - self.memory.safety_margin)) / GB
+
+    def to_json(self) -> dict:
+        return {"mixture": self.mixture.to_dict(), "label": self.mixture.label,
+                "peak_gb": round(self.memory.peak / GB, 3), "device_total_gb": round(self.memory.device_total / GB, 3),
+                "step_time_s": round(self.time.total, 4), "fits": self.fits, "over_gb": round(self.over_gb, 3),
+                "time": self.time.to_json()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    gpu: str
+    best: Candidate | None
+    candidates: tuple[Candidate, ...]  # fitting first, each group by step time
+    suggestion: str | None
+
+    @property
+    def faster_misfits(self) -> list[Candidate]:
+        if self.best is None:
+            return []
+        return [c for c in self.candidates if not c.fits and c.time.total < self.best.time.total]
+
+    @property
+    def runners_up(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.fits and c is not self.best][:3]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "gpu": self.gpu,
+                "best": None if self.best is None else self.best.to_json(),
+                "why": [{"label": c.mixture.label, "step_time_s": round(c.time.total, 4),
+                         "over_gb": round(c.over_gb, 3)} for c in self.faster_misfits],
+                "candidates": [c.to_json() for c in self.candidates], "message": self.suggestion}
+
+
+def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int) -> list[dict]:
+    zeros = [flags["zero"]] if flags.get("zero") is not None else [0, 1, 2, 3]
+    gcs = [flags["gc"]] if flags.get("gc") is not None else [False, True]
+    attns = [flags["attn"]] if flags.get("attn") else (["fa2", "sdpa", "eager"] if gpu.flash_attention_2 else ["sdpa", "eager"])
+    world = (flags.get("gpus") or 1) * (flags.get("nodes") or 1)
+    if flags.get("micro_batch") is not None or not search_batch:
+        batches = [flags.get("micro_batch") or 1]
+    else:
+        per_gpu = max(1, effective_batch // world)
+        batches = [2 ** k for k in range(int(math.log2(per_gpu)) + 1)]
+    out = []
+    for zero in zeros:
+        offloads = [flags["offload"]] if flags.get("offload") else (
+            ["none"] if zero == 0 else ["none", "optimizer"] + (["all"] if zero == 3 else []))
+        for offload in offloads:
+            for gc in gcs:
+                for attn in attns:
+                    for b in batches:
+                        out.append(dict(flags, zero=zero, offload=offload, gc=gc, attn=attn, micro_batch=b))
+    return out
+
+
+def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
+               effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
+               safety_margin: float = SAFETY_MARGIN) -> list[Candidate]:
+    _check_fixed(model, gpu, flags)
+    found, first_error = [], None
+    for option in _options(gpu, flags, search_batch, effective_batch):
+        try:
+            m = mixture_from_flags(gpu, **option)
+            mem = estimate(model, m, gpu, "analytic", safety_margin)
+        except FtmixError as exc:  # an impossible combination of open dimensions: skip it
+            first_error = first_error or exc
+            continue
+        found.append(Candidate(m, mem, step_time(model, gpu, m, effective_batch, constants)))
+    if not found:
+        raise first_error or FtmixError("no candidate mixture")
+    return sorted(found, key=lambda c: (not c.fits, c.time.total))
+
+
+def _check_fixed(model: ModelSpec, gpu: GpuSpec, flags: dict) -> None:
+    """Reject what the user fixed before searching what they left open (so the error names it)."""
+    probe = dict(flags)
+    probe["zero"] = 3 if flags.get("zero") is None else flags["zero"]
+    probe["offload"] = flags.get("offload") or "none"
+    probe["attn"] = flags.get("attn") or "sdpa"
+    estimate(model, mixture_from_flags(gpu, **probe), gpu)
+
+
+def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
+         effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
+         safety_margin: float = SAFETY_MARGIN, suggest: bool = True) -> Plan:
+    """The fastest fitting mixture; LoRA versus full fine-tuning stays the user's choice (flags)."""
+    if effective_batch <= 0:
+        raise FtmixError(f"effective batch must be positive, got {effective_batch}")
+    found = candidates(model, gpu, flags, search_batch, effective_batch, constants, safety_margin)
+    best = found[0] if found[0].fits else None
+    message = None
+    if best is None and suggest:
+        message = _smallest_change(model, gpu, flags, search_batch, effective_batch, constants, safety_margin)
+    return Plan(model.name, gpu.name, best, tuple(found), message)
+
+
+def _any_fits(model, gpu, flags, *args) -> bool:
+    try:
+        return candidates(model, gpu, flags, *args)[0].fits
+    except FtmixError:
+        return False
+
+
+def _smallest_change(model, gpu, flags, *args) -> str:
+    """Nothing fits: name the single changes that would make something fit."""
+    ways = []
+    seq = flags.get("seq_len") or 256
+    shorter = seq // 2
+    while shorter >= 64:
+        if _any_fits(model, gpu, dict(flags, seq_len=shorter), *args):
+            ways.append(f"a shorter context (--seq-len {shorter})")
+            break
+        shorter //= 2
+    gpus, nodes = flags.get("gpus") or 1, flags.get("nodes") or 1
+    for _ in range(8):
+        gpus, nodes = (gpus * 2, nodes) if gpus < 8 else (gpus, nodes * 2)
+        if _any_fits(model, gpu, dict(flags, gpus=gpus, nodes=nodes), *args):
+            ways.append(f"more GPUs ({gpus * nodes}: --gpus {gpus} --nodes {nodes})")
+            break
+    for key, flag in (("offload", "--offload"), ("zero", "--zero"), ("gc", "--gc/--no-gc"), ("attn", "--attn")):
+        if flags.get(key) is not None and _any_fits(model, gpu, dict(flags, **{key: None}), *args):
+            ways.append(f"letting ftmix choose {flag} (drop it)")
+    if (flags.get("lora") == 0) and _any_fits(model, gpu, dict(flags, lora=64), *args):
+        ways.append("LoRA instead of full fine-tuning (--lora 64)")
+    if (flags.get("micro_batch") or 1) > 1 and _any_fits(model, gpu, dict(flags, micro_batch=1), *args):
+        ways.append("a smaller micro batch (--micro-batch 1)")
+    total = (flags.get("gpus") or 1) * (flags.get("nodes") or 1)
+    head = f"nothing fits {model.name} on {total} x {gpu.name}"
+    return head + (": would fit with " + "; or ".join(ways) if ways else ": no single change found")

@@ -1,0 +1,62 @@
+import pytest
+
+KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
+        "seq_len", "gpus", "nodes"}
+
+
+def test_plan_json(cli):
+    out = cli("plan", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "8", "--offload", "optimizer",
+              "--json", check_json=True)
+    best = out["best"]
+    assert set(best["mixture"]) == KEYS and best["fits"] is True
+    assert best["mixture"]["offload"] == "optimizer" and best["mixture"]["zero"] in (1, 2)
+    assert best["label"].startswith("ZeRO-") and best["step_time_s"] > 0 and best["peak_gb"] > 13
+    assert len(out["candidates"]) == 2 * 2 * 3 + 1 * 2 * 3  # zero 1-3 x gc x attn (+ nothing for zero 0 with offload)
+
+
+def test_plan_nothing_fits(cli):
+    out = cli("plan", "--model", "falcon-180b", "--gpu", "v100-32gb", "--gpus", "8", "--nodes", "2",
+              "--offload", "optimizer", "--seq-len", "2048", "--json", check_json=True)
+    assert out["best"] is None and "--seq-len" in out["message"]
+    proc = cli("plan", "--model", "falcon-180b", "--gpu", "v100-32gb", "--gpus", "8", "--nodes", "2",
+               "--offload", "optimizer", "--seq-len", "2048")
+    assert proc.returncode == 0 and "nothing fits" in proc.stdout
+
+
+def test_plan_table(cli):
+    proc = cli("plan", "--model", "llama-2-13b", "--gpu", "v100-32gb", "--gpus", "8", "--seq-len", "4096",
+               "--offload", "optimizer")
+    assert proc.returncode == 0 and "why it wins" in proc.stdout and "runners-up" in proc.stdout
+
+
+def test_matrix_json_and_png(cli, tmp_path):
+    png = tmp_path / "matrix.png"
+    out = cli("matrix", "--gpu", "v100-32gb", "--gpus", "8", "--models", "llama-2-7b,llama-2-70b",
+              "--seq-lens", "256,4096", "--offload", "optimizer", "--png", str(png), "--json", check_json=True)
+    assert [(c["model"], c["seq_len"]) for c in out["cells"]] == [
+        ("llama-2-7b", 256), ("llama-2-7b", 4096), ("llama-2-70b", 256), ("llama-2-70b", 4096)]
+    assert out["cells"][3]["best"]["mixture"]["gc"] is True
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_matrix_table(cli):
+    proc = cli("matrix", "--gpu", "a100-80gb", "--gpus", "8", "--models", "llama-2-7b", "--seq-lens", "256")
+    assert proc.returncode == 0 and "FA2" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "--gpu", "v100-32gb", "--attn", "fa2"],
+    ["plan", "--model", "nope"],
+    ["plan", "--gpu", "b200"],
+    ["plan", "--effective-batch", "0"],
+    ["plan", "--calibration", "/no/such/file.json"],
+    ["plan", "--zero", "1", "--offload", "all"],
+    ["matrix", "--seq-lens", "256,abc"],
+    ["matrix", "--seq-lens", "-5"],
+    ["matrix", "--models", ""],
+    ["matrix", "--models", "llama-2-7b,gpt-5"],
+])
+def test_bad_input(cli, args):
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")

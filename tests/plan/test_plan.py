@@ -1,0 +1,102 @@
+"""The study's qualitative findings hold in ftmix's choices."""
+
+import pytest
+
+from ftmix.catalog import load_gpu, load_model
+from ftmix.errors import FtmixError
+from ftmix.plan import matrix, plan
+
+A100, V100 = load_gpu("a100-80gb"), load_gpu("v100-32gb")
+LLAMA7 = load_model("llama-2-7b")
+
+
+def test_study_setup_7b_on_8_a100():
+    # the study's setup fixed: optimizer offload on; LoRA ZeRO-1 or -2 without GC is fastest
+    best = plan(LLAMA7, A100, dict(gpus=8, offload="optimizer")).best.mixture
+    assert best.zero in (1, 2) and best.lora == 64 and not best.gc and best.attn == "fa2"
+
+
+def test_offload_off_when_memory_allows():
+    best = plan(LLAMA7, A100, dict(gpus=8)).best
+    assert best.mixture.offload == "none"
+    with_offload = plan(LLAMA7, A100, dict(gpus=8, offload="optimizer")).best
+    assert best.time.total < with_offload.time.total
+
+
+def test_full_fine_tuning_is_the_users_choice():
+    assert plan(LLAMA7, A100, dict(gpus=8)).best.mixture.lora == 64
+    full = plan(LLAMA7, A100, dict(gpus=8, lora=0)).best.mixture
+    assert full.lora == 0 and full.zero >= 1  # 16 B/param x 6.7B does not fit one 80 GB card unpartitioned
+
+
+@pytest.mark.parametrize("gpu", ["a100-40gb", "a100-80gb", "h100-80gb", "l4-24gb", "rtx4090-24gb"])
+def test_fa2_wherever_supported(gpu):
+    g = load_gpu(gpu)
+    for s in (256, 1024, 4096):
+        result = plan(LLAMA7, g, dict(gpus=8, seq_len=s))
+        if result.best is not None:
+            assert result.best.mixture.attn == "fa2"
+
+
+def test_fixed_flags_are_kept():
+    best = plan(LLAMA7, A100, dict(gpus=8, zero=3, gc=True, attn="eager")).best.mixture
+    assert (best.zero, best.gc, best.attn) == (3, True, "eager")
+
+
+def _level(cell):
+    m = cell.best.mixture
+    return (m.gc, m.zero)
+
+
+def test_v100_matrix_moves_to_more_memory_saving():
+    """On 8 x V100 32 GB (the study's setup, offload on), GC and higher stages as size or context grows."""
+    models = [load_model(n) for n in ("llama-2-7b", "llama-2-13b", "llama-2-70b")]
+    seqs = [256, 512, 1024, 2048, 4096]
+    cells = matrix(models, V100, seqs, dict(gpus=8, offload="optimizer"))
+    grid = {(c.model, c.seq_len): c for c in cells}
+    assert all(c.best is not None for c in cells)
+    assert not grid[("llama-2-7b", 256)].best.mixture.gc and grid[("llama-2-7b", 256)].best.mixture.zero <= 2
+    assert _level(grid[("llama-2-70b", 4096)]) == (True, 3)
+    for model in models:
+        levels = [_level(grid[(model.name, s)]) for s in seqs]
+        assert levels == sorted(levels), (model.name, levels)
+    for s in seqs:
+        levels = [_level(grid[(m.name, s)]) for m in models]
+        assert levels == sorted(levels), (s, levels)
+
+
+def test_180b_on_16_v100():
+    falcon = load_model("falcon-180b")
+    cells = matrix([falcon], V100, [256, 2048, 4096], dict(gpus=8, nodes=2, offload="optimizer"))
+    fits_short, longest_in_range, beyond = cells
+    assert fits_short.best is not None and fits_short.best.mixture.zero == 3 and fits_short.best.mixture.lora
+    assert longest_in_range.best is None and longest_in_range.note is None  # nothing fits
+    assert beyond.best is None and "positions" in beyond.note
+
+
+def test_nothing_fits_names_the_smallest_change():
+    result = plan(load_model("falcon-180b"), V100, dict(gpus=8, nodes=2, offload="optimizer", seq_len=2048))
+    assert result.best is None
+    assert "--seq-len" in result.suggestion and "more GPUs" in result.suggestion
+    assert result.to_json()["best"] is None
+
+
+def test_why_lists_faster_misfits():
+    result = plan(load_model("llama-2-13b"), V100, dict(gpus=8, offload="optimizer", seq_len=4096))
+    assert result.best is not None
+    for c in result.faster_misfits:
+        assert not c.fits and c.over_gb > 0 and c.time.total < result.best.time.total
+
+
+def test_search_batch_keeps_effective_batch():
+    result = plan(LLAMA7, A100, dict(gpus=2, seq_len=512), search_batch=True, effective_batch=8)
+    batches = {c.mixture.micro_batch for c in result.candidates}
+    assert batches == {1, 2, 4}
+    assert all(c.time.samples == 8 for c in result.candidates)
+
+
+def test_impossible_fixed_flags():
+    with pytest.raises(FtmixError, match="FlashAttention-2"):
+        plan(LLAMA7, V100, dict(attn="fa2"))
+    with pytest.raises(FtmixError, match="positions"):
+        plan(load_model("falcon-180b"), V100, dict(seq_len=4096))

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from ftmix.catalog import load_gpu, load_model
+from ftmix.errors import FtmixError
+from ftmix.mixture import mixture_from_flags
+from ftmix.plan import DEFAULT, load_calibration, step_time
+from ftmix.plan.runtime import flops_per_token, grad_accum_steps, matmul_params
+
+A100, V100 = load_gpu("a100-80gb"), load_gpu("v100-32gb")
+LLAMA7 = load_model("llama-2-7b")
+
+
+def t(model=LLAMA7, gpu=A100, **flags):
+    return step_time(model, gpu, mixture_from_flags(gpu, **flags))
+
+
+def test_flops_per_token():
+    n = matmul_params(LLAMA7)
+    assert n == LLAMA7.total_params - LLAMA7.vocab * LLAMA7.hidden - 65 * LLAMA7.hidden  # no lookup, no norms
+    full, _ = flops_per_token(LLAMA7, mixture_from_flags(A100, lora=0))
+    lora, _ = flops_per_token(LLAMA7, mixture_from_flags(A100))
+    gc, _ = flops_per_token(LLAMA7, mixture_from_flags(A100, lora=0, gc=True))
+    assert full == 6 * n and gc == 8 * n
+    assert lora == pytest.approx(4 * n, rel=0.01)
+
+
+def test_causal_kernels_halve_attention_flops():
+    _, flash = flops_per_token(LLAMA7, mixture_from_flags(A100, seq_len=4096))
+    _, eager = flops_per_token(LLAMA7, mixture_from_flags(A100, seq_len=4096, attn="eager"))
+    assert eager == 2 * flash
+
+
+def test_the_studys_orderings():
+    # "Without LoRA/GC/FA2, memory falls and runtime rises from stage 1 to 2 to 3"
+    full = [t(zero=z, lora=0, offload="none", gpus=8, attn="sdpa").total for z in (1, 2, 3)]
+    assert full[0] <= full[1] < full[2]
+    # GC costs about one more forward: 20-40% on a compute-bound step
+    base, gc = t(gpus=8, offload="none").total, t(gpus=8, offload="none", gc=True).total
+    assert 1.15 < gc / base < 1.45
+    # "Turning CPU offload off is fastest"
+    assert t(gpus=8, offload="none").total < t(gpus=8, offload="optimizer").total
+    # FA2 faster than eager, most at long context
+    short = t(seq_len=256, attn="eager").total / t(seq_len=256).total
+    long = t(seq_len=4096, attn="eager").total / t(seq_len=4096).total
+    assert 1 < short < long
+
+
+def test_more_gpus_fewer_accumulation_steps():
+    assert grad_accum_steps(mixture_from_flags(A100, gpus=1), 8) == 8
+    assert grad_accum_steps(mixture_from_flags(A100, gpus=8), 8) == 1
+    assert t(gpus=8, offload="none").total < t(gpus=1, offload="none").total
+
+
+def test_multi_node_is_slower_for_zero3():
+    one = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=1, offload="none").communication
+    two = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=2, offload="none").communication
+    assert two > one
+
+
+def test_calibration_overrides(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"constants": {"mfu_max": 0.275}}))
+    consts = load_calibration(path)
+    assert consts.mfu_max == 0.275 and consts.sdpa_efficiency == DEFAULT.sdpa_efficiency
+    m = mixture_from_flags(A100, gpus=8, offload="none")
+    assert step_time(LLAMA7, A100, m, c=consts).compute == pytest.approx(2 * step_time(LLAMA7, A100, m).compute)
+    path.write_text(json.dumps({"warp_speed": 9}))
+    with pytest.raises(FtmixError, match="unknown constants"):
+        load_calibration(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(FtmixError):
+        load_calibration(path)
