@@ -63,3 +63,8 @@ def test_deepspeed_config_from_mixture():
     assert z["reduce_bucket_size"] == 33_554_432 and cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
     plain = deepspeed_config(Mixture(zero=0, offload="none"), trainable_params=10)
     assert plain["zero_optimization"] == {"stage": 0}
+
+
+def test_zero_0_defaults_to_no_offload():
+    assert mixture_from_flags(None, zero=0).offload == "none"
+    assert mixture_from_flags(None, zero=1).offload == "optimizer"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from typer import exceptions as typer_errors
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click
 
 from ftmix.cli.app import app
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_errors.ClickException as exc:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         sys.exit(2)
-    except click_errors.Abort:
+    except typer_errors.Abort:
         sys.stderr.write("error: aborted\n")
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

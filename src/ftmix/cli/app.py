@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -185,3 +186,60 @@ def _positive_int(text: str, what: str) -> int:
     if value <= 0:
         raise FtmixError(f"--{what}: {value} must be positive")
     return value
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+@guard
+def train_cmd(
+    args: Annotated[Optional[list[str]], typer.Argument(help="An optional YAML config, then key=value overrides.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Catalog name, hub id, local directory or .gguf file.")] = None,
+    random_init: Annotated[Optional[bool], typer.Option("--random-init/--pretrained", help="Random weights of the real shape.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="builtin, a hub dataset id, or a .jsonl/.json/.csv file.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Where run.json and checkpoints go.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none).")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--padding", help="Pack examples instead of padding each.")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Processes on this machine (GPUs, or CPU ranks).")] = None,
+    launcher: Annotated[Optional[str], typer.Option("--launcher", help="torchrun | deepspeed")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
+    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
+    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
+    micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,
+    json_out: o.Json = False,
+):
+    """Fine-tune for real with a mixture (Transformers + PEFT + DeepSpeed) and record what it costs."""
+    from ftmix.cli.render import train_summary
+    from ftmix.train.config import load_config
+
+    items = list(args or [])
+    path = items.pop(0) if items and "=" not in items[0] else None
+    flags = dict(model=model, random_init=random_init, data=data, output_dir=output_dir, max_steps=max_steps,
+                 save_steps=save_steps, resume=resume, packing=packing, nproc=nproc, launcher=launcher, gpu=gpu,
+                 zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
+                 attn=attn, precision=precision, micro_batch=micro_batch, seq_len=seq_len)
+    cfg = load_config(path, items, flags)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ftmix.train.launch import launch
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=Console(stderr=True), transient=json_out) as progress:
+        if cfg.nproc > 1 or cfg.nnodes > 1:
+            progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
+        record = launch(cfg, progress)
+    if json_out:
+        return print_json(_summary(record))
+    train_summary(record)
+
+
+def _summary(record: dict) -> dict:
+    meas = record["measured"]
+    keys = ("steps", "median_step_s", "tokens_per_s", "total_s", "train_loss", "peak_gpu_allocated_gb",
+            "peak_gpu_reserved_gb", "peak_cpu_hwm_gb", "ranks")
+    return {"label": record["label"], "mixture": record["mixture"], "engine": record["engine"],
+            "data": {k: v for k, v in record["data"].items() if k != "problems"},
+            "measured": {k: meas.get(k) for k in keys}, "comparison": record["comparison"],
+            "run_json": str(Path(record["config"]["output_dir"]) / "run.json")}

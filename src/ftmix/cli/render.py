@@ -102,3 +102,30 @@ def matrix_table(cells, title: str) -> None:
     console.print(table)
     console.print("[dim]cells: fastest fitting mixture, seconds per optimizer step, device GB; — nothing fits; "
                   "n/a beyond the model's positions[/dim]")
+
+
+def train_summary(record: dict) -> None:
+    meas, eng, data = record["measured"], record["engine"], record["data"]
+    console.print(f"[bold green]{record['label']}[/bold green] on {record['device']}"
+                  f"{' (' + record['gpu'] + ')' if record.get('gpu') else ''}: engine {eng['name']}, "
+                  f"ZeRO stage {eng['zero_stage']}, optimizer {eng['optimizer']}, "
+                  f"{eng['trainable_params']:,} trainable parameters, {meas['ranks']} rank(s)")
+    console.print(f"data: {data['used']} of {data['rows']} rows used ({data['truncated']} truncated, "
+                  f"{data['skipped_missing'] + data['skipped_empty'] + data['skipped_too_long']} skipped), "
+                  f"{data['sequences']} sequences")
+    for note in record.get("notes") or []:
+        console.print(f"[yellow]{note}[/yellow]")
+    table = Table(title="measured vs predicted")
+    for col in ("quantity", "measured", "predicted", "error"):
+        table.add_column(col, justify="left" if col == "quantity" else "right")
+    for what, row in record["comparison"].items():
+        fmt = (lambda v: "-" if v is None else f"{v:.4g}")
+        table.add_row(what, fmt(row["measured"]), fmt(row["predicted"]),
+                      "-" if row["error"] is None else f"{100 * row['error']:+.1f}%")
+    console.print(table)
+    curve = meas["loss_curve"]
+    if curve:
+        console.print(f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f} over {meas['steps']} steps; median step "
+                      f"{meas['median_step_s']} s, {meas['tokens_per_s']} tokens/s; peak CPU RSS "
+                      f"{meas['peak_cpu_hwm_gb']} GB")
+    console.print(f"[dim]run record: {record['config']['output_dir']}/run.json[/dim]")

@@ -41,7 +41,7 @@ def deepspeed_config(m: Mixture, trainable_params: int) -> dict:
                     stage3_param_persistence_threshold=DS_PARAM_PERSISTENCE,
                     stage3_max_live_parameters=DS_MAX_LIVE_PARAMETERS,
                     stage3_gather_16bit_weights_on_model_save=True)
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "train_batch_size": "auto",
@@ -52,3 +52,8 @@ def deepspeed_config(m: Mixture, trainable_params: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "wall_clock_breakdown": False,
     }
+    if m.offload != "none":
+        # ZeRO-Offload steps on the CPU: DeepSpeed builds DeepSpeedCPUAdam from this section
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                           "weight_decay": "auto"}}
+    return config

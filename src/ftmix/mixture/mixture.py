@@ -81,12 +81,15 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     """Fill the flags the user left out (None) with the study's defaults, resolved for the GPU.
 
     attn: fa2 where the GPU supports FlashAttention-2, else sdpa; precision: bf16 where supported,
-    else fp16. With no GPU named, sdpa and bf16.
+    else fp16. With no GPU named, sdpa and bf16. Offload defaults to optimizer with a ZeRO stage and
+    to none with --zero 0.
     """
     unknown = set(flags) - set(DEFAULTS)
     if unknown:
         raise FtmixError(f"unknown mixture keys: {', '.join(sorted(unknown))}")
     values = {k: (DEFAULTS[k] if flags.get(k) is None else flags[k]) for k in DEFAULTS}
+    if flags.get("offload") is None and values["zero"] == 0:
+        values["offload"] = "none"  # offload is the default with a ZeRO stage; plain DDP has none
     if values["attn"] is None:
         values["attn"] = "fa2" if (gpu is not None and gpu.flash_attention_2) else "sdpa"
     if values["precision"] is None:

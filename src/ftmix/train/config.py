@@ -1,0 +1,108 @@
+"""Train configuration: YAML file, then ``key=value`` overrides, then CLI flags; validated by
+pydantic. Mixture keys are top-level (``zero: 3``, ``gc: true``) and mean the same as the flags of
+``ftmix estimate``. Defaults are the study's setup (AdamW 0.9/0.99, linear schedule, lr 4e-4,
+effective batch 8, one epoch, LoRA r=64 alpha=32, s = 256, optimizer offload with a ZeRO stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftmix.errors import FtmixError
+from ftmix.mixture import DEFAULTS
+
+PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # what to train
+    model: str = "smollm2-135m"  # catalog name, hub id, local directory, or a .gguf file
+    gguf_file: Optional[str] = None
+    random_init: bool = False  # random weights of the real shape (no download)
+    model_overrides: dict = Field(default_factory=dict)  # config.json keys, e.g. tiny test shapes
+    tokenizer: Optional[str] = None  # default: the model's; "train" = BPE trained on the data
+    # data (SAMSum format: id, dialogue, summary)
+    data: str = "builtin"  # "builtin", a hub dataset id, or a .jsonl/.json/.csv file
+    split: str = "train"
+    max_rows: Optional[int] = Field(default=None, gt=0)
+    template: str = PROMPT
+    packing: bool = False
+    too_long: Literal["truncate", "skip"] = "truncate"
+    # optimisation
+    lr: float = Field(default=4e-4, gt=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    scheduler: str = "linear"
+    warmup_steps: int = Field(default=0, ge=0)
+    effective_batch: int = Field(default=8, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = -1
+    seed: int = 42
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    # the mixture (None = the default, as for `ftmix estimate`)
+    zero: Optional[int] = None
+    offload: Optional[str] = None
+    lora: Optional[int] = None
+    lora_alpha: Optional[int] = None
+    lora_targets: Optional[str] = None
+    gc: Optional[bool] = None
+    attn: Optional[str] = None
+    precision: Optional[str] = None
+    micro_batch: Optional[int] = None
+    seq_len: Optional[int] = None
+    deepspeed_config: Optional[str] = None  # the user's own DeepSpeed JSON instead of the generated one
+    # where and how
+    gpu: Optional[str] = None  # catalog GPU for the predictions (detected on CUDA when left out)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "runs/ftmix"
+    save_steps: int = Field(default=0, ge=0)  # 0 = checkpoint only at the end
+    resume: bool = False
+    warmup_measure_steps: int = Field(default=1, ge=0)  # steps left out of the median step time
+    nproc: int = Field(default=1, gt=0)  # processes on this machine
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+    hostfile: Optional[str] = None  # multi-node with the deepspeed launcher
+    nnodes: int = Field(default=1, gt=0)
+    node_rank: int = Field(default=0, ge=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(default=29512, gt=0, lt=65536)
+
+    def mixture_flags(self) -> dict:
+        flags = {k: getattr(self, k) for k in DEFAULTS if k not in ("gpus", "nodes")}
+        flags["gpus"], flags["nodes"] = self.nproc, self.nnodes
+        return flags
+
+
+def _parse_value(text: str):
+    value = yaml.safe_load(text)
+    return text if value is None and text not in ("null", "~", "") else value
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, flags: dict | None = None) -> TrainConfig:
+    data: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise FtmixError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise FtmixError(f"config {path} must be a mapping of keys to values")
+        data.update(loaded or {})
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FtmixError(f"override {item!r} is not key=value")
+        data[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise FtmixError(f"{where}: {err['msg']}") from None

@@ -1,0 +1,77 @@
+"""Start a run: in this process (one rank), or under torchrun / the deepspeed launcher for several
+processes on this machine or several machines. The parent merges the ranks' records into run.json.
+
+Multi-node: every node runs the same ``ftmix train ... --nnodes K --node-rank R --master-addr HOST``
+(torchrun), or one node runs ``--launcher deepspeed --hostfile hosts`` (the deepspeed launcher starts
+the others over ssh). ``output_dir`` should be on a filesystem all nodes share, so that the merged
+record holds every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+from ftmix.train.config import TrainConfig
+
+
+def clear_stale_locks() -> int:
+    """A run killed while DeepSpeed compiled an op leaves a lock that hangs every later run."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
+    removed = 0
+    for lock in Path(root).glob("**/lock"):
+        try:
+            lock.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def worker_command(cfg: TrainConfig, config_path: Path) -> list[str]:
+    module = ["-m", "ftmix.train.worker", str(config_path)]
+    if cfg.launcher == "deepspeed":
+        exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+        cmd = [exe, "--master_port", str(cfg.master_port)]
+        if cfg.hostfile:
+            cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.nnodes), "--master_addr", cfg.master_addr]
+        cmd += ["--num_gpus", str(cfg.nproc), "--module", "ftmix.train.worker", str(config_path)]
+        return cmd
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(cfg.nproc),
+            "--nnodes", str(cfg.nnodes), "--node_rank", str(cfg.node_rank), "--master_addr", cfg.master_addr,
+            "--master_port", str(cfg.master_port), *module]
+
+
+def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dict:
+    from ftmix.train.record import merge_ranks
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ranks = out / "ranks"
+    if ranks.exists():
+        shutil.rmtree(ranks)
+    clear_stale_locks()
+    if cfg.nproc == 1 and cfg.nnodes == 1:
+        from ftmix.train.run import train
+
+        train(cfg, progress)
+        return merge_ranks(out)
+    config_path = out / "train_config.json"
+    config_path.write_text(json.dumps(cfg.model_dump(), indent=1))
+    cmd = worker_command(cfg, config_path)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except subprocess.TimeoutExpired:
+        raise FtmixError(f"training did not finish within {timeout} s") from None
+    (out / "launcher.log").write_text(proc.stdout or "")
+    if proc.returncode != 0:
+        errors = [line for line in (proc.stdout or "").splitlines() if line.startswith("error: ")]
+        reason = errors[0][7:] if errors else f"see {out / 'launcher.log'}"
+        raise FtmixError(f"{cfg.launcher} exited with {proc.returncode}: {reason}")
+    return merge_ranks(out)

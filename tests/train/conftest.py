@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512}
+
+
+def tiny_flags(out: Path, **overrides) -> dict:
+    flags = dict(model="smollm2-135m", random_init=True, model_overrides=TINY, max_rows=16, seq_len=128,
+                 effective_batch=4, max_steps=6, output_dir=str(out), lr=0.01)
+    flags.update(overrides)
+    return flags
+
+
+def yaml_args(flags: dict) -> list[str]:
+    """The same config as key=value overrides for the real CLI."""
+    import json
+
+    return [f"{k}={json.dumps(v) if isinstance(v, (dict, bool)) else v}" for k, v in flags.items()]
+
+
+def run_train_cli(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/ftmix/torch_extensions")))
+    return subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda **kw: tiny_flags(tmp_path / "run", **kw)
