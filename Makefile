@@ -33,6 +33,11 @@ demo: $(STAMP)
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 1 --offload none --lora 0 --method paper
 	$(BIN)/ftmix plan --model llama-2-7b --gpu a100-80gb --gpus 8
 	$(BIN)/ftmix matrix --gpu v100-32gb --gpus 8 --offload optimizer
+	# the main job: fine-tune SmolLM2-135M-Instruct (offline GGUF) on the built-in dialogues with
+	# the study's default mixture (ZeRO-2 + optimizer offload + LoRA r64); on CPU here, on GPUs there
+	mkdir -p $(TORCH_EXTENSIONS_DIR)
+	find $(TORCH_EXTENSIONS_DIR) -name lock -delete 2>/dev/null || true
+	$(BIN)/ftmix train --max-steps 6 --output-dir runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

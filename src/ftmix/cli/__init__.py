@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from typer import exceptions as typer_errors
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click
@@ -12,6 +13,9 @@ from ftmix.cli.app import app
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors (bad flag values, unknown options) become one line and exit 2."""
+    # the libraries' deprecation notices are for their developers, not for ftmix's users
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         result = app(args=argv, standalone_mode=False)
     except click_errors.NoArgsIsHelpError:

@@ -3,7 +3,9 @@ line and exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -219,20 +221,40 @@ def train_cmd(
                  zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
                  attn=attn, precision=precision, micro_batch=micro_batch, seq_len=seq_len)
     cfg = load_config(path, items, flags)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ftmix.mixture import check_mixture, mixture_from_flags
 
+    check_mixture(mixture_from_flags(None, **cfg.mixture_flags()))  # fail before any bar is drawn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from ftmix.cli.render import LazyProgress
     from ftmix.train.launch import launch
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=Console(stderr=True), transient=json_out) as progress:
-        if cfg.nproc > 1 or cfg.nnodes > 1:
-            progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
-        record = launch(cfg, progress)
+    progress = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[info]}"))
+    try:
+        with stdout_to_stderr():  # DeepSpeed and HF log to stdout; stdout is for ftmix's result
+            if cfg.nproc > 1 or cfg.nnodes > 1:
+                progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
+            record = launch(cfg, progress)
+    finally:
+        progress.stop()
     if json_out:
         return print_json(_summary(record))
     train_summary(record)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Point file descriptor 1 at stderr for a while: catches libraries' loggers bound to stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _summary(record: dict) -> dict:

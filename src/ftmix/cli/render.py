@@ -129,3 +129,28 @@ def train_summary(record: dict) -> None:
                       f"{meas['median_step_s']} s, {meas['tokens_per_s']} tokens/s; peak CPU RSS "
                       f"{meas['peak_cpu_hwm_gb']} GB")
     console.print(f"[dim]run record: {record['config']['output_dir']}/run.json[/dim]")
+
+
+class LazyProgress:
+    """A rich progress bar on stderr that appears only when training starts: an error before that
+    stays one clean line."""
+
+    def __init__(self, *columns):
+        self.columns = columns
+        self.bar = None
+
+    def add_task(self, *args, **kwargs):
+        if self.bar is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(*self.columns, console=Console(stderr=True), transient=True)
+            self.bar.start()
+        return self.bar.add_task(*args, **kwargs)
+
+    def update(self, *args, **kwargs):
+        if self.bar is not None:
+            self.bar.update(*args, **kwargs)
+
+    def stop(self):
+        if self.bar is not None:
+            self.bar.stop()

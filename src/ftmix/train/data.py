@@ -10,6 +10,7 @@ examples are concatenated into full-length chunks (no cross-document attention m
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,6 +46,7 @@ def load_records(source: str, split: str = "train", max_rows: int | None = None)
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors come back as one FtmixError
     path = builtin_path() if source == "builtin" else source
     try:
         if Path(path).exists():
@@ -52,6 +54,8 @@ def load_records(source: str, split: str = "train", max_rows: int | None = None)
             kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(suffix)
             if kind is None:
                 raise FtmixError(f"data file {path} must be .jsonl, .json or .csv")
+            if kind == "json":
+                _check_json(Path(path))
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
         elif "/" in source or source.isidentifier():
             ds = datasets.load_dataset(source, split=split)
@@ -63,6 +67,22 @@ def load_records(source: str, split: str = "train", max_rows: int | None = None)
         raise FtmixError(f"cannot load data {source!r}: {str(exc).splitlines()[0][:200]}") from None
     rows = ds.to_list()
     return rows[:max_rows] if max_rows else rows
+
+
+def _check_json(path: Path) -> None:
+    """Name the first malformed line (datasets only says "an error occurred")."""
+    text = path.read_text(errors="replace")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FtmixError(f"cannot load data {path}: line {number} is not JSON ({exc.msg})") from None
 
 
 def tokenize(rows: list[dict], tokenizer, seq_len: int, template: str, too_long: str = "truncate",

@@ -13,6 +13,8 @@ import math
 import os
 import platform
 import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftmix.catalog import GpuSpec, gpu_names, load_gpu
@@ -62,34 +64,38 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _single_process_env() -> None:
-    """DeepSpeed wants a process group even for one process: give it a local one."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
 def last_checkpoint(output_dir: str) -> str | None:
     steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return str(max(steps)[1]) if steps else None
 
 
-def train(cfg: TrainConfig, progress=None) -> dict:
-    """Run this rank; write ranks/rank{N}.json; return it."""
+@dataclass
+class Prepared:
+    """Everything a rank needs before the loop: the resolved mixture, data and model."""
+
+    cfg: TrainConfig
+    mixture: Mixture
+    device: str
+    gpu: GpuSpec | None
+    rank: int
+    world: int
+    built: object  # ftmix.train.model.BuiltModel
+    sequences: list
+    report: object  # ftmix.train.data.DataReport
+    ds_config: dict | None
+    rss_before_model: int | None
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
     import torch
     import transformers
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
-    from transformers.trainer_callback import PrinterCallback
 
-    from ftmix.estimate import estimate
     from ftmix.train.data import load_records, tokenize
-    from ftmix.train.measure import Meter, cpu_rss_bytes
+    from ftmix.train.measure import cpu_rss_bytes
     from ftmix.train.model import build_model, load_tokenizer, resolve_source
 
+    if cfg.resume and last_checkpoint(cfg.output_dir) is None:
+        raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
     rank, world, local_rank = _dist_env()
     device = pick_device(cfg)
     if device == "cuda":
@@ -99,7 +105,6 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     if m.world != world:
         m = m.with_(gpus=world // m.nodes or 1)
     transformers.set_seed(cfg.seed)
-
     rows = load_records(cfg.data, cfg.split, cfg.max_rows)
     source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
     vocab_limit = int((source.config or {}).get("vocab_size", 1 << 30))
@@ -107,12 +112,9 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     sequences, report = tokenize(rows, tokenizer, m.seq_len, cfg.template, cfg.too_long, cfg.packing)
     rss_before_model = cpu_rss_bytes()
     built = build_model(source, m, device, cfg.lora_dropout)
-    spec = built.spec
-    if len(tokenizer) > spec.vocab:
-        raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {spec.vocab}")
-    check_mixture(m, spec, None)
-    trainable_local = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
-
+    if len(tokenizer) > built.spec.vocab:
+        raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {built.spec.vocab}")
+    check_mixture(m, built.spec, None)
     ds_config = None
     if cfg.deepspeed_config:
         try:
@@ -120,10 +122,50 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         except (OSError, json.JSONDecodeError) as exc:
             raise FtmixError(f"cannot read DeepSpeed config {cfg.deepspeed_config}: {exc}") from None
     elif m.zero >= 1:
-        ds_config = deepspeed_config(m, trainable_local)
-    if ds_config is not None:
-        _single_process_env()
+        trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+        ds_config = deepspeed_config(m, trainable)
+    return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, ds_config, rss_before_model)
 
+
+@contextmanager
+def isolated_run(deepspeed: bool):
+    """Leave the process as the run found it: HF Trainer writes ACCELERATE_* variables into
+    os.environ, DeepSpeed wants a rendezvous even for one process (given here when no launcher set
+    one), accelerate keeps process-wide state. Another run in this process, or a child process,
+    must start clean."""
+    saved = dict(os.environ)
+    created = deepspeed and "RANK" not in os.environ
+    if created:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        yield
+    finally:
+        from accelerate.state import AcceleratorState
+
+        # the one-process group stays up: DeepSpeed's comm layer caches it and the next run reuses it
+        os.environ.clear()
+        os.environ.update(saved)
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def train(cfg: TrainConfig, progress=None) -> dict:
+    """Run this rank; write ranks/rank{N}.json; return it."""
+    prep = prepare(cfg)
+    with isolated_run(prep.ds_config is not None):
+        return fit(prep, progress)
+
+
+def fit(prep: Prepared, progress=None) -> dict:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
+
+    from ftmix.train.measure import Meter
+
+    cfg, m, device, world = prep.cfg, prep.mixture, prep.device, prep.world
     accum = max(1, math.ceil(cfg.effective_batch / (m.micro_batch * world)))
     precision = {} if device == "cpu" and m.precision == "fp32" else {"bf16": m.precision == "bf16",
                                                                       "fp16": m.precision == "fp16"}
@@ -133,29 +175,30 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
-        use_cpu=device == "cpu", deepspeed=ds_config, remove_unused_columns=False, dataloader_num_workers=0,
-        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch", ddp_backend="gloo" if (device == "cpu" and world > 1) else None,
-        save_only_model=False, **precision)
-    meter = Meter(device, progress if rank == 0 else None)
-    trainer = Trainer(model=built.model, args=args, train_dataset=Dataset.from_list(sequences),
+        use_cpu=device == "cpu", deepspeed=prep.ds_config, remove_unused_columns=False, dataloader_num_workers=0,
+        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        ddp_backend="gloo" if (device == "cpu" and world > 1) else None, save_only_model=False, **precision)
+    meter = Meter(device, progress if prep.rank == 0 else None)
+    trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
                       data_collator=default_data_collator, callbacks=[meter])
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
-    if cfg.resume and resume is None:
-        raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
+    notes = list(prep.built.notes)
+    if cfg.deepspeed_config:
+        stage = (prep.ds_config.get("zero_optimization") or {}).get("stage", 0)
+        if stage != m.zero:
+            notes.append(f"your DeepSpeed config sets ZeRO stage {stage}; the mixture said {m.zero}: the engine runs {stage}")
     output = trainer.train(resume_from_checkpoint=resume)
     if cfg.save_steps:
         trainer.save_state()
 
-    engine = _engine_report(trainer, m, ds_config)
     median = meter.median_step(cfg.warmup_measure_steps)
     tokens_per_step = accum * m.micro_batch * world * m.seq_len
-    predicted = _predict(spec, m, gpu, cfg.effective_batch)
     record = {
-        "rank": rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
-        "gpu": gpu.name if gpu else None, "attn_implementation": built.attn_implementation, "notes": built.notes,
-        "config": cfg.model_dump(), "engine": engine, "data": report.to_json(),
-        "peaks": meter.peaks(),
+        "rank": prep.rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
+        "gpu": prep.gpu.name if prep.gpu else None, "attn_implementation": prep.built.attn_implementation,
+        "notes": notes, "config": cfg.model_dump(), "engine": _engine_report(trainer, m, prep.ds_config),
+        "data": prep.report.to_json(), "peaks": meter.peaks(),
         "measured": {
             "steps": output.global_step, "resumed_from": resume, "grad_accum": accum, "world_size": world,
             "median_step_s": None if median is None else round(median, 5),
@@ -163,15 +206,15 @@ def train(cfg: TrainConfig, progress=None) -> dict:
             "total_s": round((meter.end or 0) - (meter.start or 0), 3),
             "train_loss": output.training_loss, "loss_curve": meter.losses,
             "step_times_s": [round(t, 5) for t in meter.step_times],
-            "cpu_rss_before_model_gb": round((rss_before_model or 0) / 1e9, 4),
+            "cpu_rss_before_model_gb": round((prep.rss_before_model or 0) / 1e9, 4),
             "memory_after_setup": meter.memory_after_setup,
         },
-        "predicted": predicted,
+        "predicted": _predict(prep.built.spec, m, prep.gpu, cfg.effective_batch),
         "versions": _versions(),
     }
     out = Path(cfg.output_dir) / "ranks"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank{rank}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    (out / f"rank{prep.rank}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return record
 
 

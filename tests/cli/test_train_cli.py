@@ -1,0 +1,47 @@
+"""ftmix train: bad input is one line on stderr and exit 2, before any training."""
+
+import pytest
+
+from tests.train.conftest import TINY, run_train_cli, tiny_flags, yaml_args
+
+
+@pytest.fixture
+def base(tmp_path):
+    return yaml_args(tiny_flags(tmp_path / "run", zero=0, lora=8, max_steps=2))
+
+
+@pytest.mark.parametrize("extra", [
+    ["lr=-1"],
+    ["nosuchkey=1"],
+    ["notkeyvalue"],
+    ["--zero", "1", "--offload", "all"],
+    ["--seq-len", "0"],
+    ["data=/no/such/file.jsonl"],
+    ["model=no-such-org/no-such-model", "random_init=false"],
+    ["--resume"],
+])
+def test_bad_input(base, extra):
+    proc = run_train_cli(base + extra, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+
+
+def test_malformed_data_file(base, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "dialogue": "A: hi"\nnot json at all\n')
+    proc = run_train_cli(base + [f"data={bad}"], timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot load data")
+
+
+def test_yaml_config_and_json_summary(tmp_path):
+    import json
+
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_flags(tmp_path / "out", zero=0, lora=8, max_steps=3)))
+    proc = run_train_cli([str(cfg), "lora=4", "--json"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["mixture"]["lora"] == 4 and summary["measured"]["steps"] == 3
+    assert summary["engine"]["trainable_params"] == 2 * 4 * (64 + 64 + 64 + TINY["hidden_size"] // 2)

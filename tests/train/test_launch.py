@@ -1,0 +1,41 @@
+"""Launch commands for several processes and nodes, and the user's own DeepSpeed JSON."""
+
+import json
+import sys
+
+from ftmix.train.config import load_config
+from ftmix.train.launch import clear_stale_locks, launch, worker_command
+
+
+def test_torchrun_multi_node_command(tmp_path):
+    cfg = load_config(None, ["nproc=8", "nnodes=2", "node_rank=1", "master_addr=10.0.0.1", "master_port=29600"])
+    cmd = worker_command(cfg, tmp_path / "c.json")
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    joined = " ".join(cmd)
+    for part in ("--nproc_per_node 8", "--nnodes 2", "--node_rank 1", "--master_addr 10.0.0.1", "--master_port 29600",
+                 "-m ftmix.train.worker"):
+        assert part in joined
+
+
+def test_deepspeed_launcher_with_hostfile(tmp_path):
+    cfg = load_config(None, ["launcher=deepspeed", "nproc=8", "nnodes=2", "hostfile=/etc/hosts.ds"])
+    cmd = worker_command(cfg, tmp_path / "c.json")
+    joined = " ".join(cmd)
+    assert cmd[0].endswith("deepspeed") and "--hostfile /etc/hosts.ds" in joined and "--num_nodes 2" in joined
+    assert "--num_gpus 8" in joined and "--module ftmix.train.worker" in joined
+
+
+def test_stale_locks_are_cleared(tmp_path, monkeypatch):
+    (tmp_path / "cpu_adam").mkdir()
+    (tmp_path / "cpu_adam" / "lock").write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert clear_stale_locks() == 1 and not (tmp_path / "cpu_adam" / "lock").exists()
+
+
+def test_users_own_deepspeed_json(tiny, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                              "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True}))
+    record = launch(load_config(None, [], tiny(zero=2, offload="none", lora=8, max_steps=2, deepspeed_config=str(ds))))
+    assert record["engine"]["name"] == "deepspeed" and record["engine"]["zero_stage"] == 1
+    assert any("stage 1" in note for note in record["notes"])
