@@ -92,6 +92,7 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     attn, notes = attention_implementation(m, device)
     dtype = weight_dtype(m)
     try:
@@ -106,6 +107,8 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
             model = transformers.AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype,
                                                                       attn_implementation=attn, **kwargs)
             model.to(device)
+            if source.gguf_file:
+                _forget_gguf_quantizer(model)
     except (OSError, ValueError) as exc:
         raise FtmixError(f"cannot load model {source.ref!r}: {str(exc).splitlines()[0][:200]}") from None
     config = model.config.to_dict()
@@ -122,6 +125,15 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
         model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
                                                  lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
     return BuiltModel(model, config, attn, notes)
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """transformers dequantizes GGUF tensors into ordinary ones at load time but still marks the
+    model as GGUF-quantized, which Trainer refuses to train; the weights are plain, so drop the mark."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def load_tokenizer(source: ModelSource, rows: list[dict], name: str | None, vocab_limit: int):
