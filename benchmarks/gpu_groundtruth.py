@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import platform
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ftmix.catalog import load_model, spec_from_hf_config  # noqa: E402
+from ftmix.catalog import load_model  # noqa: E402
 from ftmix.estimate import estimate  # noqa: E402
 from ftmix.mixture import Mixture  # noqa: E402
 
@@ -179,11 +178,11 @@ def run_row(row: Row, device: str, steps: int, tiny: bool, gpu_name: str | None)
         out.update(status="ok", max_allocated=allocated, max_reserved=reserved,
                    max_allocated_excl_model=allocated - out["memory_after_build"],
                    median_step_s=round(median, 5), tokens_per_s=round(m.tokens / median, 1),
-                   flops_per_step=flops, achieved_tflops=round(flops / median / 1e12, 3))
+                   flops_per_step=flops, achieved_tflops=float(f"{flops / median / 1e12:.6g}"))
     except torch.OutOfMemoryError as exc:
         out.update(status="OOM", error=str(exc).splitlines()[0][:200])
     finally:
-        del model, optimizer
+        model = optimizer = None  # drop the references before emptying the cache
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -26,7 +26,3 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instea
 Model = Annotated[str, typer.Option("--model", help="Catalog name (see `ftmix models`), a config.json path or a hub id.")]
 Gpu = Annotated[Optional[str], typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")]
 
-
-def mixture_flags(**kwargs) -> dict:
-    """The mixture keys as the Mixture spells them; values None where the flag was not given."""
-    return dict(kwargs)
