@@ -1,6 +1,6 @@
 import pytest
 
-from ftmix.catalog import gpu_names, load_gpu
+from ftmix.catalog import gpu_names, load_gpu, match_gpu
 from ftmix.errors import FtmixError
 
 REQUIRED = ["v100-16gb", "v100-32gb", "a100-40gb", "a100-80gb", "h100-80gb", "h200-141gb", "l4-24gb",
@@ -28,3 +28,20 @@ def test_capacities_are_binary():
 def test_unknown_gpu():
     with pytest.raises(FtmixError, match="unknown GPU"):
         load_gpu("gtx-480")
+
+
+@pytest.mark.parametrize("device,mib,expected", [
+    ("NVIDIA H200", 143771, "h200-141gb"),
+    ("NVIDIA H100 80GB HBM3", 81559, "h100-80gb"),
+    ("NVIDIA A100-SXM4-80GB", 81920, "a100-80gb"),
+    ("NVIDIA A100-SXM4-40GB", 40960, "a100-40gb"),
+    ("Tesla V100-SXM2-32GB", 32510, "v100-32gb"),
+    ("NVIDIA GeForce RTX 4090", 24564, "rtx4090-24gb"),
+    ("NVIDIA A10G", 23028, "a10g-24gb"),
+    ("NVIDIA L4", 23034, "l4-24gb"),
+    ("NVIDIA L40S", 46068, None),  # an L4 by name, not by memory
+    ("NVIDIA B200", 183359, None),
+])
+def test_match_cuda_device(device, mib, expected):
+    found = match_gpu(device, mib * 2**20)
+    assert (found.name if found else None) == expected

@@ -3,6 +3,7 @@ optimizer offload (DeepSpeedCPUAdam). The engine's own report proves the mixture
 identical across stages. Each run has a timeout."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def records(tmp_path_factory):
         flags = tiny_flags(tmp_path_factory.mktemp(name), lora=8, max_steps=4, **mixture)
         proc = run_train_cli(yaml_args(flags) + ["--nproc", "2", "--launcher", launcher, "--json"], timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        out[name] = (json.loads(proc.stdout), json.loads((__import__("pathlib").Path(flags["output_dir"]) / "run.json").read_text()))
+        out[name] = (json.loads(proc.stdout), json.loads((Path(flags["output_dir"]) / "run.json").read_text()))
     return out
 
 

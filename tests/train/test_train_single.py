@@ -2,6 +2,7 @@
 truthful (the engine's own trainable count equals PEFT's and ftmix's)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,8 @@ def test_family(tiny, mixture):
     assert meas["median_step_s"] > 0 and meas["tokens_per_s"] > 0 and meas["peak_cpu_hwm_gb"] > 0.1
     assert meas["grad_accum"] == 4 and record["data"]["used"] == 16
     assert record["predicted"]["peak_gb"] > 0 and record["versions"]["torch"].startswith("2.13")
-    assert json.loads((__import__("pathlib").Path(record["config"]["output_dir"]) / "run.json").read_text())["label"] == record["label"]
+    assert json.loads((Path(record["config"]["output_dir"]) / "run.json").read_text())["label"] == record["label"]
+    assert m["precision"] == "fp32" and record["engine"]["dtype"] == "torch.float32"  # precision follows the device
 
 
 def test_kernels_and_gc_do_not_change_the_math(tiny, tmp_path):

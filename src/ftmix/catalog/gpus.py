@@ -60,3 +60,17 @@ def load_gpu(name: str) -> GpuSpec:
         architecture=row["architecture"],
         source=row["source"],
     )
+
+
+def match_gpu(device_name: str, total_memory: int) -> GpuSpec | None:
+    """The catalog GPU a CUDA device is: its family in the device name ("NVIDIA A100-SXM4-80GB"
+    holds "a100"), and of those the one whose memory is nearest, within 15%."""
+    squeezed = device_name.lower().replace(" ", "").replace("geforce", "")
+    best = None
+    for name in gpu_names():
+        family = name.rsplit("-", 1)[0]  # "a100-80gb" -> "a100"
+        gpu = load_gpu(name)
+        gap = abs(gpu.memory_bytes - total_memory) / gpu.memory_bytes
+        if family in squeezed and gap <= 0.15 and (best is None or gap < best[0]):
+            best = (gap, gpu)
+    return best[1] if best else None

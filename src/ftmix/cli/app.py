@@ -22,6 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose, predict and run the fastest fine-tuning optimization mixture that fits your GPUs.")
 
 
+def mixture_flags(values: dict) -> dict:
+    """The mixture keys among a command's parameters (None where the flag was not given)."""
+    from ftmix.mixture import DEFAULTS
+
+    return {k: values[k] for k in DEFAULTS if k in values}
+
+
 def guard(fn):
     """One clear line on stderr and exit 2 for bad input, never a traceback."""
 
@@ -99,9 +106,7 @@ def estimate_cmd(
 
     spec = load_model(model)
     gpu_spec = load_gpu(gpu) if gpu else None
-    mix = mixture_from_flags(gpu_spec, zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha,
-                             lora_targets=lora_targets, gc=gc, attn=attn, precision=precision,
-                             micro_batch=micro_batch, seq_len=seq_len, gpus=gpus, nodes=nodes)
+    mix = mixture_from_flags(gpu_spec, **mixture_flags(locals()))
     est = estimate(spec, mix, gpu_spec, method, safety_margin)
     if json_out:
         return print_json(est.to_json())
@@ -129,8 +134,7 @@ def plan_cmd(
     from ftmix.plan import load_calibration, plan
 
     spec, gpu_spec = load_model(model), load_gpu(gpu)
-    flags = dict(zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
-                 attn=attn, precision=precision, micro_batch=micro_batch, seq_len=seq_len, gpus=gpus, nodes=nodes)
+    flags = mixture_flags(locals())
     result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin)
     if json_out:
         return print_json(result.to_json())
@@ -158,8 +162,7 @@ def matrix_cmd(
     specs = [load_model(name) for name in _split(models, "models")]
     lengths = [_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens")]
     gpu_spec = load_gpu(gpu)
-    flags = dict(zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
-                 attn=attn, precision=precision, micro_batch=micro_batch, gpus=gpus, nodes=nodes)
+    flags = mixture_flags(locals())
     cells = matrix(specs, gpu_spec, lengths, flags, search_batch=search_batch, effective_batch=effective_batch,
                    constants=load_calibration(calibration), safety_margin=safety_margin)
     world = (gpus or 1) * (nodes or 1)
@@ -212,14 +215,11 @@ def train_cmd(
 ):
     """Fine-tune for real with a mixture (Transformers + PEFT + DeepSpeed) and record what it costs."""
     from ftmix.cli.render import train_summary
-    from ftmix.train.config import load_config
+    from ftmix.train.config import TrainConfig, load_config
 
     items = list(args or [])
     path = items.pop(0) if items and "=" not in items[0] else None
-    flags = dict(model=model, random_init=random_init, data=data, output_dir=output_dir, max_steps=max_steps,
-                 save_steps=save_steps, resume=resume, packing=packing, nproc=nproc, launcher=launcher, gpu=gpu,
-                 zero=zero, offload=offload, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets, gc=gc,
-                 attn=attn, precision=precision, micro_batch=micro_batch, seq_len=seq_len)
+    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
     cfg = load_config(path, items, flags)
     from ftmix.mixture import check_mixture, mixture_from_flags
 

@@ -17,27 +17,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftmix.catalog import GpuSpec, gpu_names, load_gpu
+from ftmix.catalog import GpuSpec, load_gpu, match_gpu
 from ftmix.errors import FtmixError
 from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
 from ftmix.mixture.engine import deepspeed_config
 from ftmix.train.config import TrainConfig
-
-GPU_NAMES = {"H200": "h200-141gb", "H100": "h100-80gb", "A100-SXM4-80GB": "a100-80gb", "A100 80GB": "a100-80gb",
-             "A100-SXM4-40GB": "a100-40gb", "A100": "a100-40gb", "V100-SXM2-32GB": "v100-32gb", "V100": "v100-16gb",
-             "L4": "l4-24gb", "A10G": "a10g-24gb", "RTX 4090": "rtx4090-24gb", "T4": "t4-16gb"}
-
 
 def detect_gpu(device: str) -> GpuSpec | None:
     if device != "cuda":
         return None
     import torch
 
-    name = torch.cuda.get_device_name()
-    for key, catalog in GPU_NAMES.items():
-        if key in name and catalog in gpu_names():
-            return load_gpu(catalog)
-    return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return match_gpu(props.name, props.total_memory)
 
 
 def pick_device(cfg: TrainConfig) -> str:
@@ -244,7 +236,7 @@ def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int) -> dic
     from ftmix.estimate import estimate
     from ftmix.plan import step_time
 
-    est = estimate(spec, m.with_(attn="sdpa" if (m.attn == "fa2" and gpu is None) else m.attn), gpu)
+    est = estimate(spec, m, gpu)
     out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4)}
     if gpu is not None:
         out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch).total, 5)
