@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ftmix.catalog import spec_from_hf_config
 from ftmix.estimate import activations as act
 from ftmix.estimate.analytic import activation_peak
-from ftmix.estimate.memcount import LiveBytes, saved_tensor_bytes
+from ftmix.measure.memcount import LiveBytes, saved_tensor_bytes
 from ftmix.mixture import Mixture
 
 warnings.filterwarnings("ignore")

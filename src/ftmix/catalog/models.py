@@ -147,6 +147,10 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
     elif mtype == "falcon":
         bias = bool(cfg.get("bias", False))
         new_arch = bool(cfg.get("new_decoder_architecture", False))
+        if not new_arch and cfg.get("multi_query", True):
+            # FalconAttention: one K/V head shared by all (qkv_out_dim = hidden + 2 * head_dim);
+            # transformers' FalconConfig defaults multi_query to True
+            kv, kvd = 1, hd
         qkv_out = q + 2 * kvd if (new_arch or kv != heads) else 3 * q
         linears = (lin("query_key_value", h, qkv_out, bias, "attn_in"), lin("dense", q, h, bias, "attn_out"),
                    lin("dense_h_to_4h", h, inter, bias, "mlp_in"), lin("dense_4h_to_h", inter, h, bias, "mlp_out"))

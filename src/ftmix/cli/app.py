@@ -208,6 +208,7 @@ def train_cmd(
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Processes on this machine (GPUs, or CPU ranks).")] = None,
     launcher: Annotated[Optional[str], typer.Option("--launcher", help="torchrun | deepspeed")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
+    twin: Annotated[Optional[bool], typer.Option("--twin/--no-twin", help="Count the bytes a GPU run holds on the device and the host (docs/twin.md); on by default.")] = None,
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,

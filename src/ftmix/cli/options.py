@@ -17,7 +17,7 @@ LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alp
 LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="Comma list of module names, or all-linear. Default q_proj,v_proj.")]
 Gc = Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="Gradient checkpointing (non-reentrant). Default off.")]
 Attn = Annotated[Optional[str], typer.Option("--attn", help="eager | sdpa | fa2. Default fa2 where the GPU supports it, else sdpa.")]
-Precision = Annotated[Optional[str], typer.Option("--precision", help="fp16 | bf16 | fp32. Default bf16 where supported, else fp16.")]
+Precision = Annotated[Optional[str], typer.Option("--precision", help="bf16 | fp16 (mixed: fp32 master weights) | bf16-true | fp16-true (pure 16-bit, --zero 0) | fp32. Default bf16 where supported, else fp16.")]
 MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="Micro batch per GPU. Default 1.")]
 SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Sequence length in tokens. Default 256.")]
 Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs per node. Default 1.")]

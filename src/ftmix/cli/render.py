@@ -39,7 +39,7 @@ def estimate_table(est: Estimate) -> None:
         table.add_row("[bold]device total[/bold]", f"[bold]{gb(est.device_total)}[/bold]")
     console.print(table)
     console.print(f"parameters {est.total_params:,} · trainable {est.trainable_params:,} "
-                  f"({100 * est.trainable_params / est.total_params:.3g}%) · CPU RAM for offload {gb(est.cpu_bytes)} GB per node")
+                  f"({100 * est.trainable_params / est.total_params:.3g}% of all, adapters included) · CPU RAM for offload {gb(est.cpu_bytes)} GB per node")
     if est.fits is not None:
         budget = est.gpu_memory * (1 - est.safety_margin)
         verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"

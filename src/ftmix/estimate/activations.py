@@ -1,7 +1,7 @@
 """Activation memory of a Llama-style decoder, term by term, in bytes per token (s x b = 1).
 
 Each term is what autograd saves for backward in transformers 5.24 + PEFT 0.21 (counted to the
-byte with ``ftmix.estimate.memcount.saved_tensor_bytes`` on CPU; tests/estimate/test_activations.py
+byte with ``ftmix.measure.memcount.saved_tensor_bytes`` on CPU; tests/estimate/test_activations.py
 re-measures it). Differences from the study's ``s*b*h*(34 + 5*a*s/h)`` (Korthikanti et al. 2022,
 eq. 1): RMSNorm upcasts its input to fp32 (4h per norm); SwiGLU saves gate, SiLU output and up
 (3 x I); grouped-query attention saves K/V at the KV width under SDPA/FA2 but repeated under eager;
@@ -35,12 +35,14 @@ class LayerActivations:
 
 
 def element_bytes(m: Mixture) -> int:
-    return 4 if m.precision == "fp32" else 2
+    return m.element_bytes
 
 
 def adapters_fp32(m: Mixture) -> bool:
-    """PEFT keeps adapters in fp32; DeepSpeed's engine casts the whole module to 16 bits (ZeRO >= 1)."""
-    return m.lora > 0 and m.zero == 0 and m.precision != "fp32"
+    """PEFT keeps adapters in fp32 under mixed precision; DeepSpeed's engine casts the whole module to
+    16 bits (ZeRO >= 1); pure 16-bit training keeps them in 16 bits (ftmix passes PEFT
+    ``autocast_adapter_dtype=False``, as litgpt's own LoRA does)."""
+    return m.lora > 0 and m.zero == 0 and m.precision in ("bf16", "fp16")
 
 
 def _inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:

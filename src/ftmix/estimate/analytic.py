@@ -16,7 +16,7 @@ from ftmix.estimate import activations as act
 from ftmix.estimate.constants import (ALLOCATOR_SLACK, CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES,
                                       NCCL_BUFFER_BYTES, SAFETY_MARGIN)
 from ftmix.estimate.result import Estimate
-from ftmix.estimate.states import model_states, trainable_params
+from ftmix.estimate.states import model_states, total_with_adapters, trainable_params
 from ftmix.mixture import Mixture
 
 
@@ -57,7 +57,7 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                  "cublas_workspace": CUBLAS_WORKSPACE_BYTES,
                  "nccl_buffers": NCCL_BUFFER_BYTES if m.world > 1 else 0.0}
     return Estimate(method="analytic", model=model.name, gpu=gpu, mixture=m,
-                    total_params=model.total_params, trainable_params=trainable_params(model, m),
+                    total_params=total_with_adapters(model, m), trainable_params=trainable_params(model, m),
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
                     gpu_memory=gpu_memory, safety_margin=safety_margin, notes=(f"peak at: {where}",))

@@ -29,6 +29,12 @@ class Estimate:
         return sum(self.breakdown.values())
 
     @property
+    def reserved(self) -> float:
+        """Peak bytes the caching allocator holds (``torch.cuda.max_memory_reserved``): the allocated
+        peak plus its rounding and fragmentation slack."""
+        return self.peak + self.overheads.get("allocator_slack", 0.0)
+
+    @property
     def device_total(self) -> float:
         """What the GPU must hold: the allocated peak plus allocator slack, CUDA context, workspaces."""
         return self.peak + sum(self.overheads.values())
@@ -43,6 +49,7 @@ class Estimate:
         return {
             "method": self.method, "model": self.model, "gpu": self.gpu,
             "peak_gb": round(self.peak / GB, 3),
+            "reserved_gb": round(self.reserved / GB, 3),
             "device_total_gb": round(self.device_total / GB, 3),
             "breakdown_gb": {k: round(v / GB, 3) for k, v in self.breakdown.items()},
             "overheads_gb": {k: round(v / GB, 3) for k, v in self.overheads.items()},

@@ -8,7 +8,9 @@ parameter); the adapters carry 16 bytes each (PEFT fp32 adapter 4 + fp32 gradien
 without DeepSpeed; 16-bit adapter 2 + gradient 2 + K = 12 under DeepSpeed: the same total).
 ZeRO-1 partitions the optimizer states, ZeRO-2 also gradients, ZeRO-3 also parameters over
 N_d = nodes x GPUs. Optimizer offload moves master weights, moments and fp32 gradients to CPU (and
-the step with them; reduced gradients are copied to CPU as they come); parameter offload (stage 3) moves the 16-bit parameter partitions too.
+the step with them; reduced gradients are copied to CPU as they come); parameter offload (stage 3)
+moves the 16-bit parameter partitions too. Pure 16-bit training (``bf16-true``, no DeepSpeed):
+2 + 2 + 4 bytes per trainable parameter (litgpt, torchtune: AdamW moments in bf16, no master).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def trainable_params(model: ModelSpec, m: Mixture) -> int:
     return per_layer * model.layers
 
 
+def total_with_adapters(model: ModelSpec, m: Mixture) -> int:
+    """All parameters the trained model holds, as PEFT's ``get_nb_trainable_parameters`` counts
+    them: the base model plus the LoRA adapters added beside its linears."""
+    return model.total_params + (trainable_params(model, m) if m.lora else 0)
+
+
 @dataclass(frozen=True)
 class ModelStates:
     """Bytes per GPU (gpu_*) and per node in CPU RAM (cpu_*)."""
@@ -46,18 +54,31 @@ class ModelStates:
 
 def model_states(model: ModelSpec, m: Mixture) -> ModelStates:
     n = m.world
-    e = 4 if m.precision == "fp32" else 2
-    total, trainable = model.total_params, trainable_params(model, m)
-    frozen = total - trainable
+    e = m.element_bytes
+    trainable = trainable_params(model, m)
     lora = m.lora > 0
+    # PEFT adds the adapters beside the base weights (which all stay, frozen); full fine-tuning
+    # trains the base itself
+    frozen = model.total_params if lora else 0
     # bytes per trainable parameter: parameter, gradient, optimizer states (with master copy)
-    if lora and m.zero == 0:
-        p_b, g_b, o_b = LORA_PARAM_BYTES, LORA_PARAM_BYTES, 8
+    if m.zero >= 1:
+        # DeepSpeed keeps an fp32 master partition and its fp32 gradient whatever the precision:
+        # stage_1_and_2 ``single_partition_of_fp32_groups`` and stage3 ``fp32_partitioned_groups_flat``
+        # are ``.clone().float()`` of the 16-bit (or fp32) partition
+        p_b, g_b, o_b = e, e, ADAM_K
+        needs_fp32_grad = True
+    elif m.pure16:
+        p_b, g_b, o_b = e, e, 2 * e  # torch AdamW keeps its moments in the parameters' dtype
+        needs_fp32_grad = False
+    elif lora and m.precision != "fp32":
+        p_b, g_b, o_b = LORA_PARAM_BYTES, LORA_PARAM_BYTES, 8  # PEFT's fp32 adapters, torch AdamW
+        needs_fp32_grad = False
     elif m.precision == "fp32":
-        p_b, g_b, o_b = 4, 4, 8  # no master copy: the parameters are the fp32 weights
+        p_b, g_b, o_b = 4, 4, 8  # plain torch: the parameters are the fp32 weights, no master copy
+        needs_fp32_grad = False
     else:
         p_b, g_b, o_b = e, e, ADAM_K
-    needs_fp32_grad = m.precision != "fp32" and not (lora and m.zero == 0)
+        needs_fp32_grad = True
 
     params = frozen * e + trainable * p_b
     grads = trainable * g_b
@@ -93,9 +114,10 @@ def zero_buffers(model: ModelSpec, m: Mixture, trainable: int) -> float:
     """
     if m.zero == 0:
         return 0.0
-    e = 4 if m.precision == "fp32" else 2
+    e = m.element_bytes
     buffers = e * reduce_bucket_elements(trainable) * (2 if overlap_comm(m) else 1)
     if m.zero == 3:
         gathered = (1 if m.lora else 2) * e * model.largest_module_params
-        buffers += gathered + e * DS_PREFETCH_BUCKET
+        # the prefetch bucket holds parameters of the model: never more than the model itself
+        buffers += gathered + e * min(DS_PREFETCH_BUCKET, model.total_params)
     return buffers

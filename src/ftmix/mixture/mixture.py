@@ -15,7 +15,11 @@ from ftmix.errors import FtmixError
 
 OFFLOADS = ("none", "optimizer", "all")
 ATTN_KERNELS = ("eager", "sdpa", "fa2")
-PRECISIONS = ("fp16", "bf16", "fp32")
+# "bf16"/"fp16": mixed precision (16-bit compute, fp32 master weights and Adam states: DeepSpeed,
+# HF Trainer autocast). "bf16-true"/"fp16-true": pure 16-bit training as litgpt names it
+# (Lightning's ``precision="bf16-true"``; torchtune's ``dtype: bf16``): weights, gradients and AdamW
+# states all in 16 bits, no master copy.
+PRECISIONS = ("fp16", "bf16", "fp32", "bf16-true", "fp16-true")
 ALL_LINEAR = "all-linear"
 
 DEFAULTS = dict(zero=2, offload="optimizer", lora=64, lora_alpha=32, lora_targets="q_proj,v_proj", gc=False,
@@ -36,6 +40,16 @@ class Mixture:
     seq_len: int = 256
     gpus: int = 1  # per node
     nodes: int = 1
+
+    @property
+    def pure16(self) -> bool:
+        """Pure 16-bit training: no fp32 master copy anywhere."""
+        return self.precision.endswith("-true")
+
+    @property
+    def element_bytes(self) -> int:
+        """Bytes per element of weights and activations: 4 in fp32, else 2."""
+        return 4 if self.precision == "fp32" else 2
 
     @property
     def world(self) -> int:
@@ -117,12 +131,15 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
         raise FtmixError(f"precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}")
     if m.offload != "none" and m.zero < 1:
         raise FtmixError(f"offload {m.offload} needs a ZeRO stage >= 1 (got --zero 0)")
+    if m.pure16 and m.zero >= 1:
+        raise FtmixError(f"--precision {m.precision} (pure 16-bit, no master copy) needs --zero 0: DeepSpeed "
+                         "always keeps fp32 master weights; use --precision bf16 for its mixed precision")
     if m.offload == "all" and m.zero != 3:
         raise FtmixError(f"parameter offload (--offload all) needs ZeRO stage 3 (got --zero {m.zero})")
     if gpu is not None:
         if m.attn == "fa2" and not gpu.flash_attention_2:
             raise FtmixError(f"FlashAttention-2 needs an Ampere or newer GPU; {gpu.name} is {gpu.architecture}")
-        if m.precision == "bf16" and not gpu.bf16:
+        if m.precision.startswith("bf16") and not gpu.bf16:
             raise FtmixError(f"bf16 is not supported on {gpu.name} ({gpu.architecture}); use --precision fp16")
     if model is not None:
         if m.seq_len > model.max_positions:

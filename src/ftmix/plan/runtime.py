@@ -87,10 +87,16 @@ def link_bandwidth(gpu: GpuSpec, m: Mixture, c: RuntimeConstants) -> float:
 
 def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> float:
     n = m.world
+    gathers = 3 if m.gc else 2  # forward, backward (and recompute)
+    # ZeRO-3's per-module fetch and release hooks run on one GPU too (partitioned_param_coordinator)
+    hooks = 0.0
+    if m.zero == 3:
+        modules = model.layers * (len(model.linears) + model.norms_per_layer) + 3  # + embedding, norm, head
+        hooks = accum * gathers * modules * c.zero3_fetch_overhead_s
     if n == 1:
-        return 0.0
+        return hooks
     bw = link_bandwidth(gpu, m, c)
-    e = 4 if m.precision == "fp32" else 2
+    e = m.element_bytes
     grads = e * trainable_params(model, m)
     frac = (n - 1) / n
     if m.zero == 0:  # DDP all-reduce once per optimizer step (no_sync during accumulation)
@@ -103,11 +109,8 @@ def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Run
         seconds = reduces * frac * grads / bw + frac * grads / bw
         return seconds * c.exposed_comm_zero12
     weights = e * model.total_params  # stage 3 gathers every parameter, frozen or not
-    gathers = 3 if m.gc else 2  # forward, backward (and recompute)
     per_micro = (gathers * frac * weights / bw + frac * grads / bw) * c.exposed_comm_zero3
-    modules = model.layers * (len(model.linears) + model.norms_per_layer) + 3  # + embedding, norm, head
-    per_micro += gathers * modules * c.zero3_fetch_overhead_s
-    return accum * per_micro
+    return accum * per_micro + hooks
 
 
 def offload_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> tuple[float, float]:
@@ -115,7 +118,7 @@ def offload_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Runt
     if m.offload == "none":
         return 0.0, 0.0
     pcie = pcie_bandwidth(gpu, c)
-    e = 4 if m.precision == "fp32" else 2
+    e = m.element_bytes
     part = trainable_params(model, m) / (m.world if m.zero >= 1 else 1)
     # gradients down (every micro step under ZeRO-2's reduce-scatter), updated 16-bit weights up
     transfers = (accum if m.zero >= 2 else 1) * e * part + e * part

@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(default=0, ge=0)  # 0 = checkpoint only at the end
     resume: bool = False
     warmup_measure_steps: int = Field(default=1, ge=0)  # steps left out of the median step time
+    twin: bool = True  # the device-memory twin: count every tensor a GPU run would hold (docs/twin.md)
     nproc: int = Field(default=1, gt=0)  # processes on this machine
     launcher: Literal["torchrun", "deepspeed"] = "torchrun"
     hostfile: Optional[str] = None  # multi-node with the deepspeed launcher

@@ -40,9 +40,11 @@ def cpu_rss_bytes() -> int | None:
 class Meter(TrainerCallback):
     """Times each optimizer step, records the loss and resets/reads peak memory around training."""
 
-    def __init__(self, device: str, progress=None):
+    def __init__(self, device: str, progress=None, twin=None):
         self.device = device
         self.progress = progress
+        self.twin = twin  # ftmix.measure.twin.DeviceTwin, or None
+        self.trainer = None  # set by the run: the twin's hooks need the engine and the optimizer
         self.step_times: list[float] = []
         self.losses: list[tuple[int, float]] = []
         self.memory_after_setup: dict = {}
@@ -65,23 +67,50 @@ class Meter(TrainerCallback):
             self.memory_after_setup["gpu_allocated"] = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         reset_cpu_peak()
+        if self.twin is not None and self.trainer is not None:
+            self.twin.watch_model(self.trainer.model)
+            self.twin.watch_step(self._stepping_optimizer())
+            self.mark_roles()
+            self.twin.set_phase("before the first step")
         self.start = time.perf_counter()
         if self.progress is not None:
             self._task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step,
                                                 info="")
 
+    def _stepping_optimizer(self):
+        """The optimizer whose step() updates the weights: DeepSpeed's ZeRO optimizer (the engine
+        steps inside backward; HF's wrapper step is a no-op), else the trainer's."""
+        engine = self.trainer.model_wrapped
+        if hasattr(engine, "zero_optimization_stage"):
+            return engine.optimizer
+        return self.trainer.optimizer
+
+    def mark_roles(self) -> None:
+        """Tell the twin which live storages are parameters, gradients and optimizer states."""
+        if self.twin is None or self.trainer is None:
+            return
+        self.twin.mark_model(self.trainer.model)
+        if self.trainer.optimizer is not None:
+            self.twin.mark_optimizer(self._stepping_optimizer())
+
     def on_step_begin(self, args, state, control, **kw):
+        if self.twin is not None:
+            self.twin.begin_step(state.global_step + 1)
         self._sync()
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
+        if self.twin is not None:
+            self.mark_roles()
+            self.twin.set_phase("between steps")
         self._sync()
         if self._t0 is not None:
             self.step_times.append(time.perf_counter() - self._t0)
         if self.progress is not None and self._task is not None:
             loss = self.losses[-1][1] if self.losses else float("nan")
             peak = self.peaks()
-            mem = peak.get("gpu_allocated") or peak.get("cpu_hwm") or 0
+            twin = self.twin.peak["device"] if self.twin is not None else None
+            mem = peak.get("gpu_allocated") or twin or peak.get("cpu_hwm") or 0
             self.progress.update(self._task, completed=state.global_step,
                                  info=f"loss {loss:.3f} · {self.step_times[-1]:.2f} s/step · {mem / 1e9:.2f} GB")
 

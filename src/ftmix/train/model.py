@@ -78,13 +78,14 @@ def attention_implementation(m: Mixture, device: str) -> tuple[str, list[str]]:
 
 
 def weight_dtype(m: Mixture):
-    """16-bit weights under DeepSpeed (it keeps fp32 masters) and for a frozen LoRA base; fp32 for
-    full fine-tuning without DeepSpeed (HF Trainer autocast keeps fp32 masters in the model)."""
+    """16-bit weights under DeepSpeed (it keeps fp32 masters), for a frozen LoRA base and in pure
+    16-bit training; fp32 for mixed-precision full fine-tuning without DeepSpeed (HF Trainer
+    autocast keeps fp32 masters in the model)."""
     import torch
 
-    if m.precision == "fp32" or (m.zero == 0 and m.lora == 0):
+    if m.precision == "fp32" or (m.zero == 0 and m.lora == 0 and not m.pure16):
         return torch.float32
-    return torch.bfloat16 if m.precision == "bf16" else torch.float16
+    return torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0) -> BuiltModel:
@@ -123,7 +124,8 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
         if m.gc:
             model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
-                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
+                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"),
+                               autocast_adapter_dtype=not m.pure16)
     return BuiltModel(model, config, attn, notes)
 
 

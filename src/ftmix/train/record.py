@@ -22,14 +22,64 @@ def merge_ranks(output_dir: str | Path) -> dict:
         values = [r["peaks"].get(key) for r in ranks if r["peaks"].get(key) is not None]
         return max(values) if values else None
 
+    for r, row in zip(ranks, per_rank):
+        if r.get("twin"):
+            row.update(twin_device=r["twin"]["device_peak_bytes"], twin_host=r["twin"]["host_peak_bytes"])
     measured = dict(head["measured"])
     measured.update(peak_gpu_allocated_gb=_gb(top("gpu_allocated")), peak_gpu_reserved_gb=_gb(top("gpu_reserved")),
-                    peak_cpu_hwm_gb=_gb(top("cpu_hwm")), per_rank=per_rank, ranks=len(ranks))
-    record = {k: v for k, v in head.items() if k not in ("rank", "peaks", "measured")}
+                    peak_cpu_hwm_gb=_gb(top("cpu_hwm")), per_rank=per_rank, ranks=len(ranks),
+                    twin=merge_twins(ranks))
+    record = {k: v for k, v in head.items() if k not in ("rank", "peaks", "measured", "twin")}
     record["measured"] = measured
     record["comparison"] = _compare(record.get("predicted") or {}, measured)
+    if measured.get("twin") and (record.get("predicted") or {}).get("breakdown_bytes"):
+        top = max((r for r in ranks if r.get("twin")), key=lambda r: r["twin"]["device_peak_bytes"])
+        record["comparison_components"] = compare_components(record["predicted"]["breakdown_bytes"],
+                                                             top["twin"]["device_by_role"])
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def merge_twins(ranks: list[dict]) -> dict | None:
+    """The device-memory twin over ranks: the device peak is the highest rank's, with its breakdown;
+    host bytes add up over the ranks of a node (each offloads its own partition)."""
+    twins = [(r["rank"], r["twin"]) for r in ranks if r.get("twin")]
+    if not twins:
+        return None
+    rank, top = max(twins, key=lambda rt: rt[1]["device_peak_bytes"])
+    return {"device_peak_gb": _gb(top["device_peak_bytes"]), "device_peak_bytes": top["device_peak_bytes"],
+            "rank": rank, "device_peak_at": top["device_peak_at"],
+            "device_by_role_gb": {k: _gb(v) for k, v in top["device_by_role"].items()},
+            "device_top_sites": top["device_top_sites"],
+            "host_peak_gb": _gb(sum(t["host_peak_bytes"] for _, t in twins)),
+            "host_peak_bytes": sum(t["host_peak_bytes"] for _, t in twins),
+            "host_peak_per_rank_gb": [_gb(t["host_peak_bytes"]) for _, t in twins]}
+
+
+# The estimate's breakdown and the twin's roles, grouped into what both can name.
+COMPONENTS = {
+    "parameters": (("parameters",), ("parameter",)),
+    "gradients": (("gradients",), ("gradient",)),
+    "optimizer states (fp32 master + moments)": (("optimizer",), ("fp32 master", "optimizer state")),
+    "DeepSpeed buffers": (("zero_buffers",), ("bucket", "deepspeed buffer")),
+    "activations and temporaries": (("activations", "loss_head", "gc_recompute", "backward_working", "optimizer_step"),
+                                    ("activation", "temporary")),
+}
+
+
+def compare_components(predicted: dict, measured_roles: dict) -> dict:
+    """Bytes per component at the peak: the estimate's breakdown against the twin's roles."""
+    rows = {}
+    for name, (pkeys, roles) in COMPONENTS.items():
+        p = sum(predicted.get(k, 0) for k in pkeys)
+        m = sum(measured_roles.get(r, 0) for r in roles)
+        rows[name] = {"predicted": round(p), "measured": m, "error": None if not m else round(p / m - 1, 4)}
+    return rows
+
+
+def _fine(x):
+    """GB to the byte (tiny CPU runs hold kilobytes)."""
+    return None if x is None else x / GB
 
 
 def _gb(x):
@@ -38,10 +88,20 @@ def _gb(x):
 
 def _compare(predicted: dict, measured: dict) -> dict:
     rows = {}
-    pairs = [("peak_gb", "peak_gpu_allocated_gb", "peak memory allocated per GPU (GB)"),
-             ("step_time_s", "median_step_s", "seconds per optimizer step")]
-    for pkey, mkey, what in pairs:
-        p, m = predicted.get(pkey), measured.get(mkey)
-        rows[what] = {"predicted": p, "measured": m,
+    twin = measured.get("twin") or {}
+    estimate = predicted.get("estimate") or {}
+    peak = predicted.get("peak_bytes")
+    peak = predicted.get("peak_gb") if peak is None else peak / GB
+    cpu = predicted.get("cpu_bytes")
+    cpu = estimate.get("cpu_gb") if cpu is None else cpu / GB
+    host = twin.get("host_peak_bytes")
+    pairs = [(peak, measured.get("peak_gpu_allocated_gb"), "peak memory allocated per GPU (GB)"),
+             (peak, _fine(twin.get("device_peak_bytes")), "device peak per GPU, twin (GB)"),
+             (cpu, _fine(host), "host memory per node, twin (GB)"),
+             (predicted.get("step_time_s"), measured.get("median_step_s"), "seconds per optimizer step")]
+    for p, m, what in pairs:
+        if m is None and what != "seconds per optimizer step":
+            continue  # a counter this run does not have (CUDA's on a CPU, the twin's when off)
+        rows[what] = {"predicted": None if p is None else round(p, 9), "measured": m,
                       "error": None if (p is None or not m) else round(p / m - 1, 4)}
     return rows

@@ -43,10 +43,11 @@ def pick_device(cfg: TrainConfig) -> str:
 
 
 def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None) -> Mixture:
-    """The same Mixture as estimate/plan; on CPU precision defaults to fp32 and fa2 falls back."""
+    """The same Mixture as estimate/plan; fa2 falls back on CPU. On CPU precision defaults to bf16
+    while the device-memory twin measures (the bytes a GPU run holds), else to fp32."""
     flags = cfg.mixture_flags()
     if device == "cpu" and flags["precision"] is None:
-        flags["precision"] = "fp32"
+        flags["precision"] = "bf16" if cfg.twin else "fp32"
     m = mixture_from_flags(gpu, **flags)
     check_mixture(m, None, gpu if device == "cuda" else None)
     return m
@@ -78,7 +79,9 @@ class Prepared:
     rss_before_model: int | None
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+def prepare(cfg: TrainConfig, twin=None) -> Prepared:
+    """Check, load data and tokenizer, build the model; ``twin`` starts counting right before the
+    model is built (bad input fails before it, with one clean error line)."""
     import torch
     import transformers
 
@@ -103,6 +106,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     tokenizer = load_tokenizer(source, rows, cfg.tokenizer, vocab_limit)
     sequences, report = tokenize(rows, tokenizer, m.seq_len, cfg.template, cfg.too_long, cfg.packing)
     rss_before_model = cpu_rss_bytes()
+    if twin is not None:
+        twin.start()
     built = build_model(source, m, device, cfg.lora_dropout)
     if len(tokenizer) > built.spec.vocab:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {built.spec.vocab}")
@@ -144,13 +149,32 @@ def isolated_run(deepspeed: bool):
 
 
 def train(cfg: TrainConfig, progress=None) -> dict:
-    """Run this rank; write ranks/rank{N}.json; return it."""
-    prep = prepare(cfg)
-    with isolated_run(prep.ds_config is not None):
-        return fit(prep, progress)
+    """Run this rank; write ranks/rank{N}.json; return it. With ``twin`` on (the default) the
+    device-memory twin counts every tensor from the model's build to the end."""
+    twin = None
+    if cfg.twin:
+        from ftmix.measure.twin import DeviceTwin
+
+        twin = DeviceTwin(virtual=pick_device(cfg) == "cpu")
+    try:
+        prep = prepare(cfg, twin)
+        if twin is not None:
+            twin.offload = offloads(prep.ds_config)
+        with isolated_run(prep.ds_config is not None):
+            return fit(prep, progress, twin)
+    finally:
+        if twin is not None:
+            twin.stop()
 
 
-def fit(prep: Prepared, progress=None) -> dict:
+def offloads(ds_config: dict | None) -> bool:
+    """Whether a DeepSpeed config offloads optimizer states or parameters to the host."""
+    zero = (ds_config or {}).get("zero_optimization") or {}
+    return any((zero.get(key) or {}).get("device", "none") not in ("none", None)
+               for key in ("offload_optimizer", "offload_param"))
+
+
+def fit(prep: Prepared, progress=None, twin=None) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback
@@ -159,8 +183,8 @@ def fit(prep: Prepared, progress=None) -> dict:
 
     cfg, m, device, world = prep.cfg, prep.mixture, prep.device, prep.world
     accum = max(1, math.ceil(cfg.effective_batch / (m.micro_batch * world)))
-    precision = {} if device == "cpu" and m.precision == "fp32" else {"bf16": m.precision == "bf16",
-                                                                      "fp16": m.precision == "fp16"}
+    # mixed precision: autocast over fp32 masters; pure 16-bit and fp32 runs need none
+    precision = {"bf16": m.precision == "bf16", "fp16": m.precision == "fp16"}
     args = TrainingArguments(
         output_dir=cfg.output_dir, per_device_train_batch_size=m.micro_batch, gradient_accumulation_steps=accum,
         learning_rate=cfg.lr, adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, weight_decay=cfg.weight_decay,
@@ -170,9 +194,10 @@ def fit(prep: Prepared, progress=None) -> dict:
         use_cpu=device == "cpu", deepspeed=prep.ds_config, remove_unused_columns=False, dataloader_num_workers=0,
         optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
         ddp_backend="gloo" if (device == "cpu" and world > 1) else None, save_only_model=False, **precision)
-    meter = Meter(device, progress if prep.rank == 0 else None)
+    meter = Meter(device, progress if prep.rank == 0 else None, twin)
     trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
                       data_collator=default_data_collator, callbacks=[meter])
+    meter.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
     notes = list(prep.built.notes)
@@ -183,6 +208,11 @@ def fit(prep: Prepared, progress=None) -> dict:
     output = trainer.train(resume_from_checkpoint=resume)
     if cfg.save_steps:
         trainer.save_state()
+    twin_report = None
+    if twin is not None:
+        meter.mark_roles()
+        with twin.paused():
+            twin_report = twin.report()
 
     median = meter.median_step(cfg.warmup_measure_steps)
     tokens_per_step = accum * m.micro_batch * world * m.seq_len
@@ -190,7 +220,7 @@ def fit(prep: Prepared, progress=None) -> dict:
         "rank": prep.rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
         "gpu": prep.gpu.name if prep.gpu else None, "attn_implementation": prep.built.attn_implementation,
         "notes": notes, "config": cfg.model_dump(), "engine": _engine_report(trainer, m, prep.ds_config),
-        "data": prep.report.to_json(), "peaks": meter.peaks(),
+        "data": prep.report.to_json(), "peaks": meter.peaks(), "twin": twin_report,
         "measured": {
             "steps": output.global_step, "resumed_from": resume, "grad_accum": accum, "world_size": world,
             "median_step_s": None if median is None else round(median, 5),
@@ -237,7 +267,8 @@ def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int) -> dic
     from ftmix.plan import step_time
 
     est = estimate(spec, m, gpu)
-    out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4)}
+    out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4), "peak_bytes": round(est.peak),
+           "cpu_bytes": round(est.cpu_bytes), "breakdown_bytes": {k: round(v) for k, v in est.breakdown.items()}}
     if gpu is not None:
         out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch).total, 5)
     else:

@@ -1,0 +1,153 @@
+"""ftmix's predictions against every published measurement it can represent.
+
+Reads ``../shared/data/published-rows.jsonl`` (or --rows), maps each row to ftmix inputs
+(``ftmix.study.published``), predicts the figure its source measured (allocated peak, reserved
+peak or device total, in the source's unit) and the per-micro-step time or tokens/s, and writes
+``benchmarks/results/published.json`` and ``.md``: per row predicted vs measured and the error,
+median and worst per source and overall, OOM rows checked as "does not fit", and the rows ftmix
+cannot represent with the missing feature (the roadmap).
+
+    PYTHONPATH=src python benchmarks/published.py [--rows FILE] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+from ftmix.estimate import estimate
+from ftmix.plan.runtime import step_time
+from ftmix.study.published import NotRepresented, load_rows, represent
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROWS = HERE.parent.parent / "shared" / "data" / "published-rows.jsonl"
+GOAL_TRUST = ("high", "medium")
+
+
+def predict(row) -> dict:
+    est = estimate(row.spec, row.mixture, row.gpu)
+    out = {"id": row.id, "source": row.source, "trust": row.trust, "row_type": row.row_type,
+           "label": row.mixture.label, "precision": row.mixture.precision, "seq_len": row.mixture.seq_len,
+           "micro_batch": row.mixture.micro_batch, "gpu": row.gpu.name if row.gpu else None, "notes": row.notes,
+           "peak_at": est.notes[0] if est.notes else None}
+    if row.row_type == "oom":
+        out["oom"] = {"predicted_fits": est.fits, "device_total_gb": round(est.device_total / 1e9, 3),
+                      "ok": est.fits is False}
+    if row.memory_bytes is not None:
+        predicted = {"allocated": est.peak, "reserved": est.reserved, "device_total": est.device_total}[row.memory_what]
+        out["memory"] = {"what": row.memory_what, "measured_gb": round(row.memory_bytes / 1e9, 3),
+                         "predicted_gb": round(predicted / 1e9, 3), "error": round(predicted / row.memory_bytes - 1, 4)}
+    if row.speed is not None and row.gpu is not None:
+        kind, value = row.speed
+        micro = step_time(row.spec, row.gpu, row.mixture, effective_batch=row.mixture.micro_batch * row.mixture.world)
+        if kind == "s_per_micro_step":
+            predicted = micro.total
+        else:
+            predicted = row.mixture.tokens / micro.total
+        out["runtime"] = {"what": kind, "measured": value, "predicted": round(predicted, 4),
+                          "error": round(predicted / value - 1, 4)}
+    return out
+
+
+def stats(errors: list[float]) -> dict:
+    if not errors:
+        return {"median": None, "worst": None, "n": 0}
+    absolute = [abs(e) for e in errors]
+    return {"median": round(statistics.median(absolute), 4), "worst": round(max(absolute), 4), "n": len(errors)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default=str(DEFAULT_ROWS))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    rows = load_rows(args.rows)
+    results, missing = [], []
+    for raw in rows:
+        try:
+            results.append(predict(represent(raw)))
+        except (NotRepresented, FtmixError) as exc:
+            missing.append({"id": raw["id"], "source": raw.get("source_group"), "trust": raw.get("trust"),
+                            "why": str(exc)})
+    by_source = defaultdict(lambda: {"memory": [], "runtime": [], "oom_ok": 0, "oom_n": 0})
+    for r in results:
+        s = by_source[r["source"]]
+        if "memory" in r:
+            s["memory"].append(r["memory"]["error"])
+        if "runtime" in r:
+            s["runtime"].append(r["runtime"]["error"])
+        if "oom" in r:
+            s["oom_n"] += 1
+            s["oom_ok"] += r["oom"]["ok"]
+    goal = [r["memory"]["error"] for r in results if "memory" in r and r["trust"] in GOAL_TRUST]
+    oom_goal = [r for r in results if "oom" in r and r["trust"] in GOAL_TRUST]
+    report = {
+        "overall": {"memory": stats([r["memory"]["error"] for r in results if "memory" in r]),
+                    "runtime": stats([r["runtime"]["error"] for r in results if "runtime" in r])},
+        "goal": {"memory_trust_high_medium": stats(goal), "target": {"median": 0.03, "worst": 0.10},
+                 "oom_rows_predicted_to_fit": [r["id"] for r in oom_goal if not r["oom"]["ok"]]},
+        "by_source": {k: {"memory": stats(v["memory"]), "runtime": stats(v["runtime"]),
+                          "oom_checked": v["oom_n"], "oom_predicted_not_to_fit": v["oom_ok"]}
+                      for k, v in sorted(by_source.items())},
+        "rows": results,
+        "not_represented": missing,
+        "not_represented_by_feature": dict(Counter(m["why"] for m in missing).most_common()),
+        "rows_total": len(rows),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "published.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "published.md").write_text(markdown(report))
+    print(markdown_head(report))
+    return report
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown_head(report: dict) -> str:
+    o, g = report["overall"], report["goal"]
+    return (f"published rows: {report['rows_total']}, represented {len(report['rows'])}, "
+            f"not represented {len(report['not_represented'])}\n"
+            f"memory: median {_pct(o['memory']['median'])}, worst {_pct(o['memory']['worst'])} (n={o['memory']['n']}); "
+            f"trust high/medium: median {_pct(g['memory_trust_high_medium']['median'])}, worst "
+            f"{_pct(g['memory_trust_high_medium']['worst'])} (n={g['memory_trust_high_medium']['n']}; goal 3% / 10%)\n"
+            f"runtime: median {_pct(o['runtime']['median'])}, worst {_pct(o['runtime']['worst'])} (n={o['runtime']['n']})\n"
+            f"OOM rows (trust high/medium) predicted to fit: {g['oom_rows_predicted_to_fit'] or 'none'}\n")
+
+
+def markdown(report: dict) -> str:
+    lines = ["# ftmix against published measurements", "",
+             "Written by `benchmarks/published.py` from `shared/data/published-rows.jsonl`. Errors are "
+             "predicted / measured - 1; medians and worst cases of their absolute values.", "",
+             "```", markdown_head(report).rstrip(), "```", "", "## By source", "",
+             "| source | memory median | memory worst | n | runtime median | runtime worst | n | OOM rows not fitting |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in report["by_source"].items():
+        lines.append(f"| {name} | {_pct(s['memory']['median'])} | {_pct(s['memory']['worst'])} | {s['memory']['n']} | "
+                     f"{_pct(s['runtime']['median'])} | {_pct(s['runtime']['worst'])} | {s['runtime']['n']} | "
+                     f"{s['oom_predicted_not_to_fit']}/{s['oom_checked']} |")
+    lines += ["", "## Rows", "", "| id | trust | mixture | s x b | GPU | memory (what) | measured | predicted | error | runtime error |",
+              "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in report["rows"]:
+        mem = r.get("memory") or {}
+        oom = r.get("oom")
+        measured = "OOM" if oom else mem.get("measured_gb", "-")
+        predicted = (f"{oom['device_total_gb']} ({'fits' if oom['predicted_fits'] else 'OOM'})" if oom
+                     else mem.get("predicted_gb", "-"))
+        lines.append(f"| {r['id']} | {r['trust']} | {r['label']} ({r['precision']}) | {r['seq_len']} x {r['micro_batch']} | "
+                     f"{r['gpu'] or '-'} | {mem.get('what', '-')} | {measured} | {predicted} | "
+                     f"{_pct(mem.get('error'))} | {_pct((r.get('runtime') or {}).get('error'))} |")
+    lines += ["", "## Not represented (the roadmap)", "", "| missing feature | rows |", "| --- | ---: |"]
+    for why, n in report["not_represented_by_feature"].items():
+        lines.append(f"| {why} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Published measurements (``shared/data/published-rows.jsonl``, one JSON object per row) as ftmix
+inputs: each row becomes a model spec, a Mixture, a GPU and the figure its source measured, or a
+reason why ftmix cannot represent it yet (that list is the roadmap). Pure: no torch.
+
+Row fields are free text written by people; every rule here reads them conservatively: a row whose
+setup is not clearly one ftmix models is listed as not represented, never guessed into a fit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftmix.catalog import GpuSpec, ModelSpec, load_gpu, spec_from_hf_config
+from ftmix.errors import FtmixError
+from ftmix.mixture import Mixture, check_mixture
+
+GIB = 2**30
+
+# litgpt names LoRA targets after its own modules; ftmix's after transformers' (Llama layout).
+LITGPT_TARGETS = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attn out-proj": "o_proj",
+                  "projection": "o_proj", "output_proj": "o_proj", "q": "q_proj", "v": "v_proj"}
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+# Architectures ftmix's analytic model covers, by a word in the model's name.
+ARCHITECTURES = (("falcon", "falcon"), ("phi-3", "phi3"), ("phi-2", "phi"), ("phi-1_5", "phi"),
+                 ("tinyllama", "llama"), ("codellama", "llama"), ("llama", "llama"), ("mistral", "mistral"),
+                 ("ministral", "mistral"), ("qwen2", "qwen2"))
+
+GPUS = (("a100-sxm4-40gb", "a100-40gb"), ("a100 40gb", "a100-40gb"), ("a100 80gb", "a100-80gb"),
+        ("a100-sxm4-80gb", "a100-80gb"), ("a10g", "a10g-24gb"), ("rtx 4090", "rtx4090-24gb"), ("t4", "t4-16gb"),
+        ("h100", "h100-80gb"), ("l4 ", "l4-24gb"))
+
+
+@dataclass
+class PublishedRow:
+    """A row ftmix can represent: what to predict and what was measured."""
+
+    id: str
+    source: str
+    trust: str
+    row_type: str
+    spec: ModelSpec
+    mixture: Mixture
+    gpu: GpuSpec | None
+    memory_what: str | None = None  # "allocated" | "reserved" | "device_total"
+    memory_bytes: float | None = None
+    speed: tuple[str, float] | None = None  # ("tokens_per_s" | "s_per_micro_step", value)
+    effective_batch: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+class NotRepresented(Exception):
+    """The row uses something ftmix does not model; the message names it."""
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FtmixError(f"cannot read {path}: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FtmixError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise FtmixError(f"{path}:{n}: a row must be a JSON object with an id")
+        rows.append(row)
+    return rows
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).lower()
+
+
+def represent(row: dict) -> PublishedRow:
+    """The row as ftmix inputs, or NotRepresented naming the missing feature."""
+    rtype = row.get("row_type")
+    if rtype == "max_context_at_budget":
+        raise NotRepresented("longest context at a memory budget (a search over context length)")
+    method = _text(row.get("method"))
+    if method == "qlora" or row.get("quantization"):
+        raise NotRepresented("QLoRA / quantized base weights")
+    if method not in ("lora", "full"):
+        raise NotRepresented(f"method {row.get('method')!r}")
+    engine = _text(row.get("engine"))
+    if "fsdp" in engine:
+        raise NotRepresented("FSDP")
+    if "thunder" in engine or "thunder" in _text(row.get("special_kernels")):
+        raise NotRepresented("lightning-thunder")
+    kernels = _text(row.get("special_kernels"))
+    if any(k in kernels for k in ("liger", "unsloth", "cut cross", "chunked cross")) or "unsloth" in _text(row.get("attention")):
+        raise NotRepresented("fused kernels (Liger, Unsloth, cut/chunked cross-entropy)")
+    optimizer = _text(row.get("optimizer"))
+    if "8bit" in optimizer or "paged" in optimizer or "8-bit" in optimizer:
+        raise NotRepresented("8-bit or paged optimizer")
+    if "optimizer_in_bwd" in optimizer:
+        raise NotRepresented("optimizer step fused into the backward")
+    if "offload" in _text(row.get("gradient_checkpointing")):
+        raise NotRepresented("activation offload to CPU")
+    spec = _spec(row)
+    mixture, notes = _mixture(row, spec, engine, method)
+    gpu = _gpu(row)
+    check_mixture(mixture, spec, None)
+    out = PublishedRow(id=row["id"], source=row.get("source_group", "?"), trust=row.get("trust", "low"),
+                       row_type=rtype, spec=spec, mixture=mixture, gpu=gpu, notes=notes,
+                       effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world))
+    _memory(row, out)
+    _speed(row, out)
+    if out.memory_bytes is None and out.speed is None and rtype != "oom":
+        raise NotRepresented("no memory or per-step speed figure")
+    return out
+
+
+def _spec(row: dict) -> ModelSpec:
+    shape = row.get("model_shape") or {}
+    name = _text(row.get("model"))
+    mtype = next((t for key, t in ARCHITECTURES if key in name), None)
+    if mtype is None:
+        raise NotRepresented(f"architecture of {row.get('model')} is not modelled")
+    keys = ("layers", "hidden", "heads", "vocab")
+    if any(shape.get(k) is None for k in keys):
+        raise NotRepresented("no model shape")
+    cfg = {"model_type": mtype, "num_hidden_layers": shape["layers"], "hidden_size": shape["hidden"],
+           "num_attention_heads": shape["heads"], "vocab_size": shape["vocab"],
+           "max_position_embeddings": 1 << 20}
+    if shape.get("kv_heads"):
+        cfg["num_key_value_heads" if mtype != "falcon" else "num_kv_heads"] = shape["kv_heads"]
+    if shape.get("intermediate"):
+        cfg["intermediate_size"] = shape["intermediate"]
+    if mtype == "falcon":
+        big = shape.get("kv_heads") not in (None, 1)
+        cfg.update(new_decoder_architecture=big, multi_query=not big, parallel_attn=True, bias=False)
+    if mtype == "phi":
+        cfg["partial_rotary_factor"] = 0.5
+    if "llama-3.2" in name or "gemma" in name:
+        cfg["tie_word_embeddings"] = True
+    try:
+        return spec_from_hf_config(cfg, name=row.get("model", "?"))
+    except FtmixError as exc:
+        raise NotRepresented(f"model shape: {exc}") from None
+
+
+def _precision(row: dict, method: str) -> str:
+    p = _text(row.get("precision"))
+    if p.startswith("fp16") and "t4" not in _text(row.get("gpu")):
+        return "fp16"
+    if "bf16-true" in p or "pure bf16" in p or "no fp32 master" in p:
+        return "bf16-true"
+    if "mixed" in p or "autocast" in p and "use_amp=false" not in p:
+        return "bf16"
+    if method == "full" and ("use_amp=false" in p or "model loaded in bf16" in p or "model dtype bfloat16" in p):
+        return "bf16-true"  # a bf16-loaded model trained without autocast: AdamW states in bf16
+    if method == "full" and p in ("", "none", "not stated", "bf16", "bf16 auto"):
+        raise NotRepresented("full fine-tuning precision not stated (mixed or pure bf16)")
+    return "bf16"
+
+
+def _targets(row: dict, spec: ModelSpec) -> str:
+    raw = row.get("lora_targets")
+    if not raw:
+        return "q_proj,v_proj"  # PEFT's and litgpt's default
+    names: list[str] = []
+    for t in raw:
+        t = _text(t)
+        if t.startswith("lm_head") or "embed" in t or "norm" in t or t.startswith("head"):
+            raise NotRepresented("LoRA on the output head, embeddings or norms")
+        if "all" in t and "linear" in t:
+            return "all-linear"
+        if t.startswith("mlp"):
+            names += [n for n in MLP if n in spec.linear_names]
+        elif t in LITGPT_TARGETS:
+            names.append(LITGPT_TARGETS[t])
+        else:
+            names.append(t)
+    if spec.model_type == "falcon":
+        return "query_key_value"  # litgpt's query/value live in Falcon's fused layer
+    return ",".join(dict.fromkeys(names))
+
+
+def _mixture(row: dict, spec: ModelSpec, engine: str, method: str) -> tuple[Mixture, list[str]]:
+    notes = []
+    zero, offload = 0, "none"
+    m = re.search(r"(?:zero|stage)\D{0,10}([0-3])", engine)
+    if "deepspeed" in engine:
+        if not m:
+            raise NotRepresented("DeepSpeed stage not stated")
+        zero = int(m.group(1))
+        if "offload" in engine and "no offload" not in engine:
+            offload = "all" if "param" in engine and zero == 3 else "optimizer"
+    gpus = int(row.get("n_gpus") or 1)
+    nodes = int(row.get("n_nodes") or 1)
+    if gpus > 1 and zero == 0 and "ddp" not in engine:
+        raise NotRepresented(f"{gpus} GPUs without a named data-parallel engine")
+    attn = _text(row.get("attention"))
+    kernel = "fa2" if ("fa2" in attn or "flash" in attn) else "eager" if attn.startswith("eager") else "sdpa"
+    if "fa3" in attn:
+        notes.append("FA3 modelled as FA2")
+    gc_text = _text(row.get("gradient_checkpointing"))
+    gc = gc_text.startswith("yes")
+    if gc_text.startswith("unknown"):
+        raise NotRepresented("gradient checkpointing unknown")
+    seq = row.get("seq_len")
+    if not seq:
+        raise NotRepresented("no sequence length")
+    precision = _precision(row, method)
+    if precision == "bf16-true" and zero:
+        precision = "bf16"
+    lora = int(row.get("lora_r") or 0) if method == "lora" else 0
+    if method == "lora" and not lora:
+        raise NotRepresented("LoRA rank not stated")
+    targets = _targets(row, spec) if lora else "q_proj,v_proj"
+    alpha = row.get("lora_alpha") or 16
+    mixture = Mixture(zero=zero, offload=offload, lora=lora, lora_alpha=max(1, int(alpha)), lora_targets=targets, gc=gc,
+                      attn=kernel, precision=precision, micro_batch=int(row.get("micro_batch") or 1), seq_len=int(seq),
+                      gpus=gpus, nodes=nodes)
+    if "pad" in _text(row.get("seq_len_note")) or "longest" in _text(row.get("seq_len_note")):
+        notes.append("padded to the longest sample: predicted for a full-length batch")
+    return mixture, notes
+
+
+def _gpu(row: dict) -> GpuSpec | None:
+    text = _text(row.get("gpu")) + " "
+    for key, name in GPUS:
+        if key in text:
+            return load_gpu(name)
+    return None
+
+
+def _memory(row: dict, out: PublishedRow) -> None:
+    peak = (row.get("measured") or {}).get("peak_memory") or {}
+    value, unit = peak.get("value"), _text(peak.get("unit"))
+    if value is None or "budget" in unit or not _text(peak.get("scope") or "per_gpu").startswith("per_gpu"):
+        return
+    what = _text(peak.get("what"))
+    if "active" in what:
+        return  # torchtune's "peak active" has no ftmix counterpart yet
+    scale = {"gb": 1e9, "gib": GIB, "mb": 2**20, "mb (mib)": 2**20, "mb (mib: bytes/2^20)": 2**20,
+             "bytes": 1}.get(unit)
+    if scale is None:
+        return
+    if unit == "gb" and "/1e9" not in what and "litgpt" not in out.source and "torchtune" not in out.source:
+        scale = GIB  # "GB" is 1e9 in litgpt and early torchtune, GiB elsewhere (data README)
+    if "allocated" in what or "tracemalloc" in what:
+        out.memory_what = "allocated"
+    elif "reserved" in what:
+        out.memory_what = "reserved"
+    else:
+        out.memory_what = "device_total"
+    if "minus" in what and "~0" not in what:
+        return  # a difference of counters, not a peak (MetaMathQA subtracts ~0: its figure is the peak)
+    out.memory_bytes = float(value) * scale
+
+
+def _speed(row: dict, out: PublishedRow) -> None:
+    speed = (row.get("measured") or {}).get("speed") or {}
+    value, unit = speed.get("value"), _text(speed.get("unit"))
+    if not value:
+        return
+    if unit == "min per 1000 iterations":
+        out.speed = ("s_per_micro_step", float(value) * 60 / 1000)
+    elif unit.startswith("ms/iter"):
+        out.speed = ("s_per_micro_step", float(value) / 1000)
+    elif unit in ("tokens/s", "tokens/gpu/s (tgs)"):
+        out.speed = ("tokens_per_s_per_gpu", float(value))

@@ -1,0 +1,70 @@
+"""Model errors a new user found by trying ftmix (issue 8), each pinned with real numbers."""
+
+import pytest
+import torch
+import transformers
+
+from ftmix.catalog import load_gpu, load_model, spec_from_hf_config
+from ftmix.estimate import estimate
+from ftmix.estimate.states import model_states, trainable_params
+from ftmix.mixture import Mixture
+from ftmix.plan.runtime import step_time
+
+FALCON_7B = {"model_type": "falcon", "hidden_size": 4544, "num_attention_heads": 71, "num_hidden_layers": 32,
+             "vocab_size": 65024, "multi_query": True, "parallel_attn": True, "bias": False,
+             "new_decoder_architecture": False, "alibi": False}
+
+
+def test_lora_adapters_are_parameters_too():
+    spec = load_model("llama-2-70b")
+    m = Mixture(lora=64, lora_targets="all-linear", gpus=8)
+    adapters = trainable_params(spec, m)
+    s = model_states(spec, m)
+    # the frozen base stays whole beside the adapters (16-bit under DeepSpeed): 1.66 GB of adapters
+    assert s.parameters == 2 * spec.total_params + 2 * adapters
+    assert 2 * adapters / 1e9 == pytest.approx(1.656, abs=0.001)
+
+
+def test_trainable_share_counts_the_adapters_in_the_total():
+    spec = load_model("llama-2-7b")
+    est = estimate(spec, Mixture(lora=100_000))
+    assert est.total_params == spec.total_params + est.trainable_params
+    assert 0 < est.trainable_params / est.total_params < 1
+
+
+def test_fp32_under_deepspeed_keeps_master_and_fp32_gradient():
+    spec = load_model("llama-2-7b")
+    p = spec.total_params
+    off = model_states(spec, Mixture(zero=2, offload="optimizer", lora=0, precision="fp32", gpus=4))
+    # fp32 master + its gradient + two moments per parameter, on the host, as with 16-bit training
+    assert off.cpu_optimizer == pytest.approx(16 * p)
+    on = model_states(spec, Mixture(zero=2, offload="none", lora=0, precision="fp32", gpus=4))
+    assert on.optimizer + on.optimizer_temp == pytest.approx(16 * p / 4)
+    assert on.parameters == 4 * p and on.gradients == pytest.approx(4 * p / 4)
+
+
+def test_falcon_multi_query_has_one_kv_head():
+    spec = spec_from_hf_config(FALCON_7B, name="falcon-7b")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.FalconConfig(**{
+            k: v for k, v in FALCON_7B.items() if k != "model_type"}))
+    assert spec.total_params == sum(p.numel() for p in model.parameters()) == 6_921_720_704
+    assert spec.kv_heads == 1
+
+
+def test_zero3_prefetch_bucket_never_exceeds_the_model():
+    tiny = spec_from_hf_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256})
+    assert tiny.total_params < 200_000
+    s = model_states(tiny, Mixture(zero=3, offload="none", lora=0))
+    # reduce bucket (two with overlap_comm, >= 1e6 elements) + gathered module + prefetch <= model
+    reduce = 2 * 2 * 1_000_000
+    assert s.zero_buffers - reduce <= 2 * 2 * tiny.largest_module_params + 2 * tiny.total_params
+
+
+def test_zero3_on_one_gpu_pays_its_fetch_hooks():
+    spec, gpu = load_model("llama-2-7b"), load_gpu("a100-80gb")
+    z2 = step_time(spec, gpu, Mixture(zero=2, offload="none", gpus=1))
+    z3 = step_time(spec, gpu, Mixture(zero=3, offload="none", gpus=1))
+    assert z2.communication == 0 and z3.communication > 0
+    assert z3.total > z2.total
