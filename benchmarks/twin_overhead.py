@@ -24,7 +24,7 @@ MIXTURES = {"ZeRO-0 + LoRA r64 (bf16)": ["--zero", "0"],
 def run(args: list[str], twin: bool, steps: int, layers: int, out: Path) -> dict:
     overrides = json.dumps({"num_hidden_layers": layers})
     cmd = [sys.executable, "-m", "ftmix", "train", "--random-init", f"model_overrides={overrides}", "max_rows=48",
-           "--seq-len", "256", "effective_batch=1", "--max-steps", str(steps), "--output-dir", str(out),
+           "--seq-len", "256", "effective_batch=1", "--max-steps", str(steps), "--output-dir", str(out), "--precision", "bf16",
            f"twin={'true' if twin else 'false'}", "--json", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ def test_tiny_grid_on_cpu(tmp_path):
     assert len(rows) == len(gpu_groundtruth.grid()) == 20
     assert all(r["status"] == "ok" for r in rows)
     keys = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
-            "seq_len", "gpus", "nodes"}
+            "seq_len", "gpus", "nodes", "packing"}
     for r in rows:
         assert set(r["mixture"]) == keys
         # CPU figures are RSS: the high-water mark restarts from RSS at the reset, a little under "after build"

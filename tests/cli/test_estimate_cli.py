@@ -1,10 +1,11 @@
+import json
 import subprocess
 import sys
 
 import pytest
 
 KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
-        "seq_len", "gpus", "nodes"}
+        "seq_len", "gpus", "nodes", "packing"}
 
 
 def test_paper_table_through_the_cli(cli):
@@ -90,3 +91,30 @@ def test_estimate_path_imports_no_torch():
             "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_users_deepspeed_json_drives_the_estimate(cli, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": "auto"}, "zero_optimization": {
+        "stage": 3, "offload_optimizer": {"device": "cpu"}, "reduce_bucket_size": "auto", "overlap_comm": True}}))
+    out = cli("estimate", "--model", "llama-2-7b", "--gpus", "8", "--deepspeed", str(ds), "--json", check_json=True)
+    assert out["mixture"]["zero"] == 3 and out["mixture"]["offload"] == "optimizer"
+    # HF's "auto" reduce bucket is hidden^2 elements: one 16-bit buffer on stage 3
+    assert out["breakdown_gb"]["zero_buffers"] == round(2 * 4096 * 4096 / 1e9, 3)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": 1e6, "overlap_comm": True}}))
+    out = cli("estimate", "--model", "llama-2-7b", "--gpus", "8", "--deepspeed", str(small), "--json", check_json=True)
+    assert out["mixture"]["zero"] == 2 and out["mixture"]["offload"] == "none"
+    assert out["breakdown_gb"]["zero_buffers"] in (0.0, 0.004)  # two 1e6 buckets, only after the loss head
+    plan = cli("plan", "--model", "llama-2-7b", "--gpus", "8", "--deepspeed", str(ds), "--json", check_json=True)
+    assert all(c["mixture"]["zero"] == 3 and c["mixture"]["offload"] == "optimizer" for c in plan["candidates"])
+
+
+def test_deepspeed_json_errors_are_one_line(cli, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    proc = cli("estimate", "--zero", "2", "--deepspeed", str(ds))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "contradicts" in proc.stderr
+    ds.write_text("{not json")
+    proc = cli("estimate", "--deepspeed", str(ds))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read DeepSpeed config")

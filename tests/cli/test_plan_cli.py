@@ -1,7 +1,7 @@
 import pytest
 
 KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
-        "seq_len", "gpus", "nodes"}
+        "seq_len", "gpus", "nodes", "packing"}
 
 
 def test_plan_json(cli):

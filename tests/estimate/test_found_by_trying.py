@@ -56,10 +56,13 @@ def test_zero3_prefetch_bucket_never_exceeds_the_model():
     tiny = spec_from_hf_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
                                 "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256})
     assert tiny.total_params < 200_000
-    s = model_states(tiny, Mixture(zero=3, offload="none", lora=0))
-    # reduce bucket (two with overlap_comm, >= 1e6 elements) + gathered module + prefetch <= model
-    reduce = 2 * 2 * 1_000_000
-    assert s.zero_buffers - reduce <= 2 * 2 * tiny.largest_module_params + 2 * tiny.total_params
+    # gathered parameters never exceed the 16-bit model (the old 5e7-element prefetch charge did)
+    s = model_states(tiny, Mixture(zero=3, offload="none", lora=0, gpus=8))
+    assert 0 < s.gathered <= 2 * tiny.total_params
+    assert model_states(tiny, Mixture(zero=3, offload="none", lora=0, gpus=1)).gathered == 0
+    spec = load_model("llama-2-70b")
+    big = model_states(spec, Mixture(zero=3, offload="none", lora=0, gpus=8))
+    assert 2 * spec.largest_module_params < big.gathered < 2 * spec.total_params / 8
 
 
 def test_zero3_on_one_gpu_pays_its_fetch_hooks():
@@ -68,3 +71,37 @@ def test_zero3_on_one_gpu_pays_its_fetch_hooks():
     z3 = step_time(spec, gpu, Mixture(zero=3, offload="none", gpus=1))
     assert z2.communication == 0 and z3.communication > 0
     assert z3.total > z2.total
+
+
+def test_pure_bf16_costs_8_bytes_per_trainable_parameter():
+    spec = load_model("llama-2-7b")
+    p = spec.total_params
+    s = model_states(spec, Mixture(zero=0, offload="none", lora=0, precision="bf16-true"))
+    assert s.parameters + s.gradients + s.optimizer + s.optimizer_temp == 8 * p
+    mixed = model_states(spec, Mixture(zero=0, offload="none", lora=0, precision="bf16"))
+    assert mixed.parameters + mixed.gradients + mixed.optimizer == 16 * p  # fp32 weights, grads, moments
+
+
+def test_pure_bf16_needs_zero_0():
+    from ftmix.errors import FtmixError
+    from ftmix.mixture import check_mixture
+
+    with pytest.raises(FtmixError, match="needs --zero 0"):
+        check_mixture(Mixture(zero=2, precision="bf16-true"))
+
+
+def test_three_memory_figures_and_the_data_shape_are_reported():
+    est = estimate(load_model("llama-2-7b"), Mixture(gpus=8), load_gpu("a100-80gb"))
+    out = est.to_json()
+    assert out["peak_gb"] < out["reserved_gb"] < out["device_total_gb"]
+    assert any(n.startswith("data: padded") for n in out["notes"])
+    packed = estimate(load_model("llama-2-7b"), Mixture(gpus=8, packing=True)).to_json()
+    assert any(n.startswith("data: packed") for n in packed["notes"])
+
+
+def test_padding_makes_sdpa_repeat_grouped_kv():
+    spec = load_model("llama-3-8b")  # 8 KV heads for 32 query heads
+    padded = estimate(spec, Mixture(attn="sdpa", seq_len=2048)).breakdown["activations"]
+    packed = estimate(spec, Mixture(attn="sdpa", seq_len=2048, packing=True)).breakdown["activations"]
+    fa2 = estimate(spec, Mixture(attn="fa2", seq_len=2048)).breakdown["activations"]
+    assert packed == fa2 < padded

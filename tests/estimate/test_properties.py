@@ -44,18 +44,25 @@ def test_higher_stage_never_costs_more(name, m, method):
     """What ZeRO partitions never rises with the stage. The whole peak does not either once the
     partitioning pays for DeepSpeed's fixed buffers (reduce bucket, ZeRO-3's gathered module and
     prefetch bucket): on one GPU, or for a 135M model, a higher stage only adds them, as it does on
-    real hardware (docs/estimate.md)."""
+    real hardware (docs/estimate.md). With LoRA, ZeRO-3's own linear saves every frozen layer's
+    input (measured), so at long contexts stage 3 can hold more activations than stage 2 saves."""
     if m.zero == 3 or m.offload == "all":
         return
     higher = m.with_(zero=m.zero + 1)
     assert states(name, higher, method) <= states(name, m, method) * EPS
-    if method == "paper" or (m.world >= 4 and load_model(name).total_params >= 1e9):
+    lora_to_stage3 = method == "analytic" and m.lora and higher.zero == 3
+    if method == "paper" or (m.world >= 4 and load_model(name).total_params >= 1e9 and not lora_to_stage3):
         assert peak(name, higher, method) <= peak(name, m, method) * EPS
 
 
 @settings(max_examples=300, deadline=None)
 @given(models, mixtures(), methods)
 def test_more_gpus_never_cost_more(name, m, method):
+    # ZeRO-3 on one GPU gathers nothing (a partition is the whole parameter); from two GPUs on it
+    # gathers the output head and a layer; plain DDP adds its gradient buckets from two GPUs on
+    # (both measured by the twin: 2 ranks hold more than 1), so the property holds from two GPUs up
+    if m.zero in (0, 3) and m.world == 1 and method == "analytic":
+        m = m.with_(gpus=2)
     assert peak(name, m.with_(gpus=m.gpus + 1), method) <= peak(name, m, method) * EPS
     assert peak(name, m.with_(nodes=m.nodes + 1), method) <= peak(name, m, method) * EPS
 

@@ -3,6 +3,9 @@
 import json
 import sys
 
+import pytest
+
+from ftmix.errors import FtmixError
 from ftmix.train.config import load_config
 from ftmix.train.launch import clear_stale_locks, launch, worker_command
 
@@ -33,9 +36,17 @@ def test_stale_locks_are_cleared(tmp_path, monkeypatch):
 
 
 def test_users_own_deepspeed_json(tiny, tmp_path):
+    """The user's JSON fixes the stage and sizes the buckets, for the engine and the estimate alike."""
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                              "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True}))
-    record = launch(load_config(None, [], tiny(zero=2, offload="none", lora=8, max_steps=2, deepspeed_config=str(ds))))
+                              "zero_optimization": {"stage": 1, "reduce_bucket_size": 3_000_000},
+                              "zero_allow_untested_optimizer": True}))
+    record = launch(load_config(None, [], tiny(lora=8, max_steps=2, deepspeed_config=str(ds))))
     assert record["engine"]["name"] == "deepspeed" and record["engine"]["zero_stage"] == 1
-    assert any("stage 1" in note for note in record["notes"])
+    assert record["mixture"]["zero"] == 1 and record["mixture"]["offload"] == "none"
+    # one 3e6-element bf16 bucket, predicted and measured by the twin
+    assert record["predicted"]["breakdown_bytes"]["zero_buffers"] == 6_000_000
+    buffers = record["comparison_components"]["gradients and DeepSpeed buffers"]
+    assert buffers["measured"] == pytest.approx(buffers["predicted"], rel=0.01)
+    with pytest.raises(FtmixError, match="contradicts"):
+        launch(load_config(None, [], tiny(zero=2, lora=8, max_steps=2, deepspeed_config=str(ds))))

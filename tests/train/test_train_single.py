@@ -79,3 +79,14 @@ def test_deepspeed_single_process_matches_plain(tiny, tmp_path):
 def test_packing_and_data_report(tiny):
     record = _run(tiny(zero=0, lora=8, packing=True, max_steps=2))
     assert record["data"]["sequences"] < record["data"]["used"]
+
+
+def test_pure_bf16_trains_with_16_bit_states(tiny):
+    """bf16-true: adapters, gradients and AdamW moments in bf16, no master (the twin counts them)."""
+    record = _run(tiny(zero=0, lora=8, precision="bf16-true"))
+    assert _falls(record), record["measured"]["loss_curve"]
+    assert record["engine"]["dtype"] == "torch.bfloat16"
+    trainable = record["engine"]["trainable_params"]
+    comp = record["comparison_components"]["optimizer states (fp32 master + moments)"]
+    # two bf16 moments per parameter, plus fused AdamW's 4-byte step counter per tensor (8 here)
+    assert comp["predicted"] == 4 * trainable and comp["measured"] == 4 * trainable + 4 * 8

@@ -29,6 +29,17 @@ def mixture_flags(values: dict) -> dict:
     return {k: values[k] for k in DEFAULTS if k in values}
 
 
+def with_deepspeed(flags: dict, path: str | None) -> tuple[dict, dict | None]:
+    """The mixture flags with what a DeepSpeed config fixes (stage, offload, precision), and the
+    config; a flag that contradicts the file is an error."""
+    if not path:
+        return flags, None
+    from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
+
+    config = read_deepspeed_config(path)
+    return apply_deepspeed(flags, config, path), config
+
+
 def guard(fn):
     """One clear line on stderr and exit 2 for bad input, never a traceback."""
 
@@ -97,7 +108,9 @@ def estimate_cmd(
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
+    packing: o.Packing = None,
     safety_margin: Annotated[float, typer.Option("--safety-margin", help="Fraction of GPU memory kept free for the fit verdict.")] = 0.05,
+    deepspeed: o.DeepSpeed = None,
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
@@ -106,8 +119,9 @@ def estimate_cmd(
 
     spec = load_model(model)
     gpu_spec = load_gpu(gpu) if gpu else None
-    mix = mixture_from_flags(gpu_spec, **mixture_flags(locals()))
-    est = estimate(spec, mix, gpu_spec, method, safety_margin)
+    flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
+    mix = mixture_from_flags(gpu_spec, **flags)
+    est = estimate(spec, mix, gpu_spec, method, safety_margin, ds_config)
     if json_out:
         return print_json(est.to_json())
     estimate_table(est)
@@ -127,15 +141,17 @@ def plan_cmd(
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
+    packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
-    safety_margin: Margin = 0.05, json_out: o.Json = False,
+    safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, json_out: o.Json = False,
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched."""
     from ftmix.plan import load_calibration, plan
 
     spec, gpu_spec = load_model(model), load_gpu(gpu)
-    flags = mixture_flags(locals())
-    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin)
+    flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
+    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin,
+                  deepspeed=ds_config)
     if json_out:
         return print_json(result.to_json())
     plan_report(result)
@@ -149,7 +165,7 @@ def matrix_cmd(
     seq_lens: Annotated[str, typer.Option("--seq-lens", help="Comma list of context lengths.")] = "256,512,1024,2048,4096",
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
-    micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
+    micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None, packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     safety_margin: Margin = 0.05,
     png: Annotated[Optional[str], typer.Option("--png", help="Also write the matrix as a PNG heatmap.")] = None,

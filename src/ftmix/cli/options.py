@@ -22,6 +22,8 @@ MicroBatch = Annotated[Optional[int], typer.Option("--micro-batch", help="Micro 
 SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Sequence length in tokens. Default 256.")]
 Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs per node. Default 1.")]
 Nodes = Annotated[Optional[int], typer.Option("--nodes", help="Nodes. Default 1.")]
+Packing = Annotated[Optional[bool], typer.Option("--packing/--padding", help="Packed rows (no padding mask) or rows padded to --seq-len. Default padding.")]
+DeepSpeed = Annotated[Optional[str], typer.Option("--deepspeed", help="Your DeepSpeed JSON: its stage, offload, precision and bucket sizes (HF \"auto\" values too) drive the estimate.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 Model = Annotated[str, typer.Option("--model", help="Catalog name (see `ftmix models`), a config.json path or a hub id.")]
 Gpu = Annotated[Optional[str], typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")]

@@ -17,7 +17,10 @@ METHODS = ("analytic", "paper")
 
 
 def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: str = "analytic",
-             safety_margin: float = SAFETY_MARGIN) -> Estimate:
+             safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> Estimate:
+    """``deepspeed``: the user's own DeepSpeed config, whose bucket settings the analytic method
+    uses (its stage, offload and precision must already be in ``m``: ``mixture.engine
+    .flags_from_deepspeed``)."""
     check_mixture(m, model, gpu)
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
@@ -26,7 +29,7 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     if method == "paper":
         return paper_estimate(model, m, memory, name)
     if method == "analytic":
-        return analytic_estimate(model, m, memory, name, safety_margin)
+        return analytic_estimate(model, m, memory, name, safety_margin, deepspeed)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 

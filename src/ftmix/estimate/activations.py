@@ -34,6 +34,22 @@ class LayerActivations:
         return self.attention + self.scores + self.mlp
 
 
+def saves_frozen_inputs(m: Mixture) -> bool:
+    """Whether every linear saves its input, trainable or not: in full fine-tuning (weight
+    gradients need it), and under ZeRO-3, whose ``LinearFunctionForZeroStage3``
+    (``deepspeed/runtime/zero/linear.py``) replaces ``F.linear`` and saves input and weight
+    whatever needs a gradient (measured by the twin)."""
+    return m.lora == 0 or m.zero == 3
+
+
+def repeats_kv(m: Mixture) -> bool:
+    """Whether grouped-query K/V are repeated to the query heads' width before attention: eager
+    always (``repeat_kv``); SDPA whenever a padding mask is passed (transformers 5.24
+    ``use_gqa_in_sdpa``: CUDA's GQA path needs ``attention_mask is None``, so padded batches take
+    ``repeat_kv``; packed batches of full rows have no mask); FlashAttention-2 never."""
+    return m.attn == "eager" or (m.attn == "sdpa" and not m.packing)
+
+
 def element_bytes(m: Mixture) -> int:
     return m.element_bytes
 
@@ -45,25 +61,51 @@ def adapters_fp32(m: Mixture) -> bool:
     return m.lora > 0 and m.zero == 0 and m.precision in ("bf16", "fp16")
 
 
-def _inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
+def inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
     """Bytes a group of linears sharing one input saves: the 16-bit input once if any trains it in
-    16 bits, plus one fp32 cast copy per fp32 adapter (PEFT's ``_cast_input_dtype``), plus r per adapter."""
+    16 bits; with PEFT's fp32 adapters under HF Trainer's autocast, one 16-bit copy per adapter
+    (PEFT's ``_cast_input_dtype`` makes an fp32 copy, autocast casts it back for the matmul and
+    autograd keeps that cast); plus the r-wide lora_A output per adapter, 16-bit either way."""
     e = element_bytes(m)
     group = [lin for lin in model.linears if lin.role == role]
-    full = m.lora == 0
+    full = saves_frozen_inputs(m)
     wrapped = [lin for lin in group if lin.name in targets]
     saved = 0.0
     if full or (wrapped and not adapters_fp32(m)):
         saved += e * width
     if wrapped and adapters_fp32(m):
-        saved += FP32 * width * len(wrapped)
-    adapter_bytes = FP32 if adapters_fp32(m) else e
-    saved += adapter_bytes * m.lora * len(wrapped)  # lora_A output, saved by lora_B
+        saved += e * width * len(wrapped)
+    saved += e * m.lora * len(wrapped)  # lora_A output, saved by lora_B
     return saved
 
 
-def _norm_saved(model: ModelSpec, m: Mixture) -> float:
+def autocast_fp32_weights(m: Mixture) -> bool:
+    """Mixed-precision full fine-tuning without DeepSpeed: HF Trainer keeps the model in fp32 and
+    runs the forward under autocast, so the residual stream stays fp32 (the embedding is not
+    autocast) and every linear's weight is cast to 16 bits, a copy autograd keeps for backward."""
+    return m.zero == 0 and m.lora == 0 and m.precision in ("bf16", "fp16")
+
+
+def autocast_weight_copies(model: ModelSpec, m: Mixture) -> float:
+    """Bytes of autocast's 16-bit weight copies that autograd saves for backward: every linear and
+    the head when the model is fp32, every LoRA matrix when PEFT's adapters are (measured)."""
+    return model.layers * autocast_copies_per_layer(model, m) + (
+        element_bytes(m) * model.vocab * model.hidden if autocast_fp32_weights(m) else 0.0)
+
+
+def autocast_copies_per_layer(model: ModelSpec, m: Mixture) -> float:
+    if autocast_fp32_weights(m):
+        return element_bytes(m) * sum(lin.d_in * lin.d_out for lin in model.linears)
+    if adapters_fp32(m):
+        targets = resolve_targets(m, model)
+        return element_bytes(m) * sum(m.lora * (lin.d_in + lin.d_out) for lin in model.linears if lin.name in targets)
+    return 0.0
+
+
+def norm_saved(model: ModelSpec, m: Mixture) -> float:
     e, h = element_bytes(m), model.hidden
+    if autocast_fp32_weights(m):
+        e = FP32  # the normed output that the weight gradient needs is fp32 there
     if model.norm == "rms":
         return FP32 * h + RSQRT_BYTES + (e * h if m.lora == 0 else 0)  # fp32 upcast; normed for weight grad
     return e * h + 2 * FP32  # torch layer_norm: input, mean, rstd
@@ -72,23 +114,25 @@ def _norm_saved(model: ModelSpec, m: Mixture) -> float:
 def layer_activations(model: ModelSpec, m: Mixture) -> LayerActivations:
     e, h, inter = element_bytes(m), model.hidden, model.intermediate
     targets = resolve_targets(m, model) if m.lora else ()
-    norm = _norm_saved(model, m)
-    kv_width = model.q_dim if m.attn == "eager" else model.kv_dim  # eager repeats K/V (repeat_kv)
-    attention = norm + _inputs_saved(model, m, "attn_in", h, targets)
+    norm = norm_saved(model, m)
+    kv_width = model.q_dim if repeats_kv(m) else model.kv_dim
+    attention = norm + inputs_saved(model, m, "attn_in", h, targets)
     attention += e * (model.q_dim + 2 * kv_width)  # Q (after RoPE), K, V
     if m.attn == "eager":
         scores = model.heads * m.seq_len * (FP32 + (e if e != FP32 else 0))
-        attention += _inputs_saved(model, m, "attn_out", model.q_dim, targets)
+        attention += inputs_saved(model, m, "attn_out", model.q_dim, targets)
     else:
-        scores = 0.0
+        # a padding mask reaches SDPA as booleans; torch converts it to an additive mask in the
+        # query's dtype (b x 1 x s x s) that the kernel keeps for backward: e * s per token per layer
+        scores = e * m.seq_len if (m.attn == "sdpa" and not m.packing) else 0.0
         attention += e * model.q_dim + FP32 * model.heads  # kernel output (= o_proj input) and log-sum-exp
         if adapters_fp32(m):
-            attention += _inputs_saved(model, m, "attn_out", model.q_dim, targets)
+            attention += inputs_saved(model, m, "attn_out", model.q_dim, targets)
         else:
             attention += _lora_only(model, m, "attn_out", targets)
     mlp_norm = norm if model.norms_per_layer > 1 else 0.0
     if model.norms_per_layer > 1:
-        mlp_in = _inputs_saved(model, m, "mlp_in", h, targets)
+        mlp_in = inputs_saved(model, m, "mlp_in", h, targets)
     else:  # parallel block (phi-2): the MLP reads the attention's normed input, already counted
         mlp_in = _lora_only(model, m, "mlp_in", targets) + _fp32_casts(model, m, "mlp_in", h, targets)
     if model.gated_mlp:
@@ -97,7 +141,7 @@ def layer_activations(model: ModelSpec, m: Mixture) -> LayerActivations:
         act = 3 * e * inter  # gelu_new, a tanh formula: input, cube term, tanh output
     else:
         act = e * inter  # nn.GELU keeps its input
-    mlp = mlp_norm + mlp_in + act + _inputs_saved(model, m, "mlp_out", inter, targets)
+    mlp = mlp_norm + mlp_in + act + inputs_saved(model, m, "mlp_out", inter, targets)
     return LayerActivations(attention=attention, scores=scores, mlp=mlp)
 
 
@@ -106,13 +150,13 @@ def _lora_only(model: ModelSpec, m: Mixture, role: str, targets: tuple[str, ...]
     if m.lora == 0:
         return 0.0
     wrapped = [lin for lin in model.linears if lin.role == role and lin.name in targets]
-    return (FP32 if adapters_fp32(m) else element_bytes(m)) * m.lora * len(wrapped)
+    return element_bytes(m) * m.lora * len(wrapped)
 
 
 def _fp32_casts(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
     if not adapters_fp32(m):
         return 0.0
-    return FP32 * width * sum(1 for lin in model.linears if lin.role == role and lin.name in targets)
+    return element_bytes(m) * width * sum(1 for lin in model.linears if lin.role == role and lin.name in targets)
 
 
 def checkpoint_bytes(model: ModelSpec, m: Mixture) -> float:
@@ -128,7 +172,7 @@ def backward_transient(model: ModelSpec, m: Mixture, layer: LayerActivations) ->
     """
     e = element_bytes(m)
     mlp = e * (3 * model.intermediate + model.hidden)
-    scores = layer.scores - layer.mlp if layer.scores else 0.0
+    scores = layer.scores - layer.mlp if m.attn == "eager" else 0.0
     return max(mlp, scores)
 
 
@@ -148,4 +192,4 @@ def logits_bytes(model: ModelSpec, m: Mixture) -> tuple[float, float]:
 
 
 def final_norm_bytes(model: ModelSpec, m: Mixture) -> float:
-    return _norm_saved(model, m) + (element_bytes(m) * model.hidden if m.lora == 0 else 0)
+    return norm_saved(model, m) + (element_bytes(m) * model.hidden if saves_frozen_inputs(m) else 0)

@@ -17,40 +17,62 @@ from ftmix.estimate.constants import (ALLOCATOR_SLACK, CUBLAS_WORKSPACE_BYTES, C
                                       NCCL_BUFFER_BYTES, SAFETY_MARGIN)
 from ftmix.estimate.result import Estimate
 from ftmix.estimate.states import model_states, total_with_adapters, trainable_params
-from ftmix.mixture import Mixture
+from ftmix.mixture import Mixture, resolve_targets
 
 
-def activation_peak(model: ModelSpec, m: Mixture) -> tuple[dict[str, float], str]:
-    """Bytes of activations at the backward peak, by component, and where the peak falls."""
+def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0) -> tuple[dict[str, float], str, float]:
+    """Bytes of activations at the backward peak, by component, where the peak falls, and the
+    reduction buckets alive then: stage 2 allocates them at the first gradient, after the loss
+    head's backward; stage 1 (with accumulation) and stage 3 hold them throughout."""
     tokens = m.tokens
     layer = act.layer_activations(model, m)
     per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
-    stored = (model.layers * per_layer + act.final_norm_bytes(model, m)) * tokens
+    stored = (model.layers * per_layer + act.final_norm_bytes(model, m)) * tokens + act.autocast_weight_copies(model, m)
     _, logits_peak = act.logits_bytes(model, m)
     at_loss = logits_peak * tokens
     recompute = layer.total * tokens if m.gc else 0.0
     working = act.backward_transient(model, m, layer) * tokens
     parts = {"activations": stored, "loss_head": 0.0, "gc_recompute": 0.0, "backward_working": 0.0}
-    if at_loss >= recompute + working:
+    buckets_at_loss = 0.0 if m.zero == 2 else buckets
+    freed = _freed_before_first_gradient(model, m, layer) * tokens if m.zero == 2 else 0.0
+    if at_loss + buckets_at_loss >= recompute + working + buckets - freed:
         parts["loss_head"] = at_loss
-        return parts, "backward of the loss head (fp32 logits)"
+        return parts, "backward of the loss head (fp32 logits)", buckets_at_loss
+    parts["activations"] = stored - freed
     parts["gc_recompute"], parts["backward_working"] = recompute, working
-    return parts, "backward of a decoder layer"
+    return parts, "backward of a decoder layer", buckets
+
+
+def _freed_before_first_gradient(model: ModelSpec, m: Mixture, layer) -> float:
+    """Bytes per token of the last layer freed before its first trainable gradient, when stage 2's
+    buckets arrive. The backward runs the MLP, then the attention output, then the kernel: with
+    LoRA on q/k/v only, everything but the norm and the projections' inputs is freed by then;
+    with LoRA on o_proj, the MLP part; with LoRA on the MLP, nothing."""
+    if not m.lora or m.gc:
+        return 0.0
+    targets = set(resolve_targets(m, model))
+    trained = {lin.role for lin in model.linears if lin.name in targets}
+    if trained & {"mlp_in", "mlp_out"}:
+        return 0.0
+    if "attn_out" in trained:
+        return layer.mlp
+    kept = act.norm_saved(model, m) + act.inputs_saved(model, m, "attn_in", model.hidden, tuple(targets))
+    return layer.total - kept
 
 
 def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None, gpu: str | None = None,
-                      safety_margin: float = SAFETY_MARGIN) -> Estimate:
-    states = model_states(model, m)
-    persistent = {"parameters": states.parameters, "gradients": states.gradients,
-                  "optimizer": states.optimizer, "zero_buffers": states.zero_buffers}
-    acts, where = activation_peak(model, m)
-    breakdown = dict(persistent)
-    if sum(acts.values()) >= states.optimizer_temp:
-        breakdown.update(acts)
-        breakdown["optimizer_step"] = 0.0
+                      safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> Estimate:
+    states = model_states(model, m, deepspeed)
+    breakdown = {"parameters": states.parameters, "gradients": states.gradients, "optimizer": states.optimizer}
+    acts, where, buckets = activation_peak(model, m, states.reduce_buckets)
+    backward = sum(acts.values()) + buckets + states.gathered
+    # at the step the stage-1/2 buckets are released and stage 3 has re-partitioned its parameters
+    step_buckets = states.reduce_buckets if m.zero == 3 else 0.0
+    if backward >= states.optimizer_temp + step_buckets:
+        breakdown.update(zero_buffers=buckets, gathered_params=states.gathered, **acts, optimizer_step=0.0)
     else:
-        breakdown.update({k: 0.0 for k in acts})
-        breakdown["optimizer_step"] = states.optimizer_temp
+        breakdown.update(zero_buffers=step_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
+                         optimizer_step=states.optimizer_temp)
         where = "optimizer step (fp32 gradient partition)"
     dynamic = sum(v for k, v in breakdown.items() if k not in ("parameters", "gradients", "optimizer"))
     overheads = {"allocator_slack": ALLOCATOR_SLACK * dynamic, "cuda_context": CUDA_CONTEXT_BYTES,
@@ -60,4 +82,12 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                     total_params=total_with_adapters(model, m), trainable_params=trainable_params(model, m),
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
-                    gpu_memory=gpu_memory, safety_margin=safety_margin, notes=(f"peak at: {where}",))
+                    gpu_memory=gpu_memory, safety_margin=safety_margin,
+                    notes=(f"peak at: {where}", data_note(m)))
+
+
+def data_note(m: Mixture) -> str:
+    if m.packing:
+        return f"data: packed, every micro batch is {m.micro_batch} x {m.seq_len} tokens"
+    return (f"data: padded; the peak is for a micro batch of {m.micro_batch} x {m.seq_len} tokens, the longest "
+            "a padded batch can be (batches padded to their longest sample peak lower)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ftmix.catalog import ModelSpec
 from ftmix.estimate.constants import ADAM_K, FP32_GRAD_PARTITION, LORA_PARAM_BYTES
 from ftmix.mixture import Mixture, resolve_targets
-from ftmix.mixture.engine import DS_PREFETCH_BUCKET, overlap_comm, reduce_bucket_elements
+from ftmix.mixture.engine import DS_PARAM_PERSISTENCE, bucket_settings, deepspeed_config
 
 
 def trainable_params(model: ModelSpec, m: Mixture) -> int:
@@ -31,6 +31,30 @@ def trainable_params(model: ModelSpec, m: Mixture) -> int:
     targets = set(resolve_targets(m, model))
     per_layer = sum(m.lora * (lin.d_in + lin.d_out) for lin in model.linears if lin.name in targets)
     return per_layer * model.layers
+
+
+def persistent_params(model: ModelSpec, m: Mixture, threshold: int = DS_PARAM_PERSISTENCE) -> int:
+    """Elements of the tensors ZeRO-3 keeps whole on every rank, never partitioned nor offloaded:
+    those at or under ``stage3_param_persistence_threshold`` (``partition_parameters``
+    ``ds_persist``): norms, biases, LoRA matrices, and in small models whole layers."""
+    layer = [lin.d_in * lin.d_out for lin in model.linears] + [lin.d_out for lin in model.linears if lin.bias]
+    layer += [model.hidden] * model.norms_per_layer * (1 if model.norm == "rms" else 2)
+    if m.lora:
+        targets = set(resolve_targets(m, model))
+        layer += [m.lora * n for lin in model.linears if lin.name in targets for n in (lin.d_in, lin.d_out)]
+    top = [model.embedding_params] + [model.hidden] * (1 if model.norm == "rms" else 2)
+    if not model.tied_embeddings:
+        top += [model.vocab * model.hidden] + ([model.vocab] if model.lm_head_bias else [])
+    return model.layers * sum(x for x in layer if x <= threshold) + sum(x for x in top if x <= threshold)
+
+
+def largest_trainable(model: ModelSpec, m: Mixture) -> int:
+    """Elements of the largest trainable tensor: a LoRA matrix (r x the wider side of its layer)
+    or, in full fine-tuning, the largest module's weight."""
+    if m.lora == 0:
+        return model.largest_module_params
+    targets = set(resolve_targets(m, model))
+    return max(m.lora * max(lin.d_in, lin.d_out) for lin in model.linears if lin.name in targets)
 
 
 def total_with_adapters(model: ModelSpec, m: Mixture) -> int:
@@ -47,12 +71,19 @@ class ModelStates:
     gradients: float
     optimizer: float
     optimizer_temp: float  # fp32 gradient partition at the step
-    zero_buffers: float  # reduce buckets, stage-3 gathered modules and prefetch
+    reduce_buckets: float  # DeepSpeed's gradient reduction buckets (see reduce_buckets)
+    gathered: float  # stage 3: 16-bit parameters gathered in full during forward and backward
     cpu_parameters: float
     cpu_optimizer: float
 
+    @property
+    def zero_buffers(self) -> float:
+        return self.reduce_buckets + self.gathered
 
-def model_states(model: ModelSpec, m: Mixture) -> ModelStates:
+
+def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) -> ModelStates:
+    """``deepspeed``: the user's DeepSpeed config (bucket sizes, overlap_comm); ftmix's own
+    (``mixture.engine.deepspeed_config``) when None."""
     n = m.world
     e = m.element_bytes
     trainable = trainable_params(model, m)
@@ -67,6 +98,11 @@ def model_states(model: ModelSpec, m: Mixture) -> ModelStates:
         # are ``.clone().float()`` of the 16-bit (or fp32) partition
         p_b, g_b, o_b = e, e, ADAM_K
         needs_fp32_grad = True
+    elif not lora and m.precision in ("bf16", "fp16"):
+        # HF Trainer's mixed precision without DeepSpeed: fp32 weights, fp32 gradients, fp32 AdamW
+        # moments, no separate master copy (autocast's 16-bit weight copies are activations)
+        p_b, g_b, o_b = 4, 4, 8
+        needs_fp32_grad = False
     elif m.pure16:
         p_b, g_b, o_b = e, e, 2 * e  # torch AdamW keeps its moments in the parameters' dtype
         needs_fp32_grad = False
@@ -84,40 +120,73 @@ def model_states(model: ModelSpec, m: Mixture) -> ModelStates:
     grads = trainable * g_b
     opt = trainable * o_b
     temp = trainable * FP32_GRAD_PARTITION if needs_fp32_grad else 0.0
+    host_temp = temp
+    if m.zero >= 1 and e != FP32_GRAD_PARTITION:
+        # the step flattens the 16-bit gradient partition, then casts it to fp32 (stage_1_and_2
+        # and stage3 ``step``): e + 4 bytes per element of the partition (measured)
+        temp += trainable * e
+    persistent = 0.0
     if m.zero >= 1:
         opt /= n
         temp /= n
+        host_temp /= n
     if m.zero >= 2:
         grads /= n
     if m.zero == 3:
-        params /= n
+        # parameters at or under stage3_param_persistence_threshold stay whole on every rank
+        persistent = e * persistent_params(model, m)
+        params = (params - persistent) / n
     cpu_params = cpu_opt = 0.0
     if m.offload in ("optimizer", "all"):
         # every rank on the node offloads its own partition; reduced gradients go straight to the
         # CPU optimizer's fp32 buffer (DeepSpeed's estimator: GPU = 2P under ZeRO-2 offload)
-        cpu_opt = (opt + temp) * m.gpus
-        opt = temp = grads = 0.0
+        cpu_opt = (opt + host_temp) * m.gpus
+        opt = temp = 0.0
+        # stage 1 keeps the whole 16-bit gradients to the end of the backward (it reduces in the
+        # epilogue, offload or not); stage 2 sends each reduced bucket to the host. Both keep a
+        # 16-bit staging buffer of the largest parameter (``temp_grad_buffer_for_gpu_offload``).
+        if m.zero != 1:
+            grads = 0.0
+        if m.zero in (1, 2):
+            grads += e * largest_trainable(model, m)
     if m.offload == "all":
         cpu_params = params * m.gpus
         params = 0.0
-    return ModelStates(params, grads, opt, temp, zero_buffers(model, m, trainable), cpu_params, cpu_opt)
+    params += persistent
+    return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
+                       gathered_params(model, m), cpu_params, cpu_opt)
 
 
-def zero_buffers(model: ModelSpec, m: Mixture, trainable: int) -> float:
-    """DeepSpeed's working buffers on the GPU.
+def reduce_buckets(m: Mixture, trainable: int, hidden: int = 0, deepspeed: dict | None = None) -> float:
+    """Bytes of DeepSpeed's gradient reduction buckets: ``reduce_bucket_size`` 16-bit elements.
 
-    ZeRO-1/2/3 allocate ``reduce_bucket_size`` 16-bit elements for gradient reduction, twice with
-    overlap_comm (``stage_1_and_2.setup_buckets``; ``stage3`` ipg buffer). ZeRO-3 also holds the
-    module being computed, gathered in full (DeepSpeed's estimator: 4 bytes x largest layer, its
-    16-bit weights and gradient; a frozen LoRA base module has no gradient: 2 bytes), plus the
-    prefetch bucket of 16-bit parameters.
+    Stages 1/2 (``stage_1_and_2.setup_buckets``, DeepSpeed 0.19.8) allocate one per bucket, two
+    with overlap_comm, at the first gradient of a backward and free them in its epilogue
+    (``_release_ipg_buffers``); stage 1 reduces only at the accumulation boundary, so with
+    gradient accumulation its buckets live through the next micro steps' forward too. Stage 3
+    keeps one persistent buffer even with overlap_comm (``stage3._setup_for_real_optimizer``;
+    measured by the device-memory twin, benchmarks/results/conformance.md).
     """
     if m.zero == 0:
+        # torch DDP's reducer keeps gradient buckets as large as the gradients (HF Trainer leaves
+        # gradient_as_bucket_view off): PEFT's fp32 adapters, or fp32 weights in mixed precision
+        grad_bytes = 4 if m.precision in ("bf16", "fp16", "fp32") else m.element_bytes
+        return grad_bytes * trainable if m.world > 1 else 0.0
+    elements, overlap = bucket_settings(deepspeed or deepspeed_config(m, trainable), m, hidden)
+    copies = 2 if overlap and m.zero in (1, 2) else 1
+    return m.element_bytes * elements * copies
+
+
+def gathered_params(model: ModelSpec, m: Mixture) -> float:
+    """Stage 3 over several ranks: 16-bit parameters gathered at the backward's peak.
+
+    Measured with the device-memory twin (DeepSpeed 0.19.8, 2 gloo ranks, tiny Llama): at the loss
+    head's backward the output head and about one decoder layer are gathered
+    (``partition_parameters._allgather_params_coalesced``); the rest was released after its
+    forward use. DeepSpeed's own estimator charges the largest layer (its "4L" with the gradient).
+    On one rank a partition is the whole parameter and nothing is gathered.
+    """
+    if m.zero != 3 or m.world == 1:
         return 0.0
-    e = m.element_bytes
-    buffers = e * reduce_bucket_elements(trainable) * (2 if overlap_comm(m) else 1)
-    if m.zero == 3:
-        gathered = (1 if m.lora else 2) * e * model.largest_module_params
-        # the prefetch bucket holds parameters of the model: never more than the model itself
-        buffers += gathered + e * min(DS_PREFETCH_BUCKET, model.total_params)
-    return buffers
+    head = model.lm_head_params or model.embedding_params
+    return m.element_bytes * min(model.total_params, head + model.layer_params + model.norm_params)

@@ -39,13 +39,14 @@ ROLES = ("parameter", "fp32 master", "optimizer state", "bucket", "gradient", "d
          "activation", "temporary")
 _PRIORITY = {r: i for i, r in enumerate(ROLES)}
 
-# Frames the code-site search walks past: torch itself and this module.
-_SKIP = ("/torch/", "/ftmix/measure/", "/contextlib.py", "/functools.py", "<")
+# Frames the code-site search walks past: torch itself, this module and decorators' wrappers.
+_SKIP = ("/torch/", "/ftmix/measure/", "/contextlib.py", "/functools.py", "<", "deepspeed/utils/nvtx.py")
 # A storage never marked gets its role from where it was allocated.
-_SITE_ROLES = (("deepspeed/runtime/zero/partition_parameters", "parameter"),
-               ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"),
-               ("deepspeed/ops/adam", "optimizer state"),
-               ("deepspeed/", "deepspeed buffer"))
+_SITE_ROLES = (("deepspeed/ops/adam", "optimizer state"), ("deepspeed/", "deepspeed buffer"))
+# Sites whose allocations keep their role whatever marks say: ZeRO-3's gathered parameters (autograd
+# also saves them for the backward, but they are the engine's parameters).
+_STRONG_SITE_ROLES = (("deepspeed/runtime/zero/partition_parameters", "parameter"),
+                      ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"))
 
 
 # DeepSpeed functions that allocate reduce buckets (stage_1_and_2 ``setup_buckets``, stage3
@@ -70,6 +71,9 @@ class _Alloc:
     def final_role(self) -> str:
         if self.site.endswith(_BUCKET_FUNCTIONS):
             return "bucket"  # gradients live in it (contiguous_gradients), but it is the engine's bucket
+        for prefix, role in _STRONG_SITE_ROLES:
+            if self.site.startswith(prefix):
+                return role
         if self.role is not None:
             return self.role
         for prefix, role in _SITE_ROLES:
@@ -138,6 +142,9 @@ class _Dispatch(TorchDispatchMode):
 
 _RESIZES = {torch.ops.aten.resize_.default}
 _HOST_SITES = ("deepspeed/ops/adam/cpu_adam",)
+# DeepSpeed ZeRO-1/2 offload buffers that live on the host (stage_1_and_2.py, 0.19.8).
+_HOST_ATTRIBUTES = {"param_buffer_of_bit16_for_cpu_offload_groups", "single_partition_of_fp32_groups",
+                    "temp_grad_buffer_for_cpu_offload", "accumulated_grads_in_cpu", "offload_gradient_dict"}
 
 
 class _Placement(TorchFunctionMode):
@@ -216,6 +223,7 @@ class DeviceTwin:
         self.step = 0
         self.micro = 0
         self.allocations = 0
+        self.phase_peaks: dict[str, int] = {}  # the device peak within each phase
         self._seq = 0
         self._peak_seq = -1
         self._records: dict[int, _Alloc] = {}
@@ -284,8 +292,8 @@ class DeviceTwin:
     def _track(self, t: torch.Tensor, tag: str) -> None:
         storage = t.untyped_storage()
         key = storage._cdata
-        if key in self._records:
-            return
+        if key in self._records or storage.device.type == "meta":
+            return  # meta tensors hold shapes, no memory (DeepSpeed keeps them as metadata)
         nbytes = storage.nbytes()
         self._seq += 1
         self.allocations += 1
@@ -296,6 +304,8 @@ class DeviceTwin:
 
     def _add(self, rec: _Alloc, nbytes: int) -> None:
         self.live[rec.tag] += nbytes
+        if rec.tag == DEVICE and self.live[DEVICE] > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = self.live[DEVICE]
         if self.live[rec.tag] > self.peak[rec.tag]:
             self.peak[rec.tag] = self.live[rec.tag]
             self.peak_where[rec.tag] = (self.phase, self.step, self.micro)
@@ -359,7 +369,20 @@ class DeviceTwin:
                     role = _deepspeed_role(name)
                     if role:
                         self.mark(value, role, name)
+                    if self.offload and self.virtual and name in _HOST_ATTRIBUTES:
+                        self.retag(value, HOST)
             optimizer = getattr(optimizer, "optimizer", None)
+
+    def retag(self, tensors, tag: str) -> None:
+        """Move storages to ``tag`` from now on: for buffers DeepSpeed places on the host with a
+        device object taken from a host tensor (``device=weights_partition.device``), which the
+        placement rules cannot tell from a device one."""
+        for t in _tensors(tensors):
+            rec = self._records.get(t.untyped_storage()._cdata)
+            if rec is not None and rec.tag != tag:
+                self.live[rec.tag] -= rec.nbytes
+                rec.tag = tag
+                self._add(rec, rec.nbytes)
 
     def _saved(self, t):
         if isinstance(t, torch.Tensor):
@@ -470,6 +493,7 @@ class DeviceTwin:
             "device_peak_bytes": self.peak[DEVICE], "host_peak_bytes": self.peak[HOST],
             "device_peak_at": where(DEVICE), "host_peak_at": where(HOST),
             "device_by_role": {r: by_role[r] for r in ROLES if by_role.get(r)},
+            "device_peak_by_phase": dict(self.phase_peaks),
             "device_top_sites": [{"site": s, "role": role, "dtype": d, "bytes": b} for (s, role, d), b in sites],
             "host_live_sites": [{"site": k, "bytes": v} for k, v in sorted(host.items(), key=lambda kv: -kv[1])[:top]],
             "allocations": self.allocations,

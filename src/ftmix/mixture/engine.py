@@ -26,6 +26,78 @@ def overlap_comm(m: Mixture) -> bool:
     return m.zero == 3
 
 
+def read_deepspeed_config(path: str) -> dict:
+    """A user's DeepSpeed JSON, with one clear error for a file that is missing or malformed."""
+    import json
+    from pathlib import Path
+
+    from ftmix.errors import FtmixError
+
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FtmixError(f"cannot read DeepSpeed config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("zero_optimization", {}), dict):
+        raise FtmixError(f"DeepSpeed config {path}: expected a JSON object with a zero_optimization object")
+    return config
+
+
+def flags_from_deepspeed(config: dict) -> dict:
+    """The mixture keys a DeepSpeed config fixes: ZeRO stage, offload, precision."""
+    from ftmix.errors import FtmixError
+
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise FtmixError(f"DeepSpeed config: zero_optimization.stage must be 0-3, got {stage!r}")
+
+    def device(key):
+        return ((zero.get(key) or {}).get("device") or "none") not in ("none",)
+
+    offload = "all" if device("offload_param") else "optimizer" if device("offload_optimizer") else "none"
+    flags = {"zero": stage, "offload": offload}
+    if (config.get("bf16") or {}).get("enabled") is True:
+        flags["precision"] = "bf16"
+    elif (config.get("fp16") or {}).get("enabled") is True:
+        flags["precision"] = "fp16"
+    return flags
+
+
+def apply_deepspeed(flags: dict, config: dict, path: str) -> dict:
+    """The mixture flags with what a DeepSpeed config fixes; a flag given that contradicts the
+    file is an error (one line naming both)."""
+    from ftmix.errors import FtmixError
+
+    fixed = flags_from_deepspeed(config)
+    for key, value in fixed.items():
+        if flags.get(key) is not None and flags[key] != value:
+            raise FtmixError(f"--{key.replace('_', '-')} {flags[key]} contradicts {path}, which sets {key} {value}")
+    return dict(flags, **fixed)
+
+
+def _elements(value, default: int, hidden: int, auto_factor: float) -> int:
+    """A bucket size in elements; HF's "auto" is ``factor x hidden^2`` (transformers'
+    ``HfTrainerDeepSpeedConfig.trainer_config_finalize``)."""
+    if value is None:
+        return default
+    if value == "auto":
+        return int(auto_factor * hidden * hidden)
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        from ftmix.errors import FtmixError
+
+        raise FtmixError(f"DeepSpeed config: bucket size {value!r} is not a number") from None
+
+
+def bucket_settings(config: dict, m: Mixture, hidden: int) -> tuple[int, bool]:
+    """(reduce_bucket_size in elements, overlap_comm) as the engine will run them."""
+    zero = config.get("zero_optimization") or {}
+    overlap = zero.get("overlap_comm")
+    overlap = overlap_comm(m) if overlap in (None, "auto") else bool(overlap)
+    return _elements(zero.get("reduce_bucket_size"), DS_REDUCE_BUCKET, hidden, 1.0), overlap
+
+
 def deepspeed_config(m: Mixture, trainable_params: int) -> dict:
     """A DeepSpeed JSON config for the mixture. Batch fields are "auto" for HF Trainer to fill."""
     zero: dict = {"stage": m.zero}

@@ -23,7 +23,7 @@ PRECISIONS = ("fp16", "bf16", "fp32", "bf16-true", "fp16-true")
 ALL_LINEAR = "all-linear"
 
 DEFAULTS = dict(zero=2, offload="optimizer", lora=64, lora_alpha=32, lora_targets="q_proj,v_proj", gc=False,
-                attn=None, precision=None, micro_batch=1, seq_len=256, gpus=1, nodes=1)
+                attn=None, precision=None, micro_batch=1, seq_len=256, gpus=1, nodes=1, packing=False)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Mixture:
     seq_len: int = 256
     gpus: int = 1  # per node
     nodes: int = 1
+    # packed sequences (every row s tokens, no padding mask) or padded ones (the study's way: each
+    # example padded to s; with a mask, SDPA cannot use grouped-query K/V natively)
+    packing: bool = False
 
     @property
     def pure16(self) -> bool:
@@ -121,6 +124,8 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
             raise FtmixError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
     if isinstance(m.lora, bool) or not isinstance(m.lora, int) or m.lora < 0:
         raise FtmixError(f"lora must be a rank >= 0 (0 = full fine-tuning), got {m.lora!r}")
+    if not isinstance(m.packing, bool) or not isinstance(m.gc, bool):
+        raise FtmixError("gc and packing must be true or false")
     if m.zero not in (0, 1, 2, 3):
         raise FtmixError(f"zero must be 0, 1, 2 or 3, got {m.zero!r}")
     if m.offload not in OFFLOADS:

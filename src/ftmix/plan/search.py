@@ -89,13 +89,13 @@ def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int
 
 def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
                effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
-               safety_margin: float = SAFETY_MARGIN) -> list[Candidate]:
+               safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> list[Candidate]:
     _check_fixed(model, gpu, flags)
     found, first_error = [], None
     for option in _options(gpu, flags, search_batch, effective_batch):
         try:
             m = mixture_from_flags(gpu, **option)
-            mem = estimate(model, m, gpu, "analytic", safety_margin)
+            mem = estimate(model, m, gpu, "analytic", safety_margin, deepspeed)
         except FtmixError as exc:  # an impossible combination of open dimensions: skip it
             first_error = first_error or exc
             continue
@@ -116,15 +116,18 @@ def _check_fixed(model: ModelSpec, gpu: GpuSpec, flags: dict) -> None:
 
 def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
          effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
-         safety_margin: float = SAFETY_MARGIN, suggest: bool = True) -> Plan:
-    """The fastest fitting mixture; LoRA versus full fine-tuning stays the user's choice (flags)."""
+         safety_margin: float = SAFETY_MARGIN, suggest: bool = True, deepspeed: dict | None = None) -> Plan:
+    """The fastest fitting mixture; LoRA versus full fine-tuning stays the user's choice (flags).
+    With the user's DeepSpeed config its stage and offload stay fixed (the caller puts them in
+    ``flags``) and its bucket sizes enter every estimate."""
     if effective_batch <= 0:
         raise FtmixError(f"effective batch must be positive, got {effective_batch}")
-    found = candidates(model, gpu, flags, search_batch, effective_batch, constants, safety_margin)
+    found = candidates(model, gpu, flags, search_batch, effective_batch, constants, safety_margin, deepspeed)
     best = found[0] if found[0].fits else None
     message = None
     if best is None and suggest:
-        message = _smallest_change(model, gpu, flags, search_batch, effective_batch, constants, safety_margin)
+        message = _smallest_change(model, gpu, flags, search_batch, effective_batch, constants, safety_margin,
+                                   deepspeed)
     return Plan(model.name, gpu.name, best, tuple(found), message)
 
 

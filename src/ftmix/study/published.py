@@ -149,6 +149,9 @@ def _spec(row: dict) -> ModelSpec:
 
 def _precision(row: dict, method: str) -> str:
     p = _text(row.get("precision"))
+    if method == "lora" and ("fp32 weights" in p or "bf16-mixed" in p):
+        # litgpt's bf16-mixed keeps the frozen base in fp32 too; ftmix's LoRA base is 16-bit
+        raise NotRepresented("LoRA over an fp32 base (litgpt bf16-mixed)")
     if p.startswith("fp16") and "t4" not in _text(row.get("gpu")):
         return "fp16"
     if "bf16-true" in p or "pure bf16" in p or "no fp32 master" in p:

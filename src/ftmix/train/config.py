@@ -72,7 +72,8 @@ class TrainConfig(BaseModel):
     nnodes: int = Field(default=1, gt=0)
     node_rank: int = Field(default=0, ge=0)
     master_addr: str = "127.0.0.1"
-    master_port: int = Field(default=29512, gt=0, lt=65536)
+    # None: a free port on a single node (two runs side by side never collide), 29512 across nodes
+    master_port: Optional[int] = Field(default=None, gt=0, lt=65536)
 
     def mixture_flags(self) -> dict:
         flags = {k: getattr(self, k) for k in DEFAULTS if k not in ("gpus", "nodes")}

@@ -33,18 +33,31 @@ def clear_stale_locks() -> int:
     return removed
 
 
+def rendezvous_port(cfg: TrainConfig) -> int:
+    if cfg.master_port is not None:
+        return cfg.master_port
+    if cfg.nnodes > 1:
+        return 29512  # every node must agree on it without talking first
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def worker_command(cfg: TrainConfig, config_path: Path) -> list[str]:
     module = ["-m", "ftmix.train.worker", str(config_path)]
+    port = str(rendezvous_port(cfg))
     if cfg.launcher == "deepspeed":
         exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
-        cmd = [exe, "--master_port", str(cfg.master_port)]
+        cmd = [exe, "--master_port", port]
         if cfg.hostfile:
             cmd += ["--hostfile", cfg.hostfile, "--num_nodes", str(cfg.nnodes), "--master_addr", cfg.master_addr]
         cmd += ["--num_gpus", str(cfg.nproc), "--module", "ftmix.train.worker", str(config_path)]
         return cmd
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(cfg.nproc),
             "--nnodes", str(cfg.nnodes), "--node_rank", str(cfg.node_rank), "--master_addr", cfg.master_addr,
-            "--master_port", str(cfg.master_port), *module]
+            "--master_port", port, *module]
 
 
 def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dict:

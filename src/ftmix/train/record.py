@@ -57,12 +57,14 @@ def merge_twins(ranks: list[dict]) -> dict | None:
 
 
 # The estimate's breakdown and the twin's roles, grouped into what both can name.
+# Gradients and DeepSpeed's buffers are one group: DeepSpeed moves gradients into its buckets and
+# partitions as they come, so where one ends and the other starts is the engine's business.
 COMPONENTS = {
-    "parameters": (("parameters",), ("parameter",)),
-    "gradients": (("gradients",), ("gradient",)),
+    "parameters": (("parameters", "gathered_params"), ("parameter",)),
     "optimizer states (fp32 master + moments)": (("optimizer",), ("fp32 master", "optimizer state")),
-    "DeepSpeed buffers": (("zero_buffers",), ("bucket", "deepspeed buffer")),
-    "activations and temporaries": (("activations", "loss_head", "gc_recompute", "backward_working", "optimizer_step"),
+    "gradients and DeepSpeed buffers": (("gradients", "zero_buffers", "optimizer_step"),
+                                        ("gradient", "bucket", "deepspeed buffer")),
+    "activations and temporaries": (("activations", "loss_head", "gc_recompute", "backward_working"),
                                     ("activation", "temporary")),
 }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ftmix.catalog import GpuSpec, load_gpu, match_gpu
 from ftmix.errors import FtmixError
 from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
-from ftmix.mixture.engine import deepspeed_config
+from ftmix.mixture.engine import apply_deepspeed, deepspeed_config, read_deepspeed_config
 from ftmix.train.config import TrainConfig
 
 def detect_gpu(device: str) -> GpuSpec | None:
@@ -42,10 +42,13 @@ def pick_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None) -> Mixture:
+def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None, user_ds: dict | None = None) -> Mixture:
     """The same Mixture as estimate/plan; fa2 falls back on CPU. On CPU precision defaults to bf16
-    while the device-memory twin measures (the bytes a GPU run holds), else to fp32."""
+    while the device-memory twin measures (the bytes a GPU run holds), else to fp32. The user's
+    DeepSpeed JSON fixes stage, offload and precision, as it does for ``estimate --deepspeed``."""
     flags = cfg.mixture_flags()
+    if user_ds is not None:
+        flags = apply_deepspeed(flags, user_ds, cfg.deepspeed_config)
     if device == "cpu" and flags["precision"] is None:
         flags["precision"] = "bf16" if cfg.twin else "fp32"
     m = mixture_from_flags(gpu, **flags)
@@ -96,7 +99,8 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     gpu = load_gpu(cfg.gpu) if cfg.gpu else detect_gpu(device)
-    m = resolve_mixture(cfg, device, gpu)
+    user_ds = read_deepspeed_config(cfg.deepspeed_config) if cfg.deepspeed_config else None
+    m = resolve_mixture(cfg, device, gpu, user_ds)
     if m.world != world:
         m = m.with_(gpus=world // m.nodes or 1)
     transformers.set_seed(cfg.seed)
@@ -112,13 +116,8 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     if len(tokenizer) > built.spec.vocab:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {built.spec.vocab}")
     check_mixture(m, built.spec, None)
-    ds_config = None
-    if cfg.deepspeed_config:
-        try:
-            ds_config = json.loads(Path(cfg.deepspeed_config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FtmixError(f"cannot read DeepSpeed config {cfg.deepspeed_config}: {exc}") from None
-    elif m.zero >= 1:
+    ds_config = user_ds
+    if ds_config is None and m.zero >= 1:
         trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         ds_config = deepspeed_config(m, trainable)
     return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, ds_config, rss_before_model)
@@ -192,7 +191,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
         use_cpu=device == "cpu", deepspeed=prep.ds_config, remove_unused_columns=False, dataloader_num_workers=0,
-        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        optim="adamw_torch_fused",  # a GPU run's AdamW; on CPU too, so the twin sees a GPU's temporaries
         ddp_backend="gloo" if (device == "cpu" and world > 1) else None, save_only_model=False, **precision)
     meter = Meter(device, progress if prep.rank == 0 else None, twin)
     trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
@@ -201,10 +200,6 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
     notes = list(prep.built.notes)
-    if cfg.deepspeed_config:
-        stage = (prep.ds_config.get("zero_optimization") or {}).get("stage", 0)
-        if stage != m.zero:
-            notes.append(f"your DeepSpeed config sets ZeRO stage {stage}; the mixture said {m.zero}: the engine runs {stage}")
     output = trainer.train(resume_from_checkpoint=resume)
     if cfg.save_steps:
         trainer.save_state()
@@ -231,7 +226,8 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             "cpu_rss_before_model_gb": round((prep.rss_before_model or 0) / 1e9, 4),
             "memory_after_setup": meter.memory_after_setup,
         },
-        "predicted": _predict(prep.built.spec, m, prep.gpu, cfg.effective_batch),
+        "predicted": _predict(prep.built.spec, m, prep.gpu, cfg.effective_batch,
+                              prep.ds_config if cfg.deepspeed_config else None),
         "versions": _versions(),
     }
     out = Path(cfg.output_dir) / "ranks"
@@ -262,11 +258,11 @@ def _engine_report(trainer, m: Mixture, ds_config) -> dict:
             "reduce_bucket_size": (ds_config.get("zero_optimization") or {}).get("reduce_bucket_size")}
 
 
-def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int) -> dict:
+def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_ds: dict | None = None) -> dict:
     from ftmix.estimate import estimate
     from ftmix.plan import step_time
 
-    est = estimate(spec, m, gpu)
+    est = estimate(spec, m, gpu, deepspeed=user_ds)
     out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4), "peak_bytes": round(est.peak),
            "cpu_bytes": round(est.cpu_bytes), "breakdown_bytes": {k: round(v) for k, v in est.breakdown.items()}}
     if gpu is not None:

@@ -1,0 +1,65 @@
+"""Published rows become ftmix inputs, or a named reason why not; units and counters as published."""
+
+import json
+
+import pytest
+
+from ftmix.errors import FtmixError
+from ftmix.study.published import NotRepresented, load_rows, represent
+
+LITGPT = {"id": "r1", "source_group": "litgpt/config_hub", "trust": "high", "row_type": "measured_run",
+          "model": "meta-llama/Llama-2-7b-hf",
+          "model_shape": {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 32, "intermediate": 11008,
+                          "vocab": 32000},
+          "method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_targets": ["query", "value"], "quantization": None,
+          "engine": "none (single GPU)", "n_gpus": 1, "gpu": "NVIDIA A100-SXM4-40GB", "seq_len": 512, "micro_batch": 4,
+          "global_batch": 128, "gradient_checkpointing": "no", "attention": "sdpa",
+          "precision": "bf16-true (weights, grads, optimizer state in bf16; no fp32 master copy)",
+          "optimizer": "torch.optim.AdamW", "special_kernels": None,
+          "measured": {"peak_memory": {"value": 16.0, "unit": "GB", "what": "torch.cuda.max_memory_allocated()/1e9",
+                                       "scope": "per_gpu"},
+                       "speed": {"value": 1.62, "unit": "min per 1000 iterations"}}}
+
+
+def test_a_litgpt_row_maps_to_ftmix_flags():
+    row = represent(LITGPT)
+    m = row.mixture
+    assert (m.zero, m.lora, m.lora_targets, m.precision, m.seq_len, m.micro_batch) == (0, 8, "q_proj,v_proj", "bf16-true", 512, 4)
+    assert row.spec.total_params == 6_738_415_616 and row.gpu.name == "a100-40gb"
+    assert row.memory_what == "allocated" and row.memory_bytes == 16.0e9  # litgpt's GB is 1e9
+    assert row.speed == ("s_per_micro_step", pytest.approx(0.0972))
+
+
+@pytest.mark.parametrize("change,why", [
+    (dict(method="qlora"), "QLoRA"),
+    (dict(engine="fsdp (FULL_SHARD)"), "FSDP"),
+    (dict(optimizer="bitsandbytes PagedAdamW"), "8-bit or paged"),
+    (dict(model="google/gemma-7b"), "not modelled"),
+    (dict(special_kernels="Liger (RMSNorm, RoPE)"), "fused kernels"),
+    (dict(row_type="max_context_at_budget"), "longest context"),
+    (dict(lora_targets=["query", "lm_head"]), "output head"),
+    (dict(precision="bf16-mixed (fp32 weights)"), "fp32 base"),
+])
+def test_what_ftmix_cannot_represent_is_named(change, why):
+    with pytest.raises(NotRepresented, match=why):
+        represent(dict(LITGPT, **change))
+
+
+def test_units_and_counters_as_published():
+    reserved = dict(LITGPT, source_group="axolotl/examples",
+                    measured={"peak_memory": {"value": 20, "unit": "GiB", "what": "max_memory_reserved", "scope": "per_gpu"}})
+    row = represent(reserved)
+    assert row.memory_what == "reserved" and row.memory_bytes == 20 * 2**30
+    smi = dict(LITGPT, measured={"peak_memory": {"value": 7000, "unit": "MB", "what": "not stated", "scope": "per_gpu"}})
+    row = represent(smi)
+    assert row.memory_what == "device_total" and row.memory_bytes == 7000 * 2**20
+
+
+def test_malformed_files_are_one_clear_error(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text(json.dumps(LITGPT) + "\n{not json\n")
+    with pytest.raises(FtmixError, match="rows.jsonl:2"):
+        load_rows(bad)
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(FtmixError, match="cannot read"):
+        load_rows(bad)
