@@ -38,3 +38,25 @@ def test_estimate_matches_the_engine(tmp_path, zero, offload, lora, ranks, bound
         assert comp["predicted"] == pytest.approx(comp["measured"], rel=0.02, abs=512), (name, comp)
     if offload != "none":
         assert row["host_measured_bytes"] > 0 and row["host_predicted_bytes"] > 0
+
+
+@pytest.mark.timeout(900)
+def test_deepspeed_default_buckets(tmp_path):
+    """A user's DeepSpeed JSON that leaves the buckets to DeepSpeed: 5e8-element reduce buckets
+    (1 GB of bf16 whatever the model), two with overlap_comm on stage 2, arrive at the first
+    gradient. The estimate reads the same defaults."""
+    import json
+
+    import conformance
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                              "bf16": {"enabled": True}, "zero_allow_untested_optimizer": True,
+                              "zero_optimization": {"stage": 2, "overlap_comm": True}}))
+    case = dict(shape="gqa-untied", zero=2, offload="none", lora=8, gc=False, attn="sdpa", ranks=1)
+    row = conformance.run_case(case, tmp_path, deepspeed_config=str(ds))
+    assert isinstance(row["error"], float), row["error"]
+    buffers = row["components"]["gradients and DeepSpeed buffers"]
+    assert buffers["predicted"] == pytest.approx(2 * 2 * 500_000_000, rel=0.001)
+    assert buffers["measured"] == pytest.approx(buffers["predicted"], rel=0.001)
+    assert abs(row["error"]) <= 0.01

@@ -31,12 +31,15 @@ def estimate_table(est: Estimate) -> None:
     for name, value in est.breakdown.items():
         if value:
             table.add_row(name.replace("_", " "), gb(value))
-    table.add_row("[bold]peak allocated[/bold]", f"[bold]{gb(est.peak)}[/bold]")
+    table.add_row("[bold]peak allocated[/bold] (max_memory_allocated)", f"[bold]{gb(est.peak)}[/bold]")
+    if est.overheads:
+        table.add_row("peak reserved (max_memory_reserved)", gb(est.reserved))
+        table.add_row("  with expandable_segments", gb(est.reserved_expandable))
     for name, value in est.overheads.items():
         if value:
             table.add_row(f"+ {name.replace('_', ' ')}", gb(value))
     if est.overheads:
-        table.add_row("[bold]device total[/bold]", f"[bold]{gb(est.device_total)}[/bold]")
+        table.add_row("[bold]device total[/bold] (nvidia-smi)", f"[bold]{gb(est.device_total)}[/bold]")
     console.print(table)
     console.print(f"parameters {est.total_params:,} · trainable {est.trainable_params:,} "
                   f"({100 * est.trainable_params / est.total_params:.3g}% of all, adapters included) · CPU RAM for offload {gb(est.cpu_bytes)} GB per node")

@@ -25,6 +25,11 @@ CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 # the allocations that churn every step (activations, buffers, temporaries), not from model states
 # allocated once at start-up: ftmix applies 8% to that dynamic part.
 ALLOCATOR_SLACK = 0.08
+# With PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True the allocator grows one segment per stream
+# in 2 MiB pages instead of carving fixed segments, which PyTorch's CUDA-semantics notes describe
+# as avoiding most fragmentation: ftmix assumes a quarter of the slack remains. An assumption
+# until a GPU run calibrates it (benchmarks/gpu_groundtruth.py records both counters).
+EXPANDABLE_SLACK_FRACTION = 0.25
 # NCCL communicator buffers per process group with >1 rank (NCCL_BUFFSIZE 4 MiB x channels).
 NCCL_BUFFER_BYTES = 256 * 2**20
 # Fit verdict: device total must stay under (1 - margin) of the GPU's memory. Our device total

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftmix.estimate.constants import GB
+from ftmix.estimate.constants import EXPANDABLE_SLACK_FRACTION, GB
 from ftmix.mixture import Mixture
 
 
@@ -35,6 +35,11 @@ class Estimate:
         return self.peak + self.overheads.get("allocator_slack", 0.0)
 
     @property
+    def reserved_expandable(self) -> float:
+        """``max_memory_reserved`` with ``expandable_segments:True``: less fragmentation slack."""
+        return self.peak + EXPANDABLE_SLACK_FRACTION * self.overheads.get("allocator_slack", 0.0)
+
+    @property
     def device_total(self) -> float:
         """What the GPU must hold: the allocated peak plus allocator slack, CUDA context, workspaces."""
         return self.peak + sum(self.overheads.values())
@@ -50,6 +55,7 @@ class Estimate:
             "method": self.method, "model": self.model, "gpu": self.gpu,
             "peak_gb": round(self.peak / GB, 3),
             "reserved_gb": round(self.reserved / GB, 3),
+            "reserved_expandable_segments_gb": round(self.reserved_expandable / GB, 3),
             "device_total_gb": round(self.device_total / GB, 3),
             "breakdown_gb": {k: round(v / GB, 3) for k, v in self.breakdown.items()},
             "overheads_gb": {k: round(v / GB, 3) for k, v in self.overheads.items()},
