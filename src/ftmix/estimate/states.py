@@ -153,6 +153,10 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         cpu_params = params * m.gpus
         params = 0.0
     params += persistent
+    if m.zero == 2 and not lora and model.tied_embeddings:
+        # a tied embedding's gradient is complete only after the embedding's own backward, at the
+        # very end: the output head's share waits whole on the GPU until then (measured)
+        grads += e * model.embedding_params
     return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
                        gathered_params(model, m), cpu_params, cpu_opt)
 
