@@ -35,7 +35,8 @@ def test_zero2(name, gpus, nodes):
     # (stage_1_and_2 ``temp_grad_buffer_for_gpu_offload``), which DeepSpeed's estimator leaves out
     assert _gpu_states(s) - 2 * spec.largest_module_params == pytest.approx(gpu, abs=1)
     if gpus * nodes <= 4:  # DeepSpeed's max(4 * total_gpus, 16): 16 bytes per parameter per node
-        assert s.cpu_optimizer == pytest.approx(cpu, rel=1e-9)
+        # plus the host-side 16-bit copy-back buffer and accumulated gradients (4 B) it leaves out
+        assert s.cpu_optimizer == pytest.approx(cpu * 20 / 16, rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["llama-2-7b", "llama-2-70b", "falcon-180b"])

@@ -140,7 +140,13 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     if m.offload in ("optimizer", "all"):
         # every rank on the node offloads its own partition; reduced gradients go straight to the
         # CPU optimizer's fp32 buffer (DeepSpeed's estimator: GPU = 2P under ZeRO-2 offload)
-        cpu_opt = (opt + host_temp) * m.gpus
+        # plus DeepSpeed's host-side 16-bit buffers, per element of the rank's partition (measured
+        # by the twin): stage 1/2 a 16-bit copy of the partition for the copy-back
+        # (``param_buffer_of_bit16_for_cpu_offload_groups``) and the accumulated 16-bit gradients
+        # (``accumulated_grads_in_cpu``); stage 3 its 16-bit gradient partitions
+        # (``grad_partitions_flat_buffer``)
+        host_16bit = trainable / n * (2 * e if m.zero in (1, 2) else e)
+        cpu_opt = (opt + host_temp + host_16bit) * m.gpus
         opt = temp = 0.0
         # stage 1 keeps the whole 16-bit gradients to the end of the backward (it reduces in the
         # epilogue, offload or not); stage 2 sends each reduced bucket to the host. Both keep a
