@@ -9,6 +9,10 @@ holds (a 5e8-element bf16 bucket is 1 GB on every GPU, for 33.6M LoRA parameters
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ftmix.errors import FtmixError
 from ftmix.mixture.mixture import Mixture
 
 DS_REDUCE_BUCKET = 500_000_000
@@ -28,11 +32,6 @@ def overlap_comm(m: Mixture) -> bool:
 
 def read_deepspeed_config(path: str) -> dict:
     """A user's DeepSpeed JSON, with one clear error for a file that is missing or malformed."""
-    import json
-    from pathlib import Path
-
-    from ftmix.errors import FtmixError
-
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -44,8 +43,6 @@ def read_deepspeed_config(path: str) -> dict:
 
 def flags_from_deepspeed(config: dict) -> dict:
     """The mixture keys a DeepSpeed config fixes: ZeRO stage, offload, precision."""
-    from ftmix.errors import FtmixError
-
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
@@ -66,8 +63,6 @@ def flags_from_deepspeed(config: dict) -> dict:
 def apply_deepspeed(flags: dict, config: dict, path: str) -> dict:
     """The mixture flags with what a DeepSpeed config fixes; a flag given that contradicts the
     file is an error (one line naming both)."""
-    from ftmix.errors import FtmixError
-
     fixed = flags_from_deepspeed(config)
     for key, value in fixed.items():
         if flags.get(key) is not None and flags[key] != value:
@@ -85,8 +80,6 @@ def _elements(value, default: int, hidden: int, auto_factor: float) -> int:
     try:
         return int(float(value))
     except (TypeError, ValueError):
-        from ftmix.errors import FtmixError
-
         raise FtmixError(f"DeepSpeed config: bucket size {value!r} is not a number") from None
 
 
