@@ -55,15 +55,34 @@ def test_falcon_multi_query_has_one_kv_head():
 
 def test_zero3_prefetch_bucket_never_exceeds_the_model():
     tiny = spec_from_hf_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
-                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256})
-    assert tiny.total_params < 200_000
+                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 4096})
+    head = 4096 * 64  # embedding and head each above the 1e5 persistence threshold; layers below
     # gathered parameters never exceed the 16-bit model (the old 5e7-element prefetch charge did)
     s = model_states(tiny, Mixture(zero=3, offload="none", lora=0, gpus=8))
-    assert 0 < s.gathered <= 2 * tiny.total_params
+    assert s.gathered == 2 * 2 * head <= 2 * tiny.total_params
     assert model_states(tiny, Mixture(zero=3, offload="none", lora=0, gpus=1)).gathered == 0
     spec = load_model("llama-2-70b")
     big = model_states(spec, Mixture(zero=3, offload="none", lora=0, gpus=8))
     assert 2 * spec.largest_module_params < big.gathered < 2 * spec.total_params / 8
+
+
+def test_zero3_keeps_gathered_what_the_trace_reuses_soon():
+    """DeepSpeed keeps a parameter gathered when the trace reuses it within
+    stage3_max_reuse_distance: the frozen embedding under LoRA is reused only when checkpointing
+    makes its output require grad; with a reuse distance of 0 only the head in use is held."""
+    tiny = spec_from_hf_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 4096})
+    head = 4096 * 64
+    lora = Mixture(zero=3, offload="all", lora=8, gpus=1, gc=False)
+    assert model_states(tiny, lora).gathered == 2 * head
+    assert model_states(tiny, lora.with_(gc=True)).gathered == 2 * 2 * head
+    ds = {"zero_optimization": {"stage": 3, "stage3_max_reuse_distance": 0}}
+    assert model_states(tiny, lora.with_(gc=True, lora=0), ds).gathered == 2 * head
+    # a 7B model keeps the head and the last two layers (their reuse lies within 1e9 elements)
+    spec = load_model("llama-2-7b")
+    s = model_states(spec, Mixture(zero=3, offload="none", lora=0, gpus=8, gc=False))
+    layer = spec.layer_params - 2 * spec.hidden  # its norms persist
+    assert s.gathered == 2 * (spec.lm_head_params + 2 * layer + 50_000_000)
 
 
 def test_zero3_on_one_gpu_pays_its_fetch_hooks():

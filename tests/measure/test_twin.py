@@ -73,3 +73,16 @@ def test_paused_twin_counts_nothing():
             torch.ones(10_000)
         torch.ones(100)
     assert twin.peak["device"] == 400
+
+
+def test_deepspeed_defragment_returns_its_buffer_to_the_device():
+    """Stage 3 flattens the parameter partitions through a host buffer and sends it back with
+    ``.to(t.device)`` (``deepspeed/runtime/zero/utils.py:defragment``): on a GPU the result is
+    device memory, even while the twin reads DeepSpeed's bare "cpu" as the host (offload on)."""
+    from deepspeed.runtime.zero.utils import defragment
+
+    with DeviceTwin(offload=True) as twin:
+        parts = [torch.ones(1000, dtype=torch.bfloat16, device="cpu:0") for _ in range(3)]
+        flat = defragment(parts)
+        assert twin._tag_of(flat) == "device" and twin._tag_of(parts[0]) == "device"
+        assert twin.live == {"device": 6000, "host": 0}

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ftmix.catalog import ModelSpec
 from ftmix.estimate.constants import ADAM_K, FP32_GRAD_PARTITION, LORA_PARAM_BYTES
 from ftmix.mixture import Mixture, resolve_targets
-from ftmix.mixture.engine import DS_PARAM_PERSISTENCE, bucket_settings, deepspeed_config
+from ftmix.mixture.engine import (DS_MAX_REUSE_DISTANCE, DS_PARAM_PERSISTENCE, DS_PREFETCH_BUCKET,
+                                  bucket_settings, deepspeed_config, stage3_settings)
 
 
 def trainable_params(model: ModelSpec, m: Mixture) -> int:
@@ -33,19 +34,32 @@ def trainable_params(model: ModelSpec, m: Mixture) -> int:
     return per_layer * model.layers
 
 
-def persistent_params(model: ModelSpec, m: Mixture, threshold: int = DS_PARAM_PERSISTENCE) -> int:
-    """Elements of the tensors ZeRO-3 keeps whole on every rank, never partitioned nor offloaded:
-    those at or under ``stage3_param_persistence_threshold`` (``partition_parameters``
-    ``ds_persist``): norms, biases, LoRA matrices, and in small models whole layers."""
+def _layer_tensors(model: ModelSpec, m: Mixture) -> list[int]:
+    """Element counts of one decoder layer's tensors, LoRA matrices included."""
     layer = [lin.d_in * lin.d_out for lin in model.linears] + [lin.d_out for lin in model.linears if lin.bias]
     layer += [model.hidden] * model.norms_per_layer * (1 if model.norm == "rms" else 2)
     if m.lora:
         targets = set(resolve_targets(m, model))
         layer += [m.lora * n for lin in model.linears if lin.name in targets for n in (lin.d_in, lin.d_out)]
-    top = [model.embedding_params] + [model.hidden] * (1 if model.norm == "rms" else 2)
+    return layer
+
+
+def _head_tensors(model: ModelSpec) -> list[int]:
+    """The output head's tensors (the embedding when tied)."""
+    if model.tied_embeddings:
+        return [model.embedding_params]
+    return [model.vocab * model.hidden] + ([model.vocab] if model.lm_head_bias else [])
+
+
+def persistent_params(model: ModelSpec, m: Mixture, threshold: int = DS_PARAM_PERSISTENCE) -> int:
+    """Elements of the tensors ZeRO-3 keeps whole on every rank (besides their partition):
+    those at or under ``stage3_param_persistence_threshold`` (``partition_parameters``
+    ``ds_persist``): norms, biases, LoRA matrices, and in small models whole layers."""
+    top = _head_tensors(model) + [model.hidden] * (1 if model.norm == "rms" else 2)
     if not model.tied_embeddings:
-        top += [model.vocab * model.hidden] + ([model.vocab] if model.lm_head_bias else [])
-    return model.layers * sum(x for x in layer if x <= threshold) + sum(x for x in top if x <= threshold)
+        top.append(model.embedding_params)
+    return model.layers * sum(x for x in _layer_tensors(model, m) if x <= threshold) + \
+        sum(x for x in top if x <= threshold)
 
 
 def largest_trainable(model: ModelSpec, m: Mixture) -> int:
@@ -125,17 +139,20 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         # the step flattens the 16-bit gradient partition, then casts it to fp32 (stage_1_and_2
         # and stage3 ``step``): e + 4 bytes per element of the partition (measured)
         temp += trainable * e
-    persistent = 0.0
     if m.zero >= 1:
         opt /= n
         temp /= n
         host_temp /= n
     if m.zero >= 2:
         grads /= n
+    persistence, prefetch, reuse = stage3_settings(deepspeed or {}, model.hidden)
+    # stage 3 gathers a parameter by copying it in full beside its partition, except on one rank
+    # with the partitions on the device, where the partition is the whole parameter
+    # (``_no_gather_coalesced``)
+    gathers = m.zero == 3 and (n > 1 or m.offload == "all")
+    persistent = e * persistent_params(model, m, persistence) if gathers else 0.0
     if m.zero == 3:
-        # parameters at or under stage3_param_persistence_threshold stay whole on every rank
-        persistent = e * persistent_params(model, m)
-        params = (params - persistent) / n
+        params /= n
     cpu_params = cpu_opt = 0.0
     if m.offload in ("optimizer", "all"):
         # every rank on the node offloads its own partition; reduced gradients go straight to the
@@ -163,8 +180,9 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         # a tied embedding's gradient is complete only after the embedding's own backward, at the
         # very end: the output head's share waits whole on the GPU until then (measured)
         grads += e * model.embedding_params
+    gathered = e * gathered_params(model, m, persistence, prefetch, reuse) if gathers else 0.0
     return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
-                       gathered_params(model, m), cpu_params, cpu_opt)
+                       gathered, cpu_params, cpu_opt)
 
 
 def reduce_buckets(m: Mixture, trainable: int, hidden: int = 0, deepspeed: dict | None = None) -> float:
@@ -187,16 +205,34 @@ def reduce_buckets(m: Mixture, trainable: int, hidden: int = 0, deepspeed: dict 
     return m.element_bytes * elements * copies
 
 
-def gathered_params(model: ModelSpec, m: Mixture) -> float:
-    """Stage 3 over several ranks: 16-bit parameters gathered at the backward's peak.
+def gathered_params(model: ModelSpec, m: Mixture, persistence: int = DS_PARAM_PERSISTENCE,
+                    prefetch: int = DS_PREFETCH_BUCKET, reuse: int = DS_MAX_REUSE_DISTANCE) -> int:
+    """Stage 3: elements of the non-persistent parameters held gathered at the backward's peak
+    (the loss head's backward), once the engine has traced a step.
 
-    Measured with the device-memory twin (DeepSpeed 0.19.8, 2 gloo ranks, tiny Llama): at the loss
-    head's backward the output head and about one decoder layer are gathered
-    (``partition_parameters._allgather_params_coalesced``); the rest was released after its
-    forward use. DeepSpeed's own estimator charges the largest layer (its "4L" with the gradient).
-    On one rank a partition is the whole parameter and nothing is gathered.
+    ``PartitionedParameterCoordinator.__params_to_release`` (DeepSpeed 0.19.8) keeps a parameter
+    gathered after a module's use when the trace uses it again before ``stage3_max_reuse_distance``
+    elements of parameters have been fetched. Between a decoder layer's forward and its next use
+    lie the head's forward and backward and, per later layer, its forward, backward (and
+    recomputation with checkpointing): so the head and the last layers stay gathered, all of a
+    small model. The input embedding is used again only when its backward runs (trained, or its
+    output made to require grad for checkpointing). The prefetcher then gathers up to
+    ``stage3_prefetch_bucket_size`` elements of the next layer not held. Measured with the
+    device-memory twin (benchmarks/results/conformance.md).
     """
-    if m.zero != 3 or m.world == 1:
-        return 0.0
-    head = model.lm_head_params or model.embedding_params
-    return m.element_bytes * min(model.total_params, head + model.layer_params + model.norm_params)
+    layer = _layer_tensors(model, m)
+    layer_np = sum(x for x in layer if x > persistence)
+    head = _head_tensors(model)
+    kept = sum(x for x in head if x > persistence)
+    distance = 2 * sum(head)
+    passes = 3 if m.gc else 2
+    for _ in range(model.layers):
+        if distance >= reuse:
+            return kept + min(prefetch, layer_np)
+        kept += layer_np
+        distance += passes * sum(layer)
+    embedding_backward = m.lora == 0 or m.gc
+    if not model.tied_embeddings and embedding_backward and distance < reuse \
+            and model.embedding_params > persistence:
+        kept += model.embedding_params
+    return kept

@@ -142,9 +142,12 @@ class _Dispatch(TorchDispatchMode):
 
 _RESIZES = {torch.ops.aten.resize_.default}
 _HOST_SITES = ("deepspeed/ops/adam/cpu_adam",)
-# DeepSpeed ZeRO-1/2 offload buffers that live on the host (stage_1_and_2.py, 0.19.8).
+# DeepSpeed offload buffers that live on the host (0.19.8): ZeRO-1/2's (stage_1_and_2.py), and
+# stage 3's flat 16-bit parameter partitions under parameter offload, which it makes with a bare
+# ``torch.empty`` (host memory on a GPU too; stage3 ``_create_param_groups_fp16_flat_cpu_memory``).
 _HOST_ATTRIBUTES = {"param_buffer_of_bit16_for_cpu_offload_groups", "single_partition_of_fp32_groups",
-                    "temp_grad_buffer_for_cpu_offload", "accumulated_grads_in_cpu", "offload_gradient_dict"}
+                    "temp_grad_buffer_for_cpu_offload", "accumulated_grads_in_cpu", "offload_gradient_dict",
+                    "param_groups_fp16_flat_cpu_memory"}
 
 
 class _Placement(TorchFunctionMode):
@@ -168,6 +171,8 @@ class _Placement(TorchFunctionMode):
             want, move = HOST, True
         elif func is torch.Tensor.to:
             want, move = twin._want(_raw_device(args[1:], kwargs)), True
+            if want is None and _site() in _BACK_TO_DEVICE_SITES:
+                want = DEVICE
             args, kwargs = _bare_cpu(args), _bare_cpu(kwargs)
         else:
             want, move = twin._want(kwargs.get("device")), False
@@ -180,6 +185,12 @@ class _Placement(TorchFunctionMode):
                     and out.untyped_storage()._cdata == src.untyped_storage()._cdata:
                 out = out.clone()
         return out
+
+
+# functions that stage tensors through host memory and send them back with ``.to(t.device)``, a
+# ``torch.device('cpu')`` object that on a GPU is the accelerator: stage3's parameter partitions
+# are flattened this way when parameters are not offloaded (``zero/utils.py:defragment``)
+_BACK_TO_DEVICE_SITES = {"deepspeed/runtime/zero/utils.py:defragment"}
 
 
 def _bare_cpu(obj):

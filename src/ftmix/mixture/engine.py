@@ -19,6 +19,7 @@ DS_REDUCE_BUCKET = 500_000_000
 DS_PREFETCH_BUCKET = 50_000_000
 DS_PARAM_PERSISTENCE = 100_000
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+DS_MAX_REUSE_DISTANCE = 1_000_000_000
 
 
 def reduce_bucket_elements(trainable_params: int) -> int:
@@ -89,6 +90,16 @@ def bucket_settings(config: dict, m: Mixture, hidden: int) -> tuple[int, bool]:
     overlap = zero.get("overlap_comm")
     overlap = overlap_comm(m) if overlap in (None, "auto") else bool(overlap)
     return _elements(zero.get("reduce_bucket_size"), DS_REDUCE_BUCKET, hidden, 1.0), overlap
+
+
+def stage3_settings(config: dict, hidden: int) -> tuple[int, int, int]:
+    """(param persistence threshold, prefetch bucket, max reuse distance) in elements, as the
+    engine will run them; HF's "auto": 10 x hidden and 0.9 x hidden^2."""
+    zero = config.get("zero_optimization") or {}
+    persistence = zero.get("stage3_param_persistence_threshold")
+    persistence = 10 * hidden if persistence == "auto" else _elements(persistence, DS_PARAM_PERSISTENCE, hidden, 1.0)
+    return (persistence, _elements(zero.get("stage3_prefetch_bucket_size"), DS_PREFETCH_BUCKET, hidden, 0.9),
+            _elements(zero.get("stage3_max_reuse_distance"), DS_MAX_REUSE_DISTANCE, hidden, 1.0))
 
 
 def deepspeed_config(m: Mixture, trainable_params: int) -> dict:
