@@ -63,7 +63,7 @@ def adapters_fp32(m: Mixture) -> bool:
 
 def inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: tuple[str, ...]) -> float:
     """Bytes a group of linears sharing one input saves: the 16-bit input once if any trains it in
-    16 bits; with PEFT's fp32 adapters under HF Trainer's autocast, one 16-bit copy per adapter
+    16 bits (once per linear when the input is fp32 under autocast); with PEFT's fp32 adapters under HF Trainer's autocast, one 16-bit copy per adapter
     (PEFT's ``_cast_input_dtype`` makes an fp32 copy, autocast casts it back for the matmul and
     autograd keeps that cast); plus the r-wide lora_A output per adapter, 16-bit either way."""
     e = element_bytes(m)
@@ -71,7 +71,10 @@ def inputs_saved(model: ModelSpec, m: Mixture, role: str, width: int, targets: t
     full = saves_frozen_inputs(m)
     wrapped = [lin for lin in group if lin.name in targets]
     saved = 0.0
-    if full or (wrapped and not adapters_fp32(m)):
+    if autocast_fp32_weights(m):
+        # an fp32 input is cast to 16 bits by each linear's autocast separately: one copy each
+        saved += e * width * len(group)
+    elif full or (wrapped and not adapters_fp32(m)):
         saved += e * width
     if wrapped and adapters_fp32(m):
         saved += e * width * len(wrapped)
@@ -88,9 +91,19 @@ def autocast_fp32_weights(m: Mixture) -> bool:
 
 def autocast_weight_copies(model: ModelSpec, m: Mixture) -> float:
     """Bytes of autocast's 16-bit weight copies that autograd saves for backward: every linear and
-    the head when the model is fp32, every LoRA matrix when PEFT's adapters are (measured)."""
-    return model.layers * autocast_copies_per_layer(model, m) + (
-        element_bytes(m) * model.vocab * model.hidden if autocast_fp32_weights(m) else 0.0)
+    the head when the model is fp32, every LoRA matrix when PEFT's adapters are (measured). With
+    GC a layer's copies are dropped with its other saved tensors and made again in its recompute.
+    Without GC under LoRA, the first layer's attention lora_A copies are not kept: its input (the
+    embedding's output) needs no gradient, so autograd saves only what the weight gradient needs."""
+    head = element_bytes(m) * model.vocab * model.hidden if autocast_fp32_weights(m) else 0.0
+    if m.gc:
+        return head
+    first = 0.0
+    if m.lora and adapters_fp32(m):
+        targets = resolve_targets(m, model)
+        first = element_bytes(m) * sum(m.lora * lin.d_in for lin in model.linears
+                                       if lin.name in targets and lin.role == "attn_in")
+    return model.layers * autocast_copies_per_layer(model, m) - first + head
 
 
 def autocast_copies_per_layer(model: ModelSpec, m: Mixture) -> float:
@@ -159,9 +172,42 @@ def _fp32_casts(model: ModelSpec, m: Mixture, role: str, width: int, targets: tu
     return element_bytes(m) * width * sum(1 for lin in model.linears if lin.role == role and lin.name in targets)
 
 
+def residual_bytes(m: Mixture) -> int:
+    """Bytes per element of the residual stream: fp32 when autocast runs an fp32 model."""
+    return FP32 if autocast_fp32_weights(m) else element_bytes(m)
+
+
 def checkpoint_bytes(model: ModelSpec, m: Mixture) -> float:
-    """Non-reentrant GC keeps each layer's input hidden state: e * h per token per layer."""
-    return element_bytes(m) * model.hidden
+    """Non-reentrant GC keeps each layer's input hidden state: h residual elements per token per layer."""
+    return residual_bytes(m) * model.hidden
+
+
+def shared_inputs_bytes(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per token of what every layer reads and autograd keeps once for the whole model: RoPE's
+    cos and sin (head_dim wide each, in the residual stream's dtype) and, with GC, the other
+    inputs the checkpoints hold: the attention mask (SDPA's boolean s x s per sequence when padded,
+    eager's additive one in the model's dtype; none for FlashAttention-2 or packed rows) and the int64
+    position ids (measured by the device-memory twin)."""
+    shared = 2 * residual_bytes(m) * model.head_dim
+    if m.gc:
+        mask = {"sdpa": 0 if m.packing else 1, "eager": residual_bytes(m)}.get(m.attn, 0)
+        shared += mask * m.seq_len + 8
+    return shared
+
+
+def first_layer_unsaved(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per token the first layer does not save under LoRA without GC: its input, the frozen
+    embedding's output, needs no gradient, so its input norm records nothing, and under eager
+    attention ``Q @ K^T`` keeps Q only when K needs a gradient (k_proj trained) and K only when Q
+    does (measured by the device-memory twin). GC's ``enable_input_require_grads`` makes the input
+    require one."""
+    if not m.lora or m.gc:
+        return 0.0
+    unsaved = norm_saved(model, m)
+    if m.attn == "eager":
+        targets = resolve_targets(m, model)
+        unsaved += element_bytes(m) * model.q_dim * (("k_proj" not in targets) + ("q_proj" not in targets))
+    return unsaved
 
 
 def backward_transient(model: ModelSpec, m: Mixture, layer: LayerActivations) -> float:
@@ -176,19 +222,42 @@ def backward_transient(model: ModelSpec, m: Mixture, layer: LayerActivations) ->
     return max(mlp, scores)
 
 
-def logits_bytes(model: ModelSpec, m: Mixture) -> tuple[float, float]:
-    """(stored, peak) bytes per token of the loss head.
+def loss_forward_extra(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per token alive at the loss's forward besides the logits: the model's last hidden
+    state (still referenced by its output) and the shifted int64 labels."""
+    return residual_bytes(m) * model.hidden + 8
+
+
+def autocast_cache(model: ModelSpec, m: Mixture) -> float:
+    """Bytes of 16-bit weight copies autocast's cache holds to the end of the forward: every layer's.
+    Without GC autograd keeps them anyway (``autocast_weight_copies``); with GC they still live
+    through the loss's forward (measured)."""
+    return model.layers * autocast_copies_per_layer(model, m) if m.gc else 0.0
+
+
+def head_gradient_bytes(model: ModelSpec, m: Mixture) -> float:
+    """Bytes of the output head's new weight gradient, V x h 16-bit elements (fp32 when autocast
+    runs an fp32 model)."""
+    return residual_bytes(m) * model.vocab * model.hidden
+
+
+def norm_backward_transient(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per token an RMSNorm's backward holds besides what it saved: five fp32 h-wide
+    temporaries (pow, mean and mul backward) and the input gradient cast back to 16 bits (measured)."""
+    return 5 * FP32 * model.hidden + element_bytes(m) * model.hidden
+
+
+def logits_moments(model: ModelSpec, m: Mixture) -> tuple[float, float]:
+    """(forward, backward) peak bytes per token of the loss head.
 
     transformers' ForCausalLMLoss upcasts the logits to fp32 (``logits.float()``) and cross-entropy
-    saves the fp32 log-softmax: stored 4V. Forward peak: 16-bit logits + fp32 copy + log-softmax =
+    saves the fp32 log-softmax (4V). Forward peak: 16-bit logits + fp32 copy + log-softmax =
     (e + 4 + 4)V when e = 2; backward peak: log-softmax, its gradient and the input gradient, plus
     the 16-bit logits' gradient = 12V (measured). With fp32 logits the copy is free: 8V / 12V.
     """
     e, v = element_bytes(m), model.vocab
-    stored = FP32 * v
     forward = (e + FP32 + FP32) * v if e != FP32 else 2 * FP32 * v
-    backward = 3 * FP32 * v
-    return stored, max(forward, backward)
+    return forward, 3 * FP32 * v
 
 
 def final_norm_bytes(model: ModelSpec, m: Mixture) -> float:

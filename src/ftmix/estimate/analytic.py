@@ -27,17 +27,30 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0) -> tuple
     tokens = m.tokens
     layer = act.layer_activations(model, m)
     per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
-    stored = (model.layers * per_layer + act.final_norm_bytes(model, m)) * tokens + act.autocast_weight_copies(model, m)
-    _, logits_peak = act.logits_bytes(model, m)
-    at_loss = logits_peak * tokens
-    recompute = layer.total * tokens if m.gc else 0.0
+    stored = (model.layers * per_layer + act.final_norm_bytes(model, m) + act.shared_inputs_bytes(model, m)
+              - act.first_layer_unsaved(model, m)) * tokens + act.autocast_weight_copies(model, m)
+    forward, backward = act.logits_moments(model, m)
+    forward = (forward + act.loss_forward_extra(model, m)) * tokens + act.autocast_cache(model, m)
+    at_loss = max(backward * tokens, forward)
+    recompute = layer.total * tokens + act.autocast_copies_per_layer(model, m) if m.gc else 0.0
     working = act.backward_transient(model, m, layer) * tokens
     parts = {"activations": stored, "loss_head": 0.0, "gc_recompute": 0.0, "backward_working": 0.0}
     buckets_at_loss = 0.0 if m.zero == 2 else buckets
     freed = _freed_before_first_gradient(model, m, layer) * tokens if m.zero == 2 else 0.0
-    if at_loss + buckets_at_loss >= recompute + working + buckets - freed:
+    if m.gc:
+        # by a recomputed layer's backward the final norm's backward has run and the layer's
+        # checkpoint has become its recomputation's input (measured)
+        freed += (act.final_norm_bytes(model, m) + act.checkpoint_bytes(model, m)) * tokens
+    # full fine-tuning: the output head's weight gradient is the backward's first, and stage 2's
+    # buckets arrive with it while every activation is still stored (measured)
+    head_grad = act.head_gradient_bytes(model, m) if m.lora == 0 else 0.0
+    layer_moment = recompute + working + buckets - freed
+    if at_loss + buckets_at_loss >= max(layer_moment, head_grad + buckets):
         parts["loss_head"] = at_loss
         return parts, "backward of the loss head (fp32 logits)", buckets_at_loss
+    if head_grad + buckets >= layer_moment:
+        parts["backward_working"] = head_grad
+        return parts, "backward of the output head (its weight gradient)", buckets
     parts["activations"] = stored - freed
     parts["gc_recompute"], parts["backward_working"] = recompute, working
     return parts, "backward of a decoder layer", buckets
@@ -56,8 +69,11 @@ def _freed_before_first_gradient(model: ModelSpec, m: Mixture, layer) -> float:
         return 0.0
     if "attn_out" in trained:
         return layer.mlp
-    kept = act.norm_saved(model, m) + act.inputs_saved(model, m, "attn_in", model.hidden, tuple(targets))
-    return layer.total - kept
+    # LoRA on q/k/v only: the largest moment after the first gradient is the layer's input norm's
+    # backward (fp32 temporaries), its projections' inputs freed, the final norm's too (measured)
+    working = act.backward_transient(model, m, layer)
+    after = max(act.norm_saved(model, m) + act.norm_backward_transient(model, m), working)
+    return layer.total + act.final_norm_bytes(model, m) - after + working
 
 
 def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None, gpu: str | None = None,
@@ -68,8 +84,14 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
     backward = sum(acts.values()) + buckets + states.gathered
     # at the step the stage-1/2 buckets are released and stage 3 has re-partitioned its parameters
     step_buckets = states.reduce_buckets if m.zero == 3 else 0.0
-    if backward >= states.optimizer_temp + step_buckets:
+    # the backward's end: activations gone, buckets reducing, offload's fp64 gradient norms
+    epilogue = states.reduce_buckets + states.norm_temp
+    if backward >= max(states.optimizer_temp + step_buckets, epilogue):
         breakdown.update(zero_buffers=buckets, gathered_params=states.gathered, **acts, optimizer_step=0.0)
+    elif epilogue > states.optimizer_temp + step_buckets:
+        breakdown.update(zero_buffers=states.reduce_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
+                         optimizer_step=states.norm_temp)
+        where = "end of the backward (gradient norms in fp64 for the offloaded optimizer)"
     else:
         breakdown.update(zero_buffers=step_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
                          optimizer_step=states.optimizer_temp)

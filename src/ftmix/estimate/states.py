@@ -87,6 +87,7 @@ class ModelStates:
     optimizer_temp: float  # fp32 gradient partition at the step
     reduce_buckets: float  # DeepSpeed's gradient reduction buckets (see reduce_buckets)
     gathered: float  # stage 3: 16-bit parameters gathered in full during forward and backward
+    norm_temp: float  # stages 1/2 with offload: the fp64 copy of a gradient taken for its norm
     cpu_parameters: float
     cpu_optimizer: float
 
@@ -181,8 +182,12 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         # very end: the output head's share waits whole on the GPU until then (measured)
         grads += e * model.embedding_params
     gathered = e * gathered_params(model, m, persistence, prefetch, reuse) if gathers else 0.0
+    # with the optimizer offloaded, stages 1/2 take each reduced gradient's norm on the GPU in fp64
+    # at the accumulation boundary (``set_norm_for_param_grad_in_gpu``, ``get_norm_dtype``):
+    # 8 bytes per element of the largest trainable tensor, when the backward ends (measured)
+    norm_temp = 8.0 * largest_trainable(model, m) if m.zero in (1, 2) and m.offload != "none" else 0.0
     return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
-                       gathered, cpu_params, cpu_opt)
+                       gathered, norm_temp, cpu_params, cpu_opt)
 
 
 def reduce_buckets(m: Mixture, trainable: int, hidden: int = 0, deepspeed: dict | None = None) -> float:

@@ -49,9 +49,10 @@ _STRONG_SITE_ROLES = (("deepspeed/runtime/zero/partition_parameters", "parameter
                       ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"))
 
 
-# DeepSpeed functions that allocate reduce buckets (stage_1_and_2 ``setup_buckets``, stage3
-# ``_setup_for_real_optimizer``'s ipg buffers).
-_BUCKET_FUNCTIONS = (":setup_buckets", ":_setup_for_real_optimizer")
+# Functions that allocate gradient reduction buckets: DeepSpeed's (stage_1_and_2 ``setup_buckets``,
+# stage3 ``_setup_for_real_optimizer``'s ipg buffers) and torch DDP's reducer, built inside
+# accelerate's ``prepare_model`` (torch frames are skipped when naming a site).
+_BUCKET_FUNCTIONS = (":setup_buckets", ":_setup_for_real_optimizer", "accelerate/accelerator.py:prepare_model")
 
 
 @dataclass
