@@ -63,3 +63,25 @@ def test_malformed_files_are_one_clear_error(tmp_path):
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(FtmixError, match="cannot read"):
         load_rows(bad)
+
+
+def test_a_figure_below_the_model_states_is_set_apart():
+    """A row whose measured memory is below the parameters, gradients and AdamW states its stated
+    setup holds at once cannot be met by any model of that setup: it is listed, not averaged
+    (litgpt's Phi-3-mini full fine-tuning row reports 17.01 GB for 3.8B bf16-true AdamW)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import published as bench
+
+    phi3 = dict(LITGPT, model="microsoft/Phi-3-mini-4k-instruct", method="full", lora_r=None, lora_alpha=None,
+                lora_targets=None, gpu="NVIDIA A10G (24 GB)", micro_batch=4,
+                model_shape={"layers": 32, "hidden": 3072, "heads": 32, "kv_heads": 32, "intermediate": 8192,
+                             "vocab": 32064})
+    phi3["measured"] = {"peak_memory": dict(LITGPT["measured"]["peak_memory"], value=17.01)}
+    row = represent(phi3)
+    out = bench.predict(row)
+    assert out["memory"]["below_model_states_gb"] == round(8 * row.spec.total_params / 1e9, 3) > 17.01
+    plausible = dict(phi3, measured={"peak_memory": dict(LITGPT["measured"]["peak_memory"], value=40.0)})
+    assert "below_model_states_gb" not in bench.predict(represent(plausible))["memory"]
