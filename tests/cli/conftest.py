@@ -19,3 +19,20 @@ def run_cli(*args, check_json=False):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def ftmix(capsys):
+    """The CLI in this process (fast): returns (exit code, stdout, stderr)."""
+    from ftmix.cli import main
+
+    def run(*args):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -117,4 +117,4 @@ def test_deepspeed_json_errors_are_one_line(cli, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "contradicts" in proc.stderr
     ds.write_text("{not json")
     proc = cli("estimate", "--deepspeed", str(ds))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read DeepSpeed config")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: DeepSpeed config") and "not valid JSON" in proc.stderr

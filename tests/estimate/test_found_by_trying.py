@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from ftmix.catalog import load_gpu, load_model, spec_from_hf_config
+from ftmix.errors import FtmixError
 from ftmix.estimate import estimate
 from ftmix.estimate.states import model_states, trainable_params
 from ftmix.mixture import Mixture
@@ -27,9 +28,11 @@ def test_lora_adapters_are_parameters_too():
 
 def test_trainable_share_counts_the_adapters_in_the_total():
     spec = load_model("llama-2-7b")
-    est = estimate(spec, Mixture(lora=100_000))
+    est = estimate(spec, Mixture(lora=4096))
     assert est.total_params == spec.total_params + est.trainable_params
     assert 0 < est.trainable_params / est.total_params < 1
+    with pytest.raises(FtmixError, match="exceeds llama-2-7b's hidden size"):  # was 778% "trainable"
+        estimate(spec, Mixture(lora=100_000))
 
 
 def test_fp32_under_deepspeed_keeps_master_and_fp32_gradient():

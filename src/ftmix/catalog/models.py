@@ -9,12 +9,14 @@ types with Llama-like keys are read as Llama-style decoders.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from ftmix.errors import FtmixError
+from ftmix.files import read_json
 
 # Where a linear layer sits decides which activation it saves (see estimate/activations.py).
 ROLES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
@@ -100,33 +102,53 @@ class ModelSpec:
 
 
 def _get(cfg: dict, *keys: str, default=None):
+    """A size from config.json: the first key present, a whole positive number (4096 or 4096.0)."""
     for key in keys:
         if cfg.get(key) is not None:
-            return cfg[key]
+            return _whole(cfg[key], key)
     if default is not None:
         return default
     raise FtmixError(f"config.json lacks {keys[0]!r}")
 
 
+def _whole(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or value <= 0:
+        raise FtmixError(f"config.json: {key} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+# model_type values the analytic model knows layer by layer (a config without one is read as Llama)
+ARCHITECTURES = ("llama", "mistral", "qwen2", "phi", "phi3", "falcon")
+
+
 def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | None = None,
                         hub_id: str | None = None) -> ModelSpec:
-    """Build a ModelSpec from a transformers ``config.json`` dict."""
+    """Build a ModelSpec from a transformers ``config.json`` dict (a multimodal one's
+    ``text_config``: the language model is what is fine-tuned)."""
     if not isinstance(cfg, dict):
         raise FtmixError("config.json must hold a JSON object")
+    if isinstance(cfg.get("text_config"), dict) and not any(k in cfg for k in ("hidden_size", "n_embd", "d_model")):
+        cfg = cfg["text_config"]
     mtype = str(cfg.get("model_type", "llama"))
-    try:
-        h = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
-        layers = int(_get(cfg, "num_hidden_layers", "n_layer", "num_layers"))
-        heads = int(_get(cfg, "num_attention_heads", "n_head"))
-        kv = int(_get(cfg, "num_key_value_heads", "num_kv_heads", default=heads))
-        vocab = int(_get(cfg, "vocab_size"))
-        inter = int(_get(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * h))
-        max_pos = int(_get(cfg, "max_position_embeddings", "n_positions", "seq_length", default=2048))
-    except (TypeError, ValueError) as exc:
-        raise FtmixError(f"config.json has a non-integer size: {exc}") from None
-    if min(h, layers, heads, kv, vocab, inter, max_pos) <= 0 or h % heads or heads % kv:
-        raise FtmixError("config.json sizes must be positive, hidden divisible by heads, heads by KV heads")
-    hd = int(cfg.get("head_dim") or h // heads)
+    if mtype not in ARCHITECTURES:
+        raise FtmixError(f"architecture {mtype!r} is not modelled (the analytic method knows "
+                         f"{', '.join(ARCHITECTURES)}); ftmix will not guess it as Llama")
+    h = _get(cfg, "hidden_size", "n_embd", "d_model")
+    layers = _get(cfg, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _get(cfg, "num_attention_heads", "n_head")
+    kv = _get(cfg, "num_key_value_heads", "num_kv_heads", default=heads)
+    vocab = _get(cfg, "vocab_size")
+    inter = _get(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * h)
+    max_pos = _get(cfg, "max_position_embeddings", "n_positions", "seq_length", default=2048)
+    if heads % kv:
+        raise FtmixError(f"config.json: {heads} attention heads are not a multiple of {kv} key/value heads")
+    if cfg.get("head_dim") is not None:
+        hd = _whole(cfg["head_dim"], "head_dim")
+    elif h % heads:
+        raise FtmixError(f"config.json: hidden_size {h} is not divisible by {heads} attention heads")
+    else:
+        hd = h // heads
     q, kvd = heads * hd, kv * hd
     tied = bool(cfg.get("tie_word_embeddings", mtype not in ("llama", "mistral", "qwen2", "phi", "phi3")))
 
@@ -197,20 +219,28 @@ def model_names() -> list[str]:
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+def catalog_name(ref: str) -> str | None:
+    """The catalog entry a name or a hub id stands for (case-insensitive), else None."""
+    key = ref.strip().lower()
+    if key in model_names():
+        return key
+    return next((n for n in model_names() if (_builtin(n).hub_id or "").lower() == key), None)
+
+
 def load_model(ref: str) -> ModelSpec:
-    """A catalog name, a path to a config.json (or its folder), or a hub id (through transformers)."""
+    """A catalog name or the hub id of one, a path to a config.json (or its folder), or another
+    hub id (through transformers)."""
     key = ref.strip()
-    if key.lower() in model_names():
-        return _builtin(key.lower())
+    known = catalog_name(key)
+    if known:
+        return _builtin(known)
     path = Path(key).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FtmixError(f"folder {path} has no config.json")
         path = path / "config.json"
     if path.is_file():
-        try:
-            cfg = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FtmixError(f"cannot read {path}: {exc}") from None
-        return spec_from_hf_config(cfg, name=str(ref))
+        return spec_from_hf_config(read_json(path, "model config"), name=str(ref))
     if "/" in key and not path.exists():
         return _from_hub(key)
     raise FtmixError(f"unknown model {ref!r}; known: {', '.join(model_names())}, a config.json path or a hub id")

@@ -23,10 +23,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def mixture_flags(values: dict) -> dict:
-    """The mixture keys among a command's parameters (None where the flag was not given)."""
-    from ftmix.mixture import DEFAULTS
+    """The mixture keys among a command's parameters (None where the flag was not given); flags
+    that a mixture would silently drop are an error."""
+    from ftmix.mixture import DEFAULTS, check_flags
 
-    return {k: values[k] for k in DEFAULTS if k in values}
+    flags = {k: values[k] for k in DEFAULTS if k in values}
+    check_flags(flags)
+    return flags
 
 
 def with_deepspeed(flags: dict, path: str | None) -> tuple[dict, dict | None]:
@@ -175,6 +178,9 @@ def matrix_cmd(
     from ftmix.plan import load_calibration, matrix
     from ftmix.plan.matrix import write_png
 
+    from ftmix.plan.matrix import png_path
+
+    png = str(png_path(png)) if png else None  # a bad path fails now, not after the work
     specs = [load_model(name) for name in _split(models, "models")]
     lengths = [_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens")]
     gpu_spec = load_gpu(gpu)
@@ -183,11 +189,12 @@ def matrix_cmd(
                    constants=load_calibration(calibration), safety_margin=safety_margin)
     world = (gpus or 1) * (nodes or 1)
     title = f"fastest fitting mixture on {world} x {gpu_spec.name}"
+    if not json_out:
+        matrix_table(cells, title)  # the table first: a failing write loses nothing
     if png:
         write_png(cells, png, title)
     if json_out:
         return print_json({"gpu": gpu_spec.name, "gpus": world, "cells": [c.to_json() for c in cells], "png": png})
-    matrix_table(cells, title)
     if png:
         console.print(f"heatmap written to {png}")
 
@@ -238,8 +245,9 @@ def train_cmd(
     path = items.pop(0) if items and "=" not in items[0] else None
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
     cfg = load_config(path, items, flags)
-    from ftmix.mixture import check_mixture, mixture_from_flags
+    from ftmix.mixture import check_flags, check_mixture, mixture_from_flags
 
+    check_flags(cfg.mixture_flags())
     check_mixture(mixture_from_flags(None, **cfg.mixture_flags()))  # fail before any bar is drawn
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 

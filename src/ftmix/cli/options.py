@@ -13,7 +13,7 @@ import typer
 Zero = Annotated[Optional[int], typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (0 = plain data parallel). Default 2.")]
 Offload = Annotated[Optional[str], typer.Option("--offload", help="none | optimizer | all (all = optimizer + parameters, stage 3). Default optimizer.")]
 Lora = Annotated[Optional[int], typer.Option("--lora", help="LoRA rank; 0 = full fine-tuning. Default 64.")]
-LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha. Default 32.")]
+LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (scaling = alpha / rank). Default 32.")]
 LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="Comma list of module names, or all-linear. Default q_proj,v_proj.")]
 Gc = Annotated[Optional[bool], typer.Option("--gc/--no-gc", help="Gradient checkpointing (non-reentrant). Default off.")]
 Attn = Annotated[Optional[str], typer.Option("--attn", help="eager | sdpa | fa2. Default fa2 where the GPU supports it, else sdpa.")]

@@ -103,8 +103,10 @@ def matrix_table(cells, title: str) -> None:
                            f"{cell.best.memory.device_total / GB:.0f} GB[/dim]")
         table.add_row(*row)
     console.print(table)
+    from ftmix.plan.matrix import LEGEND
+
     console.print("[dim]cells: fastest fitting mixture, seconds per optimizer step, device GB; — nothing fits; "
-                  "n/a beyond the model's positions[/dim]")
+                  f"n/a beyond the model's positions; {LEGEND}[/dim]")
 
 
 def train_summary(record: dict) -> None:

@@ -9,10 +9,8 @@ holds (a 5e8-element bf16 bucket is 1 GB on every GPU, for 33.6M LoRA parameters
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ftmix.errors import FtmixError
+from ftmix.files import read_json
 from ftmix.mixture.mixture import Mixture
 
 DS_REDUCE_BUCKET = 500_000_000
@@ -33,10 +31,7 @@ def overlap_comm(m: Mixture) -> bool:
 
 def read_deepspeed_config(path: str) -> dict:
     """A user's DeepSpeed JSON, with one clear error for a file that is missing or malformed."""
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FtmixError(f"cannot read DeepSpeed config {path}: {str(exc).splitlines()[0]}") from None
+    config = read_json(path, "DeepSpeed config")
     if not isinstance(config, dict) or not isinstance(config.get("zero_optimization", {}), dict):
         raise FtmixError(f"DeepSpeed config {path}: expected a JSON object with a zero_optimization object")
     return config

@@ -8,6 +8,7 @@ micro batch 1, sequence length 256, one GPU on one node.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from ftmix.catalog import GpuSpec, ModelSpec
@@ -31,7 +32,7 @@ class Mixture:
     zero: int = 2
     offload: str = "optimizer"
     lora: int = 64  # rank; 0 = full fine-tuning
-    lora_alpha: int = 32
+    lora_alpha: float = 32  # PEFT's LoraConfig takes any positive number
     lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
     gc: bool = False
     attn: str = "sdpa"
@@ -105,6 +106,9 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     if unknown:
         raise FtmixError(f"unknown mixture keys: {', '.join(sorted(unknown))}")
     values = {k: (DEFAULTS[k] if flags.get(k) is None else flags[k]) for k in DEFAULTS}
+    for key in ("offload", "attn", "precision"):  # names are case-insensitive, as GPU and model names are
+        if isinstance(values[key], str):
+            values[key] = values[key].strip().lower()
     if flags.get("offload") is None and values["zero"] == 0:
         values["offload"] = "none"  # offload is the default with a ZeRO stage; plain DDP has none
     if values["attn"] is None:
@@ -118,10 +122,13 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
 
 def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | None = None) -> Mixture:
     """Reject impossible mixtures with one clear FtmixError; return the mixture unchanged."""
-    for key in ("micro_batch", "seq_len", "gpus", "nodes", "lora_alpha"):
+    for key in ("micro_batch", "seq_len", "gpus", "nodes"):
         value = getattr(m, key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise FtmixError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    alpha = m.lora_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise FtmixError(f"lora-alpha must be a positive number, got {alpha!r}")
     if isinstance(m.lora, bool) or not isinstance(m.lora, int) or m.lora < 0:
         raise FtmixError(f"lora must be a rank >= 0 (0 = full fine-tuning), got {m.lora!r}")
     if not isinstance(m.packing, bool) or not isinstance(m.gc, bool):
@@ -151,7 +158,18 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
             raise FtmixError(f"seq-len {m.seq_len} exceeds {model.name}'s {model.max_positions} positions")
         if m.lora:
             resolve_targets(m, model)
+            if m.lora > model.hidden:
+                raise FtmixError(f"LoRA rank {m.lora} exceeds {model.name}'s hidden size {model.hidden}: the update "
+                                 "cannot have that rank, only that many parameters")
     return m
+
+
+def check_flags(flags: dict) -> None:
+    """What the user gave that a mixture would silently drop: LoRA settings with full fine-tuning."""
+    if flags.get("lora") == 0:
+        for key in ("lora_targets", "lora_alpha"):
+            if flags.get(key) is not None:
+                raise FtmixError(f"--{key.replace('_', '-')} has no effect with --lora 0 (full fine-tuning); drop one")
 
 
 def resolve_targets(m: Mixture, model: ModelSpec) -> tuple[str, ...]:

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ftmix.errors import FtmixError
+from ftmix.files import finite, read_json
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,21 @@ class RuntimeConstants:
 DEFAULT = RuntimeConstants()
 
 
+# The physical range of each constant: (low, high, low is allowed). Fractions of a peak are in
+# (0, 1]; exposed communication in [0, 1]; rates and sizes positive; overheads may be zero.
+RANGES = {"mfu_max": (0, 1, False), "mfu_half_tokens": (0, 1e9, True), "fa2_efficiency": (0, 2, False),
+          "sdpa_efficiency": (0, 2, False), "eager_bytes_per_score": (0, 1e4, False),
+          "elementwise_passes": (0, 1e3, True), "exposed_comm_ddp": (0, 1, True), "exposed_comm_zero12": (0, 1, True),
+          "exposed_comm_zero3": (0, 1, True), "zero3_fetch_overhead_s": (0, 1, True), "link_efficiency": (0, 1, False),
+          "pcie_gen3": (0, 1e13, False), "pcie_gen4": (0, 1e13, False), "pcie_gen5": (0, 1e13, False),
+          "cpu_adam_params_per_s": (0, 1e13, False), "gpu_adam_bytes_per_param": (0, 1e4, False),
+          "step_overhead_s": (0, 60, True)}
+
+
 def load_calibration(path: str | Path | None) -> RuntimeConstants:
     if path is None:
         return DEFAULT
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FtmixError(f"cannot read calibration {path}: {exc}") from None
+    data = read_json(path, "calibration")
     overrides = data.get("constants", data) if isinstance(data, dict) else None
     if not isinstance(overrides, dict):
         raise FtmixError(f"calibration {path} must hold a JSON object of constants")
@@ -75,6 +83,9 @@ def load_calibration(path: str | Path | None) -> RuntimeConstants:
     if unknown:
         raise FtmixError(f"calibration {path}: unknown constants {', '.join(sorted(unknown))}")
     for key, value in overrides.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise FtmixError(f"calibration {path}: {key} must be a non-negative number")
+        low, high, low_ok = RANGES[key]
+        if not finite(value) or value > high or value < low or (value == low and not low_ok):
+            bracket = "[" if low_ok else "("
+            raise FtmixError(f"calibration {path}: {key} must be a finite number in {bracket}{low:g}, {high:g}], "
+                             f"got {value!r}")
     return replace(DEFAULT, **{k: float(v) for k, v in overrides.items()})

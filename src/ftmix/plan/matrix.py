@@ -35,6 +35,24 @@ def matrix(models: list[ModelSpec], gpu: GpuSpec, seq_lens: list[int], flags: di
     return cells
 
 
+# image formats matplotlib's Agg backend writes
+IMAGE_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
+LEGEND = "off-opt: optimizer states offloaded to CPU; off-all: optimizer states and parameters offloaded"
+
+
+def png_path(path: str) -> Path:
+    """Where the heatmap goes: ``.png`` added when the name has no extension; the folder must exist
+    and the extension be an image format."""
+    out = Path(path).expanduser()
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    if out.suffix.lower().lstrip(".") not in IMAGE_FORMATS:
+        raise FtmixError(f"--png {path}: {out.suffix} is not an image format ({', '.join(IMAGE_FORMATS)})")
+    if not out.parent.is_dir():
+        raise FtmixError(f"--png {path}: folder {out.parent} does not exist")
+    return out
+
+
 def write_png(cells: list[Cell], path: str | Path, title: str) -> None:
     try:
         import matplotlib
@@ -46,7 +64,7 @@ def write_png(cells: list[Cell], path: str | Path, title: str) -> None:
     models = list(dict.fromkeys(c.model for c in cells))
     seqs = list(dict.fromkeys(c.seq_len for c in cells))
     grid = [[next(c for c in cells if c.model == m and c.seq_len == s) for s in seqs] for m in models]
-    fig, ax = plt.subplots(figsize=(1.9 * len(seqs) + 2, 0.9 * len(models) + 1.6))
+    fig, ax = plt.subplots(figsize=(1.9 * len(seqs) + 3.4, 0.9 * len(models) + 1.8))
     colors = {0: "#d8f0d0", 1: "#b6e3a8", 2: "#8fd1c9", 3: "#f5d28c"}
     for i, row in enumerate(grid):
         for j, cell in enumerate(row):
@@ -63,6 +81,14 @@ def write_png(cells: list[Cell], path: str | Path, title: str) -> None:
     ax.set_yticks([i + 0.5 for i in range(len(models))], models)
     ax.set_xlabel("context length (tokens)")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (*colors.values(), "#f2a98f", "#dddddd")]
+    names = ["DDP (ZeRO-0)", "ZeRO-1", "ZeRO-2", "ZeRO-3", "with GC", "nothing fits"]
+    ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.text(0.01, 0.01, LEGEND + "; cells: mixture, seconds per optimizer step", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise FtmixError(f"cannot write {path}: {exc}") from None
+    finally:
+        plt.close(fig)

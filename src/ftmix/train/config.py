@@ -6,13 +6,13 @@ effective batch 8, one epoch, LoRA r=64 alpha=32, s = 256, optimizer offload wit
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftmix.errors import FtmixError
+from ftmix.files import read_text
 from ftmix.mixture import DEFAULTS
 
 PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     zero: Optional[int] = None
     offload: Optional[str] = None
     lora: Optional[int] = None
-    lora_alpha: Optional[int] = None
+    lora_alpha: Optional[float] = None
     lora_targets: Optional[str] = None
     gc: Optional[bool] = None
     attn: Optional[str] = None
@@ -89,9 +89,10 @@ def _parse_value(text: str):
 def load_config(path: str | None = None, overrides: list[str] | None = None, flags: dict | None = None) -> TrainConfig:
     data: dict = {}
     if path:
+        text = read_text(path, "config")
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
             raise FtmixError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise FtmixError(f"config {path} must be a mapping of keys to values")

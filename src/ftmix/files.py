@@ -1,0 +1,46 @@
+"""Reading the user's files: one clear FtmixError (a missing file, a folder, bytes that are not
+UTF-8, malformed JSON) instead of a traceback, before anything heavy loads."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The file's text, decoded as UTF-8 (config.json, YAML, calibration and data files all are)."""
+    path = Path(path).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FtmixError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except IsADirectoryError:
+        raise FtmixError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise FtmixError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_json(path: str | Path, what: str):
+    """The file's JSON; NaN and Infinity, which Python's parser accepts, are refused."""
+    text = read_text(path, what)
+
+    def refuse(token):
+        raise ValueError(f"{token} is not a number JSON allows")
+
+    def number(token):
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"{token} is out of range")
+        return value
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_float=number)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise FtmixError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

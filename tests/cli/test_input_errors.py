@@ -1,0 +1,142 @@
+"""Bad input of every kind is one `error:` line on stderr and exit code 2, never a traceback
+(issue 9: items 1-4, 8, 20, 21, 24, 25)."""
+
+import json
+
+import pytest
+
+
+def _one_error(code, out, err):
+    assert code == 2, (out, err)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_matrix_png_into_a_missing_folder_is_caught_before_the_work(ftmix, tmp_path):
+    line = _one_error(*ftmix("matrix", "--models", "llama-2-7b", "--seq-lens", "256", "--png",
+                             str(tmp_path / "nope" / "m.png")))
+    assert "folder" in line and "nope" in line
+
+
+def test_matrix_png_with_an_unsupported_extension(ftmix, tmp_path):
+    line = _one_error(*ftmix("matrix", "--models", "llama-2-7b", "--seq-lens", "256", "--png",
+                             str(tmp_path / "m.bmpq")))
+    assert ".bmpq" in line and "png" in line
+
+
+def test_matrix_png_without_extension_reports_the_file_it_wrote(ftmix, tmp_path):
+    code, out, err = ftmix("matrix", "--models", "llama-2-7b", "--seq-lens", "256", "--png", str(tmp_path / "m"),
+                           "--json")
+    assert code == 0, err
+    assert json.loads(out)["png"] == str(tmp_path / "m.png") and (tmp_path / "m.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("value", ["0", "NaN", "Infinity", "1e400", "50", "-1"])
+def test_calibration_constants_must_be_finite_and_physical(ftmix, tmp_path, value):
+    path = tmp_path / "cal.json"
+    path.write_text('{"mfu_max": %s}' % value)
+    line = _one_error(*ftmix("plan", "--model", "llama-2-7b", "--calibration", str(path), "--json"))
+    assert "mfu_max" in line or "not valid JSON" in line
+
+
+def test_a_rate_of_zero_is_refused(ftmix, tmp_path):
+    path = tmp_path / "cal.json"
+    path.write_text('{"pcie_gen4": 0}')
+    assert "pcie_gen4" in _one_error(*ftmix("plan", "--model", "llama-2-7b", "--calibration", str(path)))
+
+
+@pytest.mark.parametrize("what,args", [
+    ("config", lambda p: ("estimate", "--model", str(p))),
+    ("calibration", lambda p: ("plan", "--calibration", str(p))),
+    ("deepspeed", lambda p: ("estimate", "--deepspeed", str(p))),
+    ("yaml", lambda p: ("train", str(p))),
+])
+def test_files_that_are_not_utf8(ftmix, tmp_path, what, args):
+    path = tmp_path / ("c.yaml" if what == "yaml" else "config.json")
+    path.write_bytes(b'{"hidden_size": "\xff\xfe"}')
+    assert "UTF-8" in _one_error(*ftmix(*args(path)))
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"head_dim": "abc"}, "head_dim"),
+    ({"head_dim": -8}, "head_dim"),
+    ({"hidden_size": 4096.7}, "hidden_size"),
+    ({"num_hidden_layers": True}, "num_hidden_layers"),
+])
+def test_config_sizes_are_positive_integers(ftmix, tmp_path, patch, needle):
+    cfg = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 512, "vocab_size": 1000}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**cfg, **patch}))
+    assert needle in _one_error(*ftmix("estimate", "--model", str(path)))
+
+
+def test_config_size_out_of_range(ftmix, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_type": "llama", "hidden_size": 1e400, "num_hidden_layers": 2, '
+                    '"num_attention_heads": 4, "vocab_size": 1000}')
+    _one_error(*ftmix("estimate", "--model", str(path)))
+
+
+def test_a_whole_number_written_as_a_float_is_fine(ftmix, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 256.0, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 512, "vocab_size": 1000}))
+    code, out, err = ftmix("estimate", "--model", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["total_params"] > 0
+
+
+def test_multimodal_config_uses_its_text_config(ftmix, tmp_path):
+    text = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 512, "vocab_size": 1000}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llava", "text_config": text, "vision_config": {"hidden_size": 64}}))
+    code, out, err = ftmix("estimate", "--model", str(path), "--json")
+    assert code == 0, err
+    path2 = tmp_path / "plain.json"
+    path2.write_text(json.dumps(text))
+    code2, out2, _ = ftmix("estimate", "--model", str(path2), "--json")
+    assert json.loads(out)["total_params"] == json.loads(out2)["total_params"]
+
+
+def test_folder_without_config_json(ftmix, tmp_path):
+    line = _one_error(*ftmix("estimate", "--model", str(tmp_path)))
+    assert "config.json" in line and "hub" not in line
+
+
+def test_catalog_models_by_their_hub_id_offline(ftmix):
+    code, out, err = ftmix("estimate", "--model", "meta-llama/Llama-2-7b-hf", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "llama-2-7b"
+
+
+def test_architecture_the_analytic_model_does_not_know_is_refused(ftmix, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4, "vocab_size": 1000}))
+    line = _one_error(*ftmix("estimate", "--model", str(path)))
+    assert "gpt2" in line and "llama" in line
+
+
+def test_lora_targets_with_full_fine_tuning_are_refused(ftmix):
+    line = _one_error(*ftmix("estimate", "--lora", "0", "--lora-targets", "all-linear"))
+    assert "--lora-targets" in line
+
+
+def test_lora_rank_above_the_hidden_size(ftmix):
+    assert "rank" in _one_error(*ftmix("estimate", "--model", "smollm2-135m", "--lora", "100000"))
+
+
+def test_lora_alpha_may_be_a_float(ftmix):
+    code, out, err = ftmix("estimate", "--lora-alpha", "16.5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["mixture"]["lora_alpha"] == 16.5
+
+
+@pytest.mark.parametrize("flag,value", [("--attn", "FA2"), ("--offload", "NONE"), ("--precision", "BF16"),
+                                        ("--gpu", "A100-80GB"), ("--model", "LLAMA-2-7B")])
+def test_choices_ignore_case(ftmix, flag, value):
+    code, out, err = ftmix("estimate", flag, value, "--json")
+    assert code == 0, err
