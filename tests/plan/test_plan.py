@@ -67,7 +67,7 @@ def test_v100_matrix_moves_to_more_memory_saving():
 
 def test_180b_on_16_v100():
     falcon = load_model("falcon-180b")
-    cells = matrix([falcon], V100, [256, 2048, 4096], dict(gpus=8, nodes=2, offload="optimizer"))
+    cells = matrix([falcon], V100, [256, 2048, 4096], dict(gpus=8, nodes=2, offload="optimizer"), effective_batch=16)
     fits_short, longest_in_range, beyond = cells
     assert fits_short.best is not None and fits_short.best.mixture.zero == 3 and fits_short.best.mixture.lora
     assert longest_in_range.best is None and longest_in_range.note is None  # nothing fits
@@ -75,7 +75,8 @@ def test_180b_on_16_v100():
 
 
 def test_nothing_fits_names_the_smallest_change():
-    result = plan(load_model("falcon-180b"), V100, dict(gpus=8, nodes=2, offload="optimizer", seq_len=2048))
+    result = plan(load_model("falcon-180b"), V100, dict(gpus=8, nodes=2, offload="optimizer", seq_len=2048),
+                  effective_batch=16)
     assert result.best is None
     assert "--seq-len" in result.suggestion and "more GPUs" in result.suggestion
     assert result.to_json()["best"] is None

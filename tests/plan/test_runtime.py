@@ -12,8 +12,8 @@ A100, V100 = load_gpu("a100-80gb"), load_gpu("v100-32gb")
 LLAMA7 = load_model("llama-2-7b")
 
 
-def t(model=LLAMA7, gpu=A100, **flags):
-    return step_time(model, gpu, mixture_from_flags(gpu, **flags))
+def t(model=LLAMA7, gpu=A100, effective_batch=8, **flags):
+    return step_time(model, gpu, mixture_from_flags(gpu, **flags), effective_batch)
 
 
 def test_flops_per_token():
@@ -54,9 +54,10 @@ def test_more_gpus_fewer_accumulation_steps():
 
 
 def test_multi_node_is_slower_for_zero3():
-    one = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=1, offload="none").communication
-    two = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=2, offload="none").communication
-    assert two > one
+    # per micro step: at a fixed effective batch two nodes take half the micro steps
+    one = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=1, offload="none", effective_batch=16)
+    two = t(model=load_model("llama-2-70b"), zero=3, gpus=8, nodes=2, offload="none", effective_batch=16)
+    assert two.communication / two.grad_accum > one.communication / one.grad_accum
 
 
 def test_calibration_overrides(tmp_path):

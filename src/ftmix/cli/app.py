@@ -134,6 +134,27 @@ SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search t
 EffectiveBatch = Annotated[int, typer.Option("--effective-batch", help="Samples per optimizer step, all GPUs together (the study: 8).")]
 Calibration = Annotated[Optional[str], typer.Option("--calibration", help="JSON of runtime constants measured by `ftmix study`.")]
 Margin = Annotated[float, typer.Option("--safety-margin", help="Fraction of GPU memory kept free for the fit verdict.")]
+CpuRam = Annotated[str, typer.Option("--cpu-ram", help="Host RAM per node in GB that offload may use: a number, "
+                                     "none (no limit), or auto (this machine's RAM when it has an NVIDIA GPU, else none).")]
+NOTHING_FITS = 3  # plan's exit code when no mixture fits (scripts can tell it from success and from bad input)
+
+
+def cpu_ram_bytes(value: str) -> float | None:
+    """``--cpu-ram``: GB per node, ``none``, or ``auto``."""
+    text = value.strip().lower()
+    if text == "none":
+        return None
+    if text == "auto":
+        from ftmix.plan.host import local_cpu_ram
+
+        return local_cpu_ram()
+    try:
+        gb = float(text)
+    except ValueError:
+        raise FtmixError(f"--cpu-ram: {value!r} is not a number of GB, none or auto") from None
+    if not gb > 0 or gb == float("inf"):
+        raise FtmixError(f"--cpu-ram must be a positive number of GB, got {value}")
+    return gb * 1e9
 
 
 @app.command("plan")
@@ -146,18 +167,21 @@ def plan_cmd(
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
     packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
-    safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, json_out: o.Json = False,
+    safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto", json_out: o.Json = False,
 ):
-    """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched."""
+    """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
+    Exit code 3 when nothing fits."""
     from ftmix.plan import load_calibration, plan
 
     spec, gpu_spec = load_model(model), load_gpu(gpu)
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
     result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin,
-                  deepspeed=ds_config)
+                  deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram))
     if json_out:
-        return print_json(result.to_json())
-    plan_report(result)
+        print_json(result.to_json())
+    else:
+        plan_report(result)
+    return NOTHING_FITS if result.best is None else 0
 
 
 @app.command("matrix")
@@ -170,7 +194,7 @@ def matrix_cmd(
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None, packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
-    safety_margin: Margin = 0.05,
+    safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
     png: Annotated[Optional[str], typer.Option("--png", help="Also write the matrix as a PNG heatmap.")] = None,
     json_out: o.Json = False,
 ):
@@ -186,7 +210,8 @@ def matrix_cmd(
     gpu_spec = load_gpu(gpu)
     flags = mixture_flags(locals())
     cells = matrix(specs, gpu_spec, lengths, flags, search_batch=search_batch, effective_batch=effective_batch,
-                   constants=load_calibration(calibration), safety_margin=safety_margin)
+                   constants=load_calibration(calibration), safety_margin=safety_margin,
+                   cpu_ram=cpu_ram_bytes(cpu_ram))
     world = (gpus or 1) * (nodes or 1)
     title = f"fastest fitting mixture on {world} x {gpu_spec.name}"
     if not json_out:
@@ -245,10 +270,11 @@ def train_cmd(
     path = items.pop(0) if items and "=" not in items[0] else None
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
     cfg = load_config(path, items, flags)
-    from ftmix.mixture import check_flags, check_mixture, mixture_from_flags
+    from ftmix.mixture import check_flags, check_mixture, grad_accum, mixture_from_flags
 
     check_flags(cfg.mixture_flags())
-    check_mixture(mixture_from_flags(None, **cfg.mixture_flags()))  # fail before any bar is drawn
+    mix = check_mixture(mixture_from_flags(None, **cfg.mixture_flags()))  # fail before any bar is drawn
+    grad_accum(cfg.effective_batch, mix.micro_batch, mix.world)
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress

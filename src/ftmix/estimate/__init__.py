@@ -27,7 +27,7 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     memory = None if gpu is None else float(gpu.memory_bytes)
     name = None if gpu is None else gpu.name
     if method == "paper":
-        return paper_estimate(model, m, memory, name)
+        return paper_estimate(model, m, memory, name, safety_margin)
     if method == "analytic":
         return analytic_estimate(model, m, memory, name, safety_margin, deepspeed)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")

@@ -23,7 +23,8 @@ def korthikanti_activations(model: ModelSpec, m: Mixture) -> float:
     return model.layers * s * b * h * (34 + 5 * a * s / h)
 
 
-def paper_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None, gpu: str | None = None) -> Estimate:
+def paper_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None, gpu: str | None = None,
+                   safety_margin: float = 0.0) -> Estimate:
     theta = model.nominal_params or float(model.total_params)
     exact_trainable = trainable_params(model, m)
     trainable = theta if m.lora == 0 else float(exact_trainable)
@@ -46,5 +47,5 @@ def paper_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None
                  "activations": korthikanti_activations(model, m)}
     return Estimate(method="paper", model=model.name, gpu=gpu, mixture=m,
                     total_params=int(theta), trainable_params=int(trainable), breakdown=breakdown,
-                    cpu_bytes=cpu, gpu_memory=gpu_memory,
+                    cpu_bytes=cpu, gpu_memory=gpu_memory, safety_margin=safety_margin,
                     notes=("study section 4: nominal theta, 34 + 5as/h activations, no overheads",))

@@ -193,3 +193,17 @@ def resolve_targets(m: Mixture, model: ModelSpec) -> tuple[str, ...]:
         raise FtmixError(f"lora-targets {', '.join(missing)} name no linear layer of {model.name} "
                          f"(it has {', '.join(model.linear_names)})")
     return found
+
+
+def grad_accum(effective_batch: int, micro_batch: int, world: int) -> int:
+    """Micro steps per optimizer step so that every step sees exactly ``effective_batch`` samples:
+    one that cannot be met (more samples per micro step than the batch, or not a multiple) is an
+    error, never a silently larger batch."""
+    per_micro = micro_batch * world
+    if per_micro > effective_batch:
+        raise FtmixError(f"micro batch {micro_batch} x {world} GPU(s) = {per_micro} samples per micro step exceeds "
+                         f"the effective batch {effective_batch}; lower --micro-batch or raise the effective batch")
+    if effective_batch % per_micro:
+        raise FtmixError(f"effective batch {effective_batch} is not a multiple of micro batch {micro_batch} x "
+                         f"{world} GPU(s) = {per_micro}")
+    return effective_batch // per_micro

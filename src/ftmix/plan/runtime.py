@@ -10,13 +10,12 @@ link: all-reduce 2 (N-1)/N x bytes, reduce-scatter and all-gather (N-1)/N x byte
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.estimate import activations as act
 from ftmix.estimate.states import trainable_params
-from ftmix.mixture import Mixture
+from ftmix.mixture import Mixture, grad_accum
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 
 STUDY_EFFECTIVE_BATCH = 8
@@ -69,7 +68,7 @@ def flops_per_token(model: ModelSpec, m: Mixture) -> tuple[float, float]:
 
 
 def grad_accum_steps(m: Mixture, effective_batch: int) -> int:
-    return max(1, math.ceil(effective_batch / (m.micro_batch * m.world)))
+    return grad_accum(effective_batch, m.micro_batch, m.world)
 
 
 def pcie_bandwidth(gpu: GpuSpec, c: RuntimeConstants) -> float:

@@ -10,7 +10,7 @@ from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
 from ftmix.estimate import Estimate, estimate
 from ftmix.estimate.constants import GB, SAFETY_MARGIN
-from ftmix.mixture import Mixture, mixture_from_flags
+from ftmix.mixture import Mixture, grad_accum, mixture_from_flags
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 from ftmix.plan.runtime import STUDY_EFFECTIVE_BATCH, StepTime, step_time
 
@@ -22,10 +22,19 @@ class Candidate:
     mixture: Mixture
     memory: Estimate
     time: StepTime
+    cpu_ram: float | None = None  # bytes of host RAM per node the job may use; None: no limit
+
+    @property
+    def fits_gpu(self) -> bool:
+        return bool(self.memory.fits)
+
+    @property
+    def fits_cpu(self) -> bool:
+        return self.cpu_ram is None or self.memory.cpu_bytes <= self.cpu_ram
 
     @property
     def fits(self) -> bool:
-        return bool(self.memory.fits)
+        return self.fits_gpu and self.fits_cpu
 
     @property
     def over_gb(self) -> float:
@@ -35,7 +44,8 @@ class Candidate:
     def to_json(self) -> dict:
         return {"mixture": self.mixture.to_dict(), "label": self.mixture.label,
                 "peak_gb": round(self.memory.peak / GB, 3), "device_total_gb": round(self.memory.device_total / GB, 3),
-                "step_time_s": round(self.time.total, 4), "fits": self.fits, "over_gb": round(self.over_gb, 3),
+                "cpu_gb": round(self.memory.cpu_bytes / GB, 3), "step_time_s": round(self.time.total, 4),
+                "fits": self.fits, "fits_gpu": self.fits_gpu, "fits_cpu": self.fits_cpu, "over_gb": round(self.over_gb, 3),
                 "time": self.time.to_json()}
 
 
@@ -89,8 +99,14 @@ def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int
 
 def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
                effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
-               safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> list[Candidate]:
+               safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None,
+               cpu_ram: float | None = None) -> list[Candidate]:
+    """Every mixture the open dimensions allow; ``cpu_ram`` (bytes per node) makes those needing
+    more host memory for offload not fit."""
     _check_fixed(model, gpu, flags)
+    if flags.get("micro_batch") is not None or not search_batch:
+        world = (flags.get("gpus") or 1) * (flags.get("nodes") or 1)
+        grad_accum(effective_batch, flags.get("micro_batch") or 1, world)  # the batch asked for, exactly
     found, first_error = [], None
     for option in _options(gpu, flags, search_batch, effective_batch):
         try:
@@ -99,7 +115,7 @@ def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool =
         except FtmixError as exc:  # an impossible combination of open dimensions: skip it
             first_error = first_error or exc
             continue
-        found.append(Candidate(m, mem, step_time(model, gpu, m, effective_batch, constants)))
+        found.append(Candidate(m, mem, step_time(model, gpu, m, effective_batch, constants), cpu_ram))
     if not found:
         raise first_error or FtmixError("no candidate mixture")
     return sorted(found, key=lambda c: (not c.fits, c.time.total))
@@ -116,18 +132,24 @@ def _check_fixed(model: ModelSpec, gpu: GpuSpec, flags: dict) -> None:
 
 def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
          effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
-         safety_margin: float = SAFETY_MARGIN, suggest: bool = True, deepspeed: dict | None = None) -> Plan:
+         safety_margin: float = SAFETY_MARGIN, suggest: bool = True, deepspeed: dict | None = None,
+         cpu_ram: float | None = None) -> Plan:
     """The fastest fitting mixture; LoRA versus full fine-tuning stays the user's choice (flags).
     With the user's DeepSpeed config its stage and offload stay fixed (the caller puts them in
-    ``flags``) and its bucket sizes enter every estimate."""
+    ``flags``) and its bucket sizes enter every estimate. ``cpu_ram``: host RAM per node."""
     if effective_batch <= 0:
         raise FtmixError(f"effective batch must be positive, got {effective_batch}")
-    found = candidates(model, gpu, flags, search_batch, effective_batch, constants, safety_margin, deepspeed)
+    args = (search_batch, effective_batch, constants, safety_margin, deepspeed, cpu_ram)
+    found = candidates(model, gpu, flags, *args)
     best = found[0] if found[0].fits else None
     message = None
     if best is None and suggest:
-        message = _smallest_change(model, gpu, flags, search_batch, effective_batch, constants, safety_margin,
-                                   deepspeed)
+        message = _smallest_change(model, gpu, flags, *args)
+        host_bound = [c for c in found if c.fits_gpu and not c.fits_cpu]
+        if host_bound:
+            least = min(c.memory.cpu_bytes for c in host_bound) / GB
+            message += (f"; {len(host_bound)} mixture(s) fit the GPU but need more CPU RAM than the "
+                        f"{cpu_ram / GB:,.0f} GB per node allowed (--cpu-ram; the least needs {least:,.0f} GB)")
     return Plan(model.name, gpu.name, best, tuple(found), message)
 
 
@@ -149,10 +171,14 @@ def _smallest_change(model, gpu, flags, *args) -> str:
             break
         shorter //= 2
     gpus, nodes = flags.get("gpus") or 1, flags.get("nodes") or 1
+    search_batch, effective, *rest = args
     for _ in range(8):
         gpus, nodes = (gpus * 2, nodes) if gpus < 8 else (gpus, nodes * 2)
-        if _any_fits(model, gpu, dict(flags, gpus=gpus, nodes=nodes), *args):
-            ways.append(f"more GPUs ({gpus * nodes}: --gpus {gpus} --nodes {nodes})")
+        # more GPUs than samples per step need a larger effective batch, said with the suggestion
+        batch = max(effective, gpus * nodes * (flags.get("micro_batch") or 1))
+        if _any_fits(model, gpu, dict(flags, gpus=gpus, nodes=nodes), search_batch, batch, *rest):
+            ways.append(f"more GPUs ({gpus * nodes}: --gpus {gpus} --nodes {nodes}"
+                        + (f" --effective-batch {batch})" if batch != effective else ")"))
             break
     for key, flag in (("offload", "--offload"), ("zero", "--zero"), ("gc", "--gc/--no-gc"), ("attn", "--attn")):
         if flags.get(key) is not None and _any_fits(model, gpu, dict(flags, **{key: None}), *args):

@@ -9,7 +9,6 @@ merges them into run.json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import socket
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ftmix.catalog import GpuSpec, load_gpu, match_gpu
 from ftmix.errors import FtmixError
-from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
+from ftmix.mixture import Mixture, check_mixture, grad_accum, mixture_from_flags
 from ftmix.mixture.engine import apply_deepspeed, deepspeed_config, read_deepspeed_config
 from ftmix.train.config import TrainConfig
 
@@ -181,7 +180,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     from ftmix.train.measure import Meter
 
     cfg, m, device, world = prep.cfg, prep.mixture, prep.device, prep.world
-    accum = max(1, math.ceil(cfg.effective_batch / (m.micro_batch * world)))
+    accum = grad_accum(cfg.effective_batch, m.micro_batch, world)
     # mixed precision: autocast over fp32 masters; pure 16-bit and fp32 runs need none
     precision = {"bf16": m.precision == "bf16", "fp16": m.precision == "fp16"}
     args = TrainingArguments(
