@@ -16,6 +16,7 @@ CASES = [
     (1, "none", 0, 2, False),
     (1, "optimizer", 8, 1, True),
     (2, "none", 0, 2, False),
+    (2, "none", 8, 1, False),  # LoRA: the buckets arrive after the head's backward, with the first adapter
     (2, "optimizer", 0, 1, True),  # the peak is the fp64 gradient norms at the backward's end
     (3, "none", 0, 1, False),
     (3, "all", 8, 2, False),

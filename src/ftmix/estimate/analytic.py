@@ -43,13 +43,13 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0) -> tuple
         freed += (act.final_norm_bytes(model, m) + act.checkpoint_bytes(model, m)) * tokens
     # full fine-tuning: the output head's weight gradient is the backward's first, and stage 2's
     # buckets arrive with it while every activation is still stored (measured)
-    head_grad = act.head_gradient_bytes(model, m) if m.lora == 0 else 0.0
+    head_moment = act.head_gradient_bytes(model, m) + buckets if m.lora == 0 else 0.0
     layer_moment = recompute + working + buckets - freed
-    if at_loss + buckets_at_loss >= max(layer_moment, head_grad + buckets):
+    if at_loss + buckets_at_loss >= max(layer_moment, head_moment):
         parts["loss_head"] = at_loss
         return parts, "backward of the loss head (fp32 logits)", buckets_at_loss
-    if head_grad + buckets >= layer_moment:
-        parts["backward_working"] = head_grad
+    if head_moment >= layer_moment:
+        parts["backward_working"] = head_moment - buckets
         return parts, "backward of the output head (its weight gradient)", buckets
     parts["activations"] = stored - freed
     parts["gc_recompute"], parts["backward_working"] = recompute, working
@@ -105,7 +105,16 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
                     gpu_memory=gpu_memory, safety_margin=safety_margin,
-                    notes=(f"peak at: {where}", data_note(m)))
+                    notes=(f"peak at: {where}", data_note(m)) + engine_note(m))
+
+
+def engine_note(m: Mixture) -> tuple[str, ...]:
+    """What the engine does that a user of DeepSpeed would not expect, said where it costs."""
+    if act.autocast_fp32_weights(m):
+        return ("--zero 0 full fine-tuning, as `ftmix train` runs it (HF Trainer, no DeepSpeed): fp32 weights, "
+                "gradients and AdamW states (16 B per parameter) and autocast's 16-bit weight copies; "
+                "--precision bf16-true halves the states",)
+    return ()
 
 
 def data_note(m: Mixture) -> str:
