@@ -22,9 +22,11 @@ def cli():
 
 
 @pytest.fixture
-def ftmix(capsys):
+def ftmix(capsys, monkeypatch):
     """The CLI in this process (fast): returns (exit code, stdout, stderr)."""
     from ftmix.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
 
     def run(*args):
         try:

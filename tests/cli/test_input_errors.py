@@ -140,3 +140,33 @@ def test_lora_alpha_may_be_a_float(ftmix):
 def test_choices_ignore_case(ftmix, flag, value):
     code, out, err = ftmix("estimate", flag, value, "--json")
     assert code == 0, err
+
+
+def test_version_and_help_that_explains(ftmix):
+    code, out, _ = ftmix("--version")
+    assert code == 0 and out.startswith("ftmix ")
+    code, out, _ = ftmix("estimate", "--help")
+    assert "scaled_dot_product_attention" in out and "FlashAttention-2" in out and "TEXT" not in out
+    code, out, _ = ftmix("train", "--help")
+    assert "Default smollm2-135m" in out and "keep_last" in out and "runs/ftmix" in out
+    assert "study" not in out and "report" not in out
+
+
+def test_plan_and_matrix_share_the_gpu_default(ftmix):
+    plan = json.loads(ftmix("plan", "--json")[1])
+    cells = json.loads(ftmix("matrix", "--models", "llama-2-7b", "--seq-lens", "256", "--json")[1])
+    assert plan["gpu"] == cells["gpu"] == "a100-80gb"
+
+
+def test_estimate_table_shows_offloaded_rows_and_a_whole_title(ftmix):
+    code, out, _ = ftmix("estimate", "--zero", "3", "--offload", "all", "--gpu", "a100-80gb")
+    assert code == 0
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if line.count("│") >= 3}
+    assert {"parameters", "gradients", "optimizer"} <= rows
+    assert any(line.startswith("llama-2-7b · ZeRO-3 + offload all") and "method analytic" in line
+               for line in out.splitlines())
+
+
+def test_zero0_full_fine_tuning_says_what_it_models(ftmix):
+    notes = json.loads(ftmix("estimate", "--zero", "0", "--lora", "0", "--json")[1])["notes"]
+    assert any("HF Trainer" in n and "16 B per parameter" in n for n in notes)

@@ -20,7 +20,8 @@ def test_defaults_follow_the_gpu():
 def test_label():
     m = Mixture(zero=3, offload="none", lora=64, gc=True, attn="fa2")
     assert m.label == "ZeRO-3 + LoRA r64 + GC + FA2"
-    assert Mixture(zero=0, offload="none", lora=0, attn="eager").label == "DDP + full FT + eager"
+    assert Mixture(zero=0, offload="none", lora=0, attn="eager").label == "1 GPU + full FT + eager"
+    assert Mixture(zero=0, offload="none", lora=0, attn="eager", gpus=2).label == "DDP + full FT + eager"
 
 
 @pytest.mark.parametrize("flags,gpu,message", [

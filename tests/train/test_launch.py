@@ -28,11 +28,18 @@ def test_deepspeed_launcher_with_hostfile(tmp_path):
     assert "--num_gpus 8" in joined and "--module ftmix.train.worker" in joined
 
 
-def test_stale_locks_are_cleared(tmp_path, monkeypatch):
-    (tmp_path / "cpu_adam").mkdir()
-    (tmp_path / "cpu_adam" / "lock").write_text("")
+def test_stale_locks_are_cleared_and_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    for op in ("cpu_adam", "shm_comm"):
+        (tmp_path / op).mkdir()
+        (tmp_path / op / "lock").write_text("")
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / "cpu_adam" / "lock", (hour_ago, hour_ago))  # left by a killed run
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert clear_stale_locks() == 1 and not (tmp_path / "cpu_adam" / "lock").exists()
+    assert (tmp_path / "shm_comm" / "lock").exists()  # another run is building this op now
 
 
 def test_users_own_deepspeed_json(tiny, tmp_path):

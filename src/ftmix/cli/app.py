@@ -22,6 +22,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose, predict and run the fastest fine-tuning optimization mixture that fits your GPUs.")
 
 
+def _version(value: bool):
+    if value:
+        import importlib.metadata
+
+        sys.stdout.write(f"ftmix {importlib.metadata.version('ftmix')}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print ftmix's version and exit.")] = False):
+    """ftmix: estimate, plan, matrix, train."""
+
+
 def mixture_flags(values: dict) -> dict:
     """The mixture keys among a command's parameters (None where the flag was not given); flags
     that a mixture would silently drop are an error."""
@@ -55,6 +69,33 @@ def guard(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search the micro batch at the fixed effective batch.")]
+EffectiveBatch = Annotated[int, typer.Option("--effective-batch", metavar="N", help="Samples per optimizer step, all GPUs together (the study: 8).")]
+Calibration = Annotated[Optional[str], typer.Option("--calibration", metavar="FILE", help="JSON object of runtime constants to override (names in docs/plan.md).")]
+Margin = Annotated[float, typer.Option("--safety-margin", metavar="FRACTION", help="Fraction of GPU memory kept free for the fit verdict.")]
+CpuRam = Annotated[str, typer.Option("--cpu-ram", metavar="GB|none|auto", help="Host RAM per node in GB that offload may use: a number, "
+                                     "none (no limit), or auto (this machine's RAM when it has an NVIDIA GPU, else none).")]
+NOTHING_FITS = 3  # plan's exit code when no mixture fits (scripts can tell it from success and from bad input)
+
+
+def cpu_ram_bytes(value: str) -> float | None:
+    """``--cpu-ram``: GB per node, ``none``, or ``auto``."""
+    text = value.strip().lower()
+    if text == "none":
+        return None
+    if text == "auto":
+        from ftmix.plan.host import local_cpu_ram
+
+        return local_cpu_ram()
+    try:
+        gb = float(text)
+    except ValueError:
+        raise FtmixError(f"--cpu-ram: {value!r} is not a number of GB, none or auto") from None
+    if not gb > 0 or gb == float("inf"):
+        raise FtmixError(f"--cpu-ram must be a positive number of GB, got {value}")
+    return gb * 1e9
 
 
 @app.command("models")
@@ -107,12 +148,12 @@ def gpus_cmd(json_out: o.Json = False):
 def estimate_cmd(
     model: o.Model = "llama-2-7b",
     gpu: o.Gpu = None,
-    method: Annotated[str, typer.Option("--method", help="analytic (architecture-aware) | paper (the study's section 4).")] = "analytic",
+    method: Annotated[str, typer.Option("--method", metavar="analytic|paper", help="analytic (architecture-aware) | paper (the study's section 4).")] = "analytic",
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
     packing: o.Packing = None,
-    safety_margin: Annotated[float, typer.Option("--safety-margin", help="Fraction of GPU memory kept free for the fit verdict.")] = 0.05,
+    safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
     json_out: o.Json = False,
 ):
@@ -130,38 +171,11 @@ def estimate_cmd(
     estimate_table(est)
 
 
-SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search the micro batch at the fixed effective batch.")]
-EffectiveBatch = Annotated[int, typer.Option("--effective-batch", help="Samples per optimizer step, all GPUs together (the study: 8).")]
-Calibration = Annotated[Optional[str], typer.Option("--calibration", help="JSON of runtime constants measured by `ftmix study`.")]
-Margin = Annotated[float, typer.Option("--safety-margin", help="Fraction of GPU memory kept free for the fit verdict.")]
-CpuRam = Annotated[str, typer.Option("--cpu-ram", help="Host RAM per node in GB that offload may use: a number, "
-                                     "none (no limit), or auto (this machine's RAM when it has an NVIDIA GPU, else none).")]
-NOTHING_FITS = 3  # plan's exit code when no mixture fits (scripts can tell it from success and from bad input)
-
-
-def cpu_ram_bytes(value: str) -> float | None:
-    """``--cpu-ram``: GB per node, ``none``, or ``auto``."""
-    text = value.strip().lower()
-    if text == "none":
-        return None
-    if text == "auto":
-        from ftmix.plan.host import local_cpu_ram
-
-        return local_cpu_ram()
-    try:
-        gb = float(text)
-    except ValueError:
-        raise FtmixError(f"--cpu-ram: {value!r} is not a number of GB, none or auto") from None
-    if not gb > 0 or gb == float("inf"):
-        raise FtmixError(f"--cpu-ram must be a positive number of GB, got {value}")
-    return gb * 1e9
-
-
 @app.command("plan")
 @guard
 def plan_cmd(
     model: o.Model = "llama-2-7b",
-    gpu: Annotated[str, typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")] = "a100-80gb",
+    gpu: Annotated[str, typer.Option("--gpu", metavar="NAME", help="Catalog GPU (see `ftmix gpus`).")] = o.GPU_DEFAULT,
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
@@ -187,15 +201,15 @@ def plan_cmd(
 @app.command("matrix")
 @guard
 def matrix_cmd(
-    gpu: Annotated[str, typer.Option("--gpu", help="Catalog GPU (see `ftmix gpus`).")] = "v100-32gb",
-    models: Annotated[str, typer.Option("--models", help="Comma list of models.")] = "llama-2-7b,llama-2-13b,llama-2-70b",
-    seq_lens: Annotated[str, typer.Option("--seq-lens", help="Comma list of context lengths.")] = "256,512,1024,2048,4096",
+    gpu: Annotated[str, typer.Option("--gpu", metavar="NAME", help="Catalog GPU (see `ftmix gpus`); the study's own matrix: v100-32gb.")] = o.GPU_DEFAULT,
+    models: Annotated[str, typer.Option("--models", metavar="NAMES", help="Comma list of models.")] = "llama-2-7b,llama-2-13b,llama-2-70b",
+    seq_lens: Annotated[str, typer.Option("--seq-lens", metavar="TOKENS", help="Comma list of context lengths.")] = "256,512,1024,2048,4096",
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None, packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
-    png: Annotated[Optional[str], typer.Option("--png", help="Also write the matrix as a PNG heatmap.")] = None,
+    png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Also write the matrix as a heatmap (.png added when the name has no extension).")] = None,
     json_out: o.Json = False,
 ):
     """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
@@ -241,21 +255,28 @@ def _positive_int(text: str, what: str) -> int:
     return value
 
 
-@app.command("train", context_settings={"allow_extra_args": False})
+def _train_keys() -> str:
+    from ftmix.train.config import TrainConfig
+
+    return ", ".join(TrainConfig.model_fields)
+
+
+@app.command("train", context_settings={"allow_extra_args": False},
+             epilog="key=value (or YAML) keys: " + _train_keys() + ". See docs/train.md.")
 @guard
 def train_cmd(
-    args: Annotated[Optional[list[str]], typer.Argument(help="An optional YAML config, then key=value overrides.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Catalog name, hub id, local directory or .gguf file.")] = None,
-    random_init: Annotated[Optional[bool], typer.Option("--random-init/--pretrained", help="Random weights of the real shape.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="builtin, a hub dataset id, or a .jsonl/.json/.csv file.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Where run.json and checkpoints go.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps (0: none).")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--padding", help="Pack examples instead of padding each.")] = None,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Processes on this machine (GPUs, or CPU ranks).")] = None,
-    launcher: Annotated[Optional[str], typer.Option("--launcher", help="torchrun | deepspeed")] = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
+    args: Annotated[Optional[list[str]], typer.Argument(metavar="[CONFIG.yaml] [KEY=VALUE]...", help="An optional YAML config, then key=value overrides (keys below).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", metavar="NAME|PATH", help="Catalog name or hub id, a local folder (weights, or only config.json), or a .gguf file. Default smollm2-135m.")] = None,
+    random_init: Annotated[Optional[bool], typer.Option("--random-init/--pretrained", help="Random weights of the model's shape (no download). Default pretrained.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="SOURCE", help="builtin (ftmix's own dialogues), a hub dataset id, or a .jsonl/.json/.csv file with id, dialogue, summary. Default builtin.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", metavar="DIR", help="Where run.json, checkpoints and the final model go. Default runs/ftmix.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", metavar="N", help="Stop after N optimizer steps. Default: one epoch.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", metavar="N", help="Checkpoint every N steps (0: none; the final model is always saved). Default 0.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint in the output dir.")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--padding", help="Pack examples into full rows instead of padding each. Default padding.")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Processes on this machine (GPUs, or CPU ranks). Default 1.")] = None,
+    launcher: Annotated[Optional[str], typer.Option("--launcher", metavar="torchrun|deepspeed", help="Launcher for several processes. Default torchrun.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
     twin: Annotated[Optional[bool], typer.Option("--twin/--no-twin", help="Count the bytes a GPU run holds on the device and the host (docs/twin.md); on by default.")] = None,
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
@@ -270,49 +291,69 @@ def train_cmd(
     path = items.pop(0) if items and "=" not in items[0] else None
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
     cfg = load_config(path, items, flags)
-    from ftmix.mixture import check_flags, check_mixture, grad_accum, mixture_from_flags
+    from ftmix.train.preflight import preflight
 
-    check_flags(cfg.mixture_flags())
-    mix = check_mixture(mixture_from_flags(None, **cfg.mixture_flags()))  # fail before any bar is drawn
-    grad_accum(cfg.effective_batch, mix.micro_batch, mix.world)
+    preflight(cfg)  # everything checkable fails here, before any bar is drawn or model built
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress
     from ftmix.train.launch import launch
 
+    log = Path(cfg.output_dir) / "train.log"
+    terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' output goes to the log
     progress = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[info]}"))
+                            TextColumn("{task.fields[info]}"), file=terminal)
     try:
-        with stdout_to_stderr():  # DeepSpeed and HF log to stdout; stdout is for ftmix's result
+        with engine_output_to(log):  # DeepSpeed, HF and torch chatter: the log; stdout is for ftmix's result
             if cfg.nproc > 1 or cfg.nnodes > 1:
                 progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
             record = launch(cfg, progress)
+    except KeyboardInterrupt:
+        progress.stop()
+        from ftmix.train.run import last_checkpoint
+
+        last = last_checkpoint(cfg.output_dir)
+        where = (f"last checkpoint: {last}; continue with the same command and --resume" if last else
+                 "no checkpoint was saved (save_steps=N saves every N steps)")
+        sys.stderr.write(f"error: interrupted; {where}\n")
+        raise typer.Exit(130) from None
     finally:
         progress.stop()
+        terminal.close()
     if json_out:
         return print_json(_summary(record))
     train_summary(record)
+    console.print(f"[dim]engine output: {log}[/dim]")
 
 
 @contextlib.contextmanager
-def stdout_to_stderr():
-    """Point file descriptor 1 at stderr for a while: catches libraries' loggers bound to stdout."""
+def engine_output_to(log: Path):
+    """Point file descriptors 1 and 2 at a log file for a while: what the engines print (DeepSpeed's
+    op builds and config notes, HF's and torch's warnings, blank lines) is there, not on the screen."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def _summary(record: dict) -> dict:
     meas = record["measured"]
-    keys = ("steps", "median_step_s", "tokens_per_s", "total_s", "train_loss", "peak_gpu_allocated_gb",
+    keys = ("steps", "steps_this_run", "median_step_s", "tokens_per_s", "total_s", "train_loss", "peak_gpu_allocated_gb",
             "peak_gpu_reserved_gb", "peak_cpu_hwm_gb", "ranks")
     return {"label": record["label"], "mixture": record["mixture"], "engine": record["engine"],
             "data": {k: v for k, v in record["data"].items() if k != "problems"},
             "measured": {k: meas.get(k) for k in keys}, "comparison": record["comparison"],
+            "artifacts": record.get("artifacts"),
             "run_json": str(Path(record["config"]["output_dir"]) / "run.json")}

@@ -25,11 +25,12 @@ def gb(x: float) -> str:
 def estimate_table(est: Estimate) -> None:
     m = est.mixture
     title = f"{est.model} · {m.label} · s={m.seq_len} b={m.micro_batch} · {m.world} GPU(s)"
-    table = Table(title=title + f" · method {est.method}")
+    console.print(f"[bold]{title} · method {est.method}[/bold]", soft_wrap=True)  # one line, never wrapped mid-phrase
+    table = Table()
     table.add_column("component")
     table.add_column("GB per GPU", justify="right")
     for name, value in est.breakdown.items():
-        if value:
+        if value or name in ("parameters", "gradients", "optimizer"):  # a zero here is news (offloaded)
             table.add_row(name.replace("_", " "), gb(value))
     table.add_row("[bold]peak allocated[/bold] (max_memory_allocated)", f"[bold]{gb(est.peak)}[/bold]")
     if est.overheads:
@@ -88,8 +89,9 @@ def plan_report(result) -> None:
 
 def matrix_table(cells, title: str) -> None:
     seqs = list(dict.fromkeys(c.seq_len for c in cells))
-    table = Table(title=title)
-    table.add_column("model")
+    console.print(f"[bold]{title}[/bold]", soft_wrap=True)
+    table = Table()
+    table.add_column("model", overflow="fold")  # a config path is shown whole, folded, never cut
     for s in seqs:
         table.add_column(str(s), justify="center")
     for model in dict.fromkeys(c.model for c in cells):
@@ -130,9 +132,14 @@ def train_summary(record: dict) -> None:
     console.print(table)
     curve = meas["loss_curve"]
     if curve:
-        console.print(f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f} over {meas['steps']} steps; median step "
+        ran = meas.get("steps_this_run", meas["steps"])
+        since = f" (steps {meas['steps'] - ran + 1}-{meas['steps']}, resumed)" if meas.get("resumed_from") else ""
+        console.print(f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f} over {ran} steps{since}; median step "
                       f"{meas['median_step_s']} s, {meas['tokens_per_s']} tokens/s; peak CPU RSS "
                       f"{meas['peak_cpu_hwm_gb']} GB")
+    artifacts = record.get("artifacts") or {}
+    if artifacts.get("model"):
+        console.print(f"{artifacts['kind']} saved in {artifacts['model']}")
     console.print(f"[dim]run record: {record['config']['output_dir']}/run.json[/dim]")
 
 
@@ -140,15 +147,17 @@ class LazyProgress:
     """A rich progress bar on stderr that appears only when training starts: an error before that
     stays one clean line."""
 
-    def __init__(self, *columns):
+    def __init__(self, *columns, file=None):
         self.columns = columns
+        self.file = file  # where the bar goes (the terminal's stderr while engine output goes to a log)
         self.bar = None
 
     def add_task(self, *args, **kwargs):
         if self.bar is None:
             from rich.progress import Progress
 
-            self.bar = Progress(*self.columns, console=Console(stderr=True), transient=True)
+            console = Console(file=self.file) if self.file is not None else Console(stderr=True)
+            self.bar = Progress(*self.columns, console=console, transient=True)
             self.bar.start()
         return self.bar.add_task(*args, **kwargs)
 

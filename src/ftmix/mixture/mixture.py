@@ -66,8 +66,13 @@ class Mixture:
         return self.seq_len * self.micro_batch
 
     @property
+    def engine(self) -> str:
+        """ZeRO-N; DDP for plain data parallel over several GPUs; "1 GPU" for one process."""
+        return f"ZeRO-{self.zero}" if self.zero else ("DDP" if self.world > 1 else "1 GPU")
+
+    @property
     def label(self) -> str:
-        parts = [f"ZeRO-{self.zero}" if self.zero else "DDP"]
+        parts = [self.engine]
         if self.offload == "optimizer":
             parts.append("offload opt")
         elif self.offload == "all":
@@ -81,7 +86,7 @@ class Mixture:
     @property
     def short_label(self) -> str:
         """A matrix cell: "ZeRO-3 LoRA GC" (SDPA, the neutral kernel, left out)."""
-        parts = [f"ZeRO-{self.zero}" if self.zero else "DDP"]
+        parts = [self.engine]
         parts += {"optimizer": ["off-opt"], "all": ["off-all"]}.get(self.offload, [])
         parts.append("LoRA" if self.lora else "full")
         parts += ["GC"] if self.gc else []

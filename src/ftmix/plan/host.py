@@ -11,14 +11,23 @@ def has_nvidia_gpu() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
-def total_ram_bytes() -> float | None:
+def _meminfo(key: str) -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(key + ":"):
                 return float(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def total_ram_bytes() -> float | None:
+    return _meminfo("MemTotal")
+
+
+def available_ram_bytes() -> float | None:
+    """What the kernel can give a new process now without swapping."""
+    return _meminfo("MemAvailable")
 
 
 def local_cpu_ram() -> float | None:

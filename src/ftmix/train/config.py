@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftmix.errors import FtmixError
 from ftmix.files import read_text
@@ -39,7 +39,8 @@ class TrainConfig(BaseModel):
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    scheduler: str = "linear"
+    scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                       "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"] = "linear"  # HF SchedulerType
     warmup_steps: int = Field(default=0, ge=0)
     effective_batch: int = Field(default=8, gt=0)
     epochs: float = Field(default=1.0, gt=0)
@@ -62,11 +63,13 @@ class TrainConfig(BaseModel):
     gpu: Optional[str] = None  # catalog GPU for the predictions (detected on CUDA when left out)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "runs/ftmix"
-    save_steps: int = Field(default=0, ge=0)  # 0 = checkpoint only at the end
+    save_steps: int = Field(default=0, ge=0)  # 0 = no intermediate checkpoints (the final model is always saved)
+    keep_last: Optional[int] = Field(default=None, gt=0)  # checkpoints kept (HF save_total_limit); None = all
     resume: bool = False
     warmup_measure_steps: int = Field(default=1, ge=0)  # steps left out of the median step time
     twin: bool = True  # the device-memory twin: count every tensor a GPU run would hold (docs/twin.md)
     nproc: int = Field(default=1, gt=0)  # processes on this machine
+    threads: Optional[int] = Field(default=None, gt=0)  # CPU threads per process; None: the cores / nproc
     launcher: Literal["torchrun", "deepspeed"] = "torchrun"
     hostfile: Optional[str] = None  # multi-node with the deepspeed launcher
     nnodes: int = Field(default=1, gt=0)
@@ -74,6 +77,20 @@ class TrainConfig(BaseModel):
     master_addr: str = "127.0.0.1"
     # None: a free port on a single node (two runs side by side never collide), 29512 across nodes
     master_port: Optional[int] = Field(default=None, gt=0, lt=65536)
+
+    @field_validator("template")
+    @classmethod
+    def _template_reads_the_dialogue(cls, value: str) -> str:
+        if "{dialogue}" not in value:
+            raise ValueError("the prompt template must contain {dialogue}, where each example's dialogue goes")
+        return value
+
+    def threads_per_process(self) -> int:
+        """Each rank's share of the cores (2 ranks on 2 cores with 2 threads each run ~10x slower
+        than with 1: they preempt each other inside every matmul)."""
+        import os
+
+        return self.threads or max(1, (os.cpu_count() or 1) // self.nproc)
 
     def mixture_flags(self) -> dict:
         flags = {k: getattr(self, k) for k in DEFAULTS if k not in ("gpus", "nodes")}
@@ -101,11 +118,17 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, fla
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise FtmixError(f"override {item!r} is not key=value")
-        data[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        key = key.strip().replace("-", "_")
+        field = TrainConfig.model_fields.get(key)
+        # text keys take the text as written ("template=Dialogue: {dialogue}" is not YAML's mapping)
+        value = value if field is not None and field.annotation is str else _parse_value(value.strip())
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            value = {**data[key], **value}  # model_overrides=... adds to the YAML's, key by key
+        data[key] = value
     data.update({k: v for k, v in (flags or {}).items() if v is not None})
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise FtmixError(f"{where}: {err['msg']}") from None
+        raise FtmixError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -64,8 +64,14 @@ def load_records(source: str, split: str = "train", max_rows: int | None = None)
     except FtmixError:
         raise
     except Exception as exc:  # malformed JSON/CSV, unknown dataset, offline hub
-        raise FtmixError(f"cannot load data {source!r}: {str(exc).splitlines()[0][:200]}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FtmixError(f"cannot load data {source!r}: {reason}") from None
     rows = ds.to_list()
+    if not rows:
+        raise FtmixError(f"data {source!r} holds no rows")
+    if not set(FIELDS[1:]) <= set(ds.column_names):
+        raise FtmixError(f"data {source!r} has columns {', '.join(ds.column_names)}; ftmix needs "
+                         f"{', '.join(FIELDS)} (id optional)")
     return rows[:max_rows] if max_rows else rows
 
 
@@ -157,7 +163,7 @@ def train_tokenizer(rows: list[dict], vocab_size: int = 1024):
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts or ["ftmix"], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

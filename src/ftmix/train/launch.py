@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,14 +21,21 @@ from ftmix.errors import FtmixError
 from ftmix.train.config import TrainConfig
 
 
-def clear_stale_locks() -> int:
-    """A run killed while DeepSpeed compiled an op leaves a lock that hangs every later run."""
+STALE_LOCK_S = 600  # an op build takes a minute or two here; a lock older than this lost its owner
+
+
+def clear_stale_locks(older_than_s: float = STALE_LOCK_S) -> int:
+    """A run killed while DeepSpeed compiled an op leaves a lock that hangs every later run. Only
+    old locks go: a fresh one belongs to a build another run is doing now."""
+    import time
+
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
     removed = 0
     for lock in Path(root).glob("**/lock"):
         try:
-            lock.unlink()
-            removed += 1
+            if time.time() - lock.stat().st_mtime > older_than_s:
+                lock.unlink()
+                removed += 1
         except OSError:
             pass
     return removed
@@ -77,14 +85,24 @@ def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dic
     config_path = out / "train_config.json"
     config_path.write_text(json.dumps(cfg.model_dump(), indent=1))
     cmd = worker_command(cfg, config_path)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads_per_process()))
     try:
         proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except subprocess.TimeoutExpired:
         raise FtmixError(f"training did not finish within {timeout} s") from None
     (out / "launcher.log").write_text(proc.stdout or "")
     if proc.returncode != 0:
-        errors = [line for line in (proc.stdout or "").splitlines() if line.startswith("error: ")]
-        reason = errors[0][7:] if errors else f"see {out / 'launcher.log'}"
-        raise FtmixError(f"{cfg.launcher} exited with {proc.returncode}: {reason}")
+        raise FtmixError(f"{cfg.launcher} exited with {proc.returncode}: {first_rank_error(proc.stdout or '')}"
+                         f" (all ranks' output: {out / 'launcher.log'})")
     return merge_ranks(out)
+
+
+def first_rank_error(log: str) -> str:
+    """The first error line a rank wrote (ftmix's own); else the last exception raised; else nothing."""
+    lines = [re.sub(r"^\[(rank|default)?\d+\]:\s*", "", line) for line in log.splitlines()]
+    errors = [line[7:] for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[0]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*?:", line)
+              and "ChildFailedError" not in line]
+    return raised[-1] if raised else "no error message"

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ftmix.catalog import model_names, spec_from_hf_config
+from ftmix.catalog import catalog_name, spec_from_hf_config
 from ftmix.errors import FtmixError
+from ftmix.files import read_json
 from ftmix.mixture import Mixture, resolve_targets
 
 
@@ -44,18 +45,50 @@ def smollm2_gguf() -> Path | None:
     return files[0] if files else None
 
 
+def _catalog_entry(ref: str) -> dict | None:
+    name = catalog_name(ref)
+    if name is None:
+        return None
+    return json.loads(resources.files("ftmix.catalog").joinpath(f"data/models/{name}.json").read_text())
+
+
+def catalog_config(ref: str) -> dict | None:
+    """The config.json of a catalog model (by name or hub id), else None."""
+    entry = _catalog_entry(ref)
+    return None if entry is None else dict(entry["config"])
+
+
+def config_path(ref: str) -> Path | None:
+    """A local config.json: the path itself or the one in a folder."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    return path if path.is_file() and path.suffix == ".json" else None
+
+
+def has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.gguf"))
+
+
 def resolve_source(ref: str, random_init: bool = False, gguf_file: str | None = None,
                    overrides: dict | None = None) -> ModelSource:
+    """Where the model comes from. Random init (or a folder holding only config.json) builds the
+    shape from a config: a catalog model's, or any local config.json, with ``overrides`` merged."""
     path = Path(ref).expanduser()
     if ref.endswith(".gguf") and path.is_file():
         return ModelSource("gguf", str(path.parent), path.name)
     if gguf_file:
         return ModelSource("gguf", ref, gguf_file)
-    if ref.lower() in model_names():
-        entry = json.loads(resources.files("ftmix.catalog").joinpath(f"data/models/{ref.lower()}.json").read_text())
+    local = config_path(ref)
+    if local is not None and (random_init or not has_weights(local.parent)):
+        config = read_json(local, "model config")
+        return ModelSource("catalog-config", str(ref), config=dict(config, **(overrides or {})))
+    entry = _catalog_entry(ref)
+    if entry is not None:
+        name = catalog_name(ref)
         if random_init:
-            return ModelSource("catalog-config", ref.lower(), config=dict(entry["config"], **(overrides or {})))
-        if ref.lower() == "smollm2-135m" and smollm2_gguf():
+            return ModelSource("catalog-config", name, config=dict(entry["config"], **(overrides or {})))
+        if name == "smollm2-135m" and smollm2_gguf():
             gguf = smollm2_gguf()
             return ModelSource("gguf", str(gguf.parent), gguf.name)
         return ModelSource("pretrained", entry["hub_id"])

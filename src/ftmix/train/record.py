@@ -31,7 +31,7 @@ def merge_ranks(output_dir: str | Path) -> dict:
                     twin=merge_twins(ranks))
     record = {k: v for k, v in head.items() if k not in ("rank", "peaks", "measured", "twin")}
     record["measured"] = measured
-    record["comparison"] = _compare(record.get("predicted") or {}, measured)
+    record["comparison"] = _compare(record.get("predicted") or {}, measured, record.get("device"))
     if measured.get("twin") and (record.get("predicted") or {}).get("breakdown_bytes"):
         top = max((r for r in ranks if r.get("twin")), key=lambda r: r["twin"]["device_peak_bytes"])
         record["comparison_components"] = compare_components(record["predicted"]["breakdown_bytes"],
@@ -88,7 +88,9 @@ def _gb(x):
     return None if x is None else round(x / GB, 4)
 
 
-def _compare(predicted: dict, measured: dict) -> dict:
+def _compare(predicted: dict, measured: dict, device: str | None = "cuda") -> dict:
+    """Prediction beside measurement where both are of the same thing: step time only on a GPU
+    (the prediction is a GPU's; a CPU's step time is another machine's)."""
     rows = {}
     twin = measured.get("twin") or {}
     estimate = predicted.get("estimate") or {}
@@ -102,6 +104,8 @@ def _compare(predicted: dict, measured: dict) -> dict:
              (cpu, _fine(host), "host memory per node, twin (GB)"),
              (predicted.get("step_time_s"), measured.get("median_step_s"), "seconds per optimizer step")]
     for p, m, what in pairs:
+        if what == "seconds per optimizer step" and device != "cuda":
+            continue
         if m is None and what != "seconds per optimizer step":
             continue  # a counter this run does not have (CUDA's on a CPU, the twin's when off)
         rows[what] = {"predicted": None if p is None else round(p, 9), "measured": m,

@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ftmix.catalog import GpuSpec, load_gpu, match_gpu
@@ -59,6 +59,10 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def _checkpoint_step(path: str | None) -> int:
+    return int(Path(path).name.split("-")[-1]) if path else 0
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return str(max(steps)[1]) if steps else None
@@ -97,6 +101,8 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     device = pick_device(cfg)
     if device == "cuda":
         torch.cuda.set_device(local_rank)
+    else:
+        torch.set_num_threads(cfg.threads_per_process())
     gpu = load_gpu(cfg.gpu) if cfg.gpu else detect_gpu(device)
     user_ds = read_deepspeed_config(cfg.deepspeed_config) if cfg.deepspeed_config else None
     m = resolve_mixture(cfg, device, gpu, user_ds)
@@ -188,7 +194,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         learning_rate=cfg.lr, adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
+        save_steps=cfg.save_steps or 500, save_total_limit=cfg.keep_last, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
         use_cpu=device == "cpu", deepspeed=prep.ds_config, remove_unused_columns=False, dataloader_num_workers=0,
         optim="adamw_torch_fused",  # a GPU run's AdamW; on CPU too, so the twin sees a GPU's temporaries
         ddp_backend="gloo" if (device == "cpu" and world > 1) else None, save_only_model=False, **precision)
@@ -207,6 +213,13 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         meter.mark_roles()
         with twin.paused():
             twin_report = twin.report()
+    final = Path(cfg.output_dir) / "final"
+    if twin is not None:
+        with twin.paused():  # the save gathers ZeRO-3's 16-bit weights: not a training step's memory
+            trainer.save_model(str(final))
+    else:
+        trainer.save_model(str(final))
+    resumed_at = _checkpoint_step(resume)
 
     median = meter.median_step(cfg.warmup_measure_steps)
     tokens_per_step = accum * m.micro_batch * world * m.seq_len
@@ -214,9 +227,11 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         "rank": prep.rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
         "gpu": prep.gpu.name if prep.gpu else None, "attn_implementation": prep.built.attn_implementation,
         "notes": notes, "config": cfg.model_dump(), "engine": _engine_report(trainer, m, prep.ds_config),
+        "artifacts": {"model": str(final), "kind": "LoRA adapter (PEFT)" if m.lora else "model (transformers)"},
         "data": prep.report.to_json(), "peaks": meter.peaks(), "twin": twin_report,
         "measured": {
-            "steps": output.global_step, "resumed_from": resume, "grad_accum": accum, "world_size": world,
+            "steps": output.global_step, "steps_this_run": output.global_step - resumed_at, "resumed_from": resume,
+            "grad_accum": accum, "world_size": world,
             "median_step_s": None if median is None else round(median, 5),
             "tokens_per_s": None if not median else round(tokens_per_step / median, 2),
             "total_s": round((meter.end or 0) - (meter.start or 0), 3),
@@ -225,7 +240,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             "cpu_rss_before_model_gb": round((prep.rss_before_model or 0) / 1e9, 4),
             "memory_after_setup": meter.memory_after_setup,
         },
-        "predicted": _predict(prep.built.spec, m, prep.gpu, cfg.effective_batch,
+        "predicted": _predict(replace(prep.built.spec, name=cfg.model), m, prep.gpu, cfg.effective_batch,
                               prep.ds_config if cfg.deepspeed_config else None),
         "versions": _versions(),
     }
