@@ -148,7 +148,8 @@ def main() -> None:
     result = {"grid": args.grid, "summary": summary(rows), "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "conformance" if args.grid == "standard" and not args.only else "conformance_partial"
+    name = {"standard": "conformance", "full": "conformance_full"}.get(args.grid) if not args.only else None
+    name = name or "conformance_partial"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown(result))
     print(json.dumps(result["summary"], indent=1))
