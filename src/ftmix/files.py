@@ -44,3 +44,15 @@ def read_json(path: str | Path, what: str):
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def proc_bytes(path: str, key: str) -> int | None:
+    """A ``key:  N kB`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes;
+    None where there is no such file or line (not Linux)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ftmix.files import proc_bytes
+
 
 def reset_cpu_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
@@ -19,22 +21,12 @@ def reset_cpu_peak() -> bool:
         return False
 
 
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def cpu_peak_bytes() -> int | None:
-    return _status_kb("VmHWM")
+    return proc_bytes("/proc/self/status", "VmHWM")
 
 
 def cpu_rss_bytes() -> int | None:
-    return _status_kb("VmRSS")
+    return proc_bytes("/proc/self/status", "VmRSS")
 
 
 class Meter(TrainerCallback):
