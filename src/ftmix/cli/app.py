@@ -148,7 +148,7 @@ def gpus_cmd(json_out: o.Json = False):
 def estimate_cmd(
     model: o.Model = "llama-2-7b",
     gpu: o.Gpu = None,
-    method: Annotated[str, typer.Option("--method", metavar="analytic|paper", help="analytic (architecture-aware) | paper (the study's section 4).")] = "analytic",
+    method: Annotated[str, typer.Option("--method", metavar="analytic|paper|simulate", help="analytic (architecture-aware) | paper (the study's section 4) | simulate (the real model code under fake tensors: any architecture transformers builds; --zero 0, one GPU).")] = "analytic",
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
@@ -161,14 +161,29 @@ def estimate_cmd(
     from ftmix.estimate import estimate
     from ftmix.mixture import mixture_from_flags
 
-    spec = load_model(model)
     gpu_spec = load_gpu(gpu) if gpu else None
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
     mix = mixture_from_flags(gpu_spec, **flags)
-    est = estimate(spec, mix, gpu_spec, method, safety_margin, ds_config)
+    if method == "simulate":
+        est = _simulate(model, mix, gpu_spec, safety_margin)
+    else:
+        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config)
     if json_out:
         return print_json(est.to_json())
     estimate_table(est)
+
+
+def _simulate(model: str, mix, gpu_spec, safety_margin: float):
+    """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
+    from ftmix.estimate.sim_input import simulation_config
+
+    if not 0 <= safety_margin < 1:
+        raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
+    config, name = simulation_config(model, mix, gpu_spec)
+    with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
+        from ftmix.measure.simulate import simulate
+
+        return simulate(config, mix, name, gpu_spec, safety_margin)
 
 
 @app.command("plan")
@@ -330,7 +345,8 @@ def train_cmd(
 def engine_output_to(log: Path):
     """Point file descriptors 1 and 2 at a log file for a while: what the engines print (DeepSpeed's
     op builds and config notes, HF's and torch's warnings, blank lines) is there, not on the screen."""
-    log.parent.mkdir(parents=True, exist_ok=True)
+    if str(log) != os.devnull:
+        log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

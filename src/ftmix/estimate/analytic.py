@@ -96,16 +96,22 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
         breakdown.update(zero_buffers=step_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
                          optimizer_step=states.optimizer_temp)
         where = "optimizer step (fp32 gradient partition)"
-    dynamic = sum(v for k, v in breakdown.items() if k not in ("parameters", "gradients", "optimizer"))
-    overheads = {"allocator_slack": ALLOCATOR_SLACK * dynamic, "cuda_context": CUDA_CONTEXT_BYTES,
-                 "cublas_workspace": CUBLAS_WORKSPACE_BYTES,
-                 "nccl_buffers": NCCL_BUFFER_BYTES if m.world > 1 else 0.0}
+    overheads = runtime_overheads(breakdown, m)
     return Estimate(method="analytic", model=model.name, gpu=gpu, mixture=m,
                     total_params=total_with_adapters(model, m), trainable_params=trainable_params(model, m),
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
                     gpu_memory=gpu_memory, safety_margin=safety_margin,
                     notes=(f"peak at: {where}", data_note(m)) + engine_note(m))
+
+
+def runtime_overheads(breakdown: dict[str, float], m: Mixture) -> dict[str, float]:
+    """What the CUDA runtime holds outside tensors: allocator slack on the step's transient bytes
+    (everything but parameters, gradients and optimizer states), context, cuBLAS workspace, NCCL
+    buffers with several GPUs. Shared by every method that counts tensors."""
+    dynamic = sum(v for k, v in breakdown.items() if k not in ("parameters", "gradients", "optimizer"))
+    return {"allocator_slack": ALLOCATOR_SLACK * dynamic, "cuda_context": CUDA_CONTEXT_BYTES,
+            "cublas_workspace": CUBLAS_WORKSPACE_BYTES, "nccl_buffers": NCCL_BUFFER_BYTES if m.world > 1 else 0.0}
 
 
 def engine_note(m: Mixture) -> tuple[str, ...]:

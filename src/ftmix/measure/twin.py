@@ -27,6 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -304,8 +305,9 @@ class DeviceTwin:
     def _track(self, t: torch.Tensor, tag: str) -> None:
         storage = t.untyped_storage()
         key = storage._cdata
-        if key in self._records or storage.device.type == "meta":
-            return  # meta tensors hold shapes, no memory (DeepSpeed keeps them as metadata)
+        if key in self._records or (storage.device.type == "meta" and not isinstance(t, FakeTensor)):
+            return  # meta tensors hold shapes, no memory (DeepSpeed keeps them as metadata); a fake
+            # tensor (simulate) stands for a real one: its storage is meta, its bytes count
         nbytes = storage.nbytes()
         self._seq += 1
         self.allocations += 1

@@ -1,0 +1,148 @@
+"""``ftmix estimate --method simulate``: the exact peak of any causal LM transformers can build, at
+full size on a CPU, by running the real code under fake tensors (no weights, no memory).
+
+The model is built by ``ftmix.train.model.build_model`` (what ``ftmix train`` runs: attention
+kernel, non-reentrant GC, PEFT LoRA with its dtypes), then two optimizer steps of two micro steps
+each run as HF Trainer runs them at ``--zero 0``: autocast for mixed precision, the loss divided over
+the accumulation, gradient clipping to 1.0, fused AdamW, ``zero_grad(set_to_none=True)``. The
+device-memory twin (``ftmix.measure.twin``) counts every tensor, so the peak, its phase and the
+breakdown by role are those of a real run (tests/measure/test_simulate.py compares with the twin
+of real tiny runs). What no tensor holds (CUDA context, allocator slack, cuBLAS workspace) comes
+from the analytic method's named constants.
+
+Covered today: one GPU without DeepSpeed (``--zero 0``, one rank); ``--attn fa2`` runs as SDPA on
+unpadded rows. ZeRO stages and several ranks are refused with a pointer to the analytic method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ftmix.catalog import GpuSpec
+from ftmix.errors import FtmixError
+from ftmix.estimate.analytic import data_note, runtime_overheads
+from ftmix.estimate.result import Estimate
+from ftmix.estimate.sim_input import check_simulable
+from ftmix.measure.twin import DeviceTwin
+from ftmix.mixture import Mixture, check_mixture
+
+STEPS, MICRO_STEPS = 2, 2  # optimizer steps and micro steps each: the second step is a steady one
+BREAKDOWN = {"parameters": ("parameter",), "gradients": ("gradient",), "optimizer": ("optimizer state", "fp32 master"),
+             "zero_buffers": ("bucket", "deepspeed buffer"), "activations": ("activation",),
+             "temporaries": ("temporary",)}
+
+
+@contextlib.contextmanager
+def _swappable(fake: FakeTensorMode):
+    """PEFT's ``get_peft_model`` moves modules with ``Module._apply``, which swaps fake parameters
+    with ``torch.utils.swap_tensors``; torch refuses a tensor that the fake converter's memo holds a
+    weakref to (shared field notes, obstacle 1). Forget the memo before each swap."""
+    import torch.utils
+
+    original = torch.utils.swap_tensors
+
+    def swap(a, b):
+        converter = fake.fake_tensor_converter
+        converter.tensor_memo.clear()
+        describer = converter.meta_converter.describer
+        describer.lookup_tensor.clear()
+        describer.lookup_storage.clear()
+        return original(a, b)
+
+    torch.utils.swap_tensors = swap
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = original
+
+
+def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, safety_margin: float = 0.05) -> Estimate:
+    """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
+    transformers config.json dict), as an Estimate in the analytic method's shape."""
+    from ftmix.train.model import ModelSource, build_model
+
+    check_mixture(m, None, gpu)
+    check_simulable(m)
+    _check_model_type(config)
+    notes = ()
+    if m.attn == "fa2":
+        # CPU has no FlashAttention-2; PyTorch's SDPA without a mask keeps what it keeps (output,
+        # log-sum-exp, K/V at their own width): unpadded rows, as FA2's varlen path runs them
+        m = m.with_(attn="sdpa", packing=True)
+        notes = ("fa2 simulated as SDPA on unpadded rows (the same saved tensors)",)
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    twin = DeviceTwin(virtual=True)
+    with warnings.catch_warnings(), fake, _swappable(fake):
+        warnings.simplefilter("ignore")
+        twin.start()
+        try:
+            built = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu")
+            model = built.model
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+            twin.watch_model(model)
+            twin.watch_step(optimizer)
+            _steps(model, optimizer, params, m, twin)
+            with twin.paused():
+                twin.mark_model(model)
+                report = twin.report()
+                total = sum(p.numel() for p in model.parameters())
+                trainable = sum(p.numel() for p in params)
+        finally:
+            twin.stop()
+    return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
+
+
+def _check_model_type(config: dict) -> None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise FtmixError(f"transformers {_version()} cannot build model_type {config.get('model_type')!r}")
+
+
+def _version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _steps(model, optimizer, params, m: Mixture, twin: DeviceTwin) -> None:
+    mixed = m.precision in ("bf16", "fp16")
+    dtype = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
+    for step in range(1, STEPS + 1):
+        twin.begin_step(step)
+        for _ in range(MICRO_STEPS):
+            ids = torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
+            # padded rows carry a mask (SDPA then repeats grouped K/V); packed rows none
+            mask = None if m.packing else torch.ones(m.micro_batch, m.seq_len, dtype=torch.long)
+            with torch.autocast("cpu", dtype=dtype, enabled=mixed):
+                loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss / MICRO_STEPS
+            loss.backward()
+            del loss
+        twin.set_phase("optimizer step")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with twin.paused():
+            twin.mark_optimizer(optimizer)
+        twin.set_phase("between steps")
+
+
+def _estimate(report: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float, total: int,
+              trainable: int, notes: tuple[str, ...] = ()) -> Estimate:
+    roles = report["device_by_role"]
+    breakdown = {key: float(sum(roles.get(r, 0) for r in names)) for key, names in BREAKDOWN.items()}
+    left = report["device_peak_bytes"] - sum(breakdown.values())
+    breakdown["temporaries"] += left  # roles the twin names beyond these (none today)
+    at = report["device_peak_at"] or {}
+    where = f"peak at: {at.get('phase')} of step {at.get('step')} (simulated under fake tensors)"
+    top = ", ".join(f"{s['site']} {s['bytes'] / 1e9:.3g} GB" for s in report["device_top_sites"][:3])
+    return Estimate(method="simulate", model=name, gpu=gpu.name if gpu else None, mixture=m, total_params=total,
+                    trainable_params=trainable, breakdown=breakdown, overheads=runtime_overheads(breakdown, m),
+                    gpu_memory=None if gpu is None else float(gpu.memory_bytes), safety_margin=safety_margin,
+                    notes=(where, data_note(m), f"largest holders at the peak: {top}") + notes)

@@ -1,0 +1,69 @@
+"""`estimate --method simulate`: the real model code under fake tensors gives the peak a real run's
+device-memory twin measures (issue 10), for architectures the analytic method does not know too."""
+
+import json
+
+import pytest
+
+from ftmix.measure.simulate import simulate
+from ftmix.mixture import mixture_from_flags
+from tests.train.conftest import run_train_cli
+
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512, "tie_word_embeddings": False}
+CONFIGS = {
+    "llama": {"model_type": "llama", **TINY},
+    "mistral": {"model_type": "mistral", **TINY, "sliding_window": 4096},
+    "qwen2": {"model_type": "qwen2", **TINY, "use_sliding_window": False},
+}
+
+
+def _real_peak(tmp_path, config: dict, lora: int, gc: bool, attn: str) -> int:
+    folder = tmp_path / "shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    args = [f"model={folder}", "max_rows=8", "seq_len=128", "effective_batch=2", "max_steps=2", f"output_dir={out}",
+            "--zero", "0", "--lora", str(lora), "--gc" if gc else "--no-gc", "--attn", attn, "--precision", "bf16",
+            "lr=0.001"]
+    proc = run_train_cli(args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "run.json").read_text())["measured"]["twin"]["device_peak_bytes"]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("arch,lora,gc,attn", [("llama", 8, False, "sdpa"), ("llama", 0, True, "eager"),
+                                               ("mistral", 8, True, "sdpa"), ("qwen2", 0, False, "sdpa")])
+def test_simulated_peak_is_the_real_runs(tmp_path, arch, lora, gc, attn):
+    measured = _real_peak(tmp_path, CONFIGS[arch], lora, gc, attn)
+    m = mixture_from_flags(None, zero=0, lora=lora, gc=gc, attn=attn, precision="bf16", seq_len=128, micro_batch=1)
+    est = simulate(CONFIGS[arch], m, arch)
+    assert est.peak == pytest.approx(measured, rel=0.005), (est.peak, measured, est.breakdown)
+    assert sum(est.breakdown.values()) == est.peak and est.breakdown["parameters"] > 0
+    assert est.notes[0].startswith("peak at: ")
+
+
+def test_simulate_through_the_cli(tmp_path):
+    from tests.cli.conftest import run_cli
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIGS["qwen2"]))
+    out = run_cli("estimate", "--model", str(path), "--zero", "0", "--lora", "8", "--method", "simulate",
+                  "--seq-len", "128", "--gpu", "a100-80gb", "--json", check_json=True)
+    assert out["method"] == "simulate" and out["fits"] is True
+    assert abs(sum(out["breakdown_gb"].values()) - out["peak_gb"]) < 0.01
+
+
+@pytest.mark.parametrize("patch,args,needle", [
+    ({}, ("--zero", "2"), "--zero 0"),
+    ({"model_type": "no-such-arch"}, ("--zero", "0"), "cannot build model_type"),
+    ({"auto_map": {"AutoConfig": "x.Config"}}, ("--zero", "0"), "remote code"),
+])
+def test_simulate_refuses_what_it_cannot_run(tmp_path, patch, args, needle):
+    from tests.cli.conftest import run_cli
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**CONFIGS["llama"], **patch}))
+    proc = run_cli("estimate", "--model", str(path), "--method", "simulate", *args)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+    assert needle in proc.stderr
