@@ -15,6 +15,12 @@ CONFIGS = {
     "llama": {"model_type": "llama", **TINY},
     "mistral": {"model_type": "mistral", **TINY, "sliding_window": 4096},
     "qwen2": {"model_type": "qwen2", **TINY, "use_sliding_window": False},
+    # architectures the analytic method does not know: transformers builds them, simulate runs them
+    "qwen3": {"model_type": "qwen3", **TINY, "head_dim": 32},
+    "gemma2": {"model_type": "gemma2", **TINY, "head_dim": 32},
+    "gemma3_text": {"model_type": "gemma3_text", **TINY, "head_dim": 32},
+    "phi3": {"model_type": "phi3", **TINY, "pad_token_id": 0},
+    "mixtral": {"model_type": "mixtral", **TINY, "num_local_experts": 4, "num_experts_per_tok": 2},
 }
 
 
@@ -33,7 +39,10 @@ def _real_peak(tmp_path, config: dict, lora: int, gc: bool, attn: str) -> int:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("arch,lora,gc,attn", [("llama", 8, False, "sdpa"), ("llama", 0, True, "eager"),
-                                               ("mistral", 8, True, "sdpa"), ("qwen2", 0, False, "sdpa")])
+                                               ("mistral", 8, True, "sdpa"), ("qwen2", 0, False, "sdpa"),
+                                               ("qwen3", 8, False, "sdpa"), ("gemma2", 8, False, "eager"),
+                                               ("gemma3_text", 0, True, "sdpa"), ("phi3", 8, False, "sdpa"),
+                                               ("mixtral", 8, False, "sdpa")])
 def test_simulated_peak_is_the_real_runs(tmp_path, arch, lora, gc, attn):
     measured = _real_peak(tmp_path, CONFIGS[arch], lora, gc, attn)
     m = mixture_from_flags(None, zero=0, lora=lora, gc=gc, attn=attn, precision="bf16", seq_len=128, micro_batch=1)

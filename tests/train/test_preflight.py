@@ -85,7 +85,18 @@ def test_overrides_merge_into_the_yaml(tmp_path):
 
 def test_existing_checkpoints_need_resume(refuse, tmp_path):
     (tmp_path / "run" / "checkpoint-4").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").write_text("{}")
     assert "--resume" in refuse()
+
+
+def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+    from ftmix.train.run import last_checkpoint
+
+    for step, complete in ((2, True), (3, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(str(tmp_path)).endswith("checkpoint-2")
 
 
 def test_first_rank_error_is_shown():
@@ -141,7 +152,7 @@ def test_interrupted_run_says_how_to_resume_and_resume_counts_its_own_steps(tmp_
     proc = subprocess.Popen([sys.executable, "-m", "ftmix", "train", *flags], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not list(out.glob("checkpoint-3")) and time.time() < deadline and proc.poll() is None:
+    while not (out / "checkpoint-3" / "trainer_state.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -150,7 +161,7 @@ def test_interrupted_run_says_how_to_resume_and_resume_counts_its_own_steps(tmp_
     assert len(list(out.glob("checkpoint-*"))) <= 2  # keep_last
     again = run_train_cli(flags, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr
-    last = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    last = max(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/trainer_state.json"))
     done = run_train_cli(yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=last + 2)) + ["--resume", "--json"],
                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from ftmix.catalog import catalog_name, spec_from_hf_config
+from ftmix.catalog.models import ARCHITECTURES
 from ftmix.errors import FtmixError
 from ftmix.files import read_json
 from ftmix.mixture import Mixture, resolve_targets
@@ -33,6 +34,9 @@ class BuiltModel:
 
     @property
     def spec(self):
+        """The analytic model's view of the built model; None for an architecture it does not know."""
+        if self.config.get("model_type", "llama") not in ARCHITECTURES:
+            return None
         return spec_from_hf_config(self.config, name=self.config.get("_name_or_path") or "model")
 
 
@@ -152,14 +156,33 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     if m.lora:
         from peft import LoraConfig, get_peft_model
 
-        spec = spec_from_hf_config(config)
-        targets = "all-linear" if m.lora_targets == "all-linear" else list(resolve_targets(m, spec))
+        targets = lora_targets(config, m)
         if m.gc:
             model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
                                                  lora_dropout=lora_dropout, task_type="CAUSAL_LM"),
                                autocast_adapter_dtype=not m.pure16)
     return BuiltModel(model, config, attn, notes)
+
+
+def lora_targets(config: dict, m: Mixture):
+    """PEFT's ``target_modules``: ftmix's resolution where the analytic model knows the
+    architecture; for any other, the names as given, or PEFT's own default for the model type."""
+    if m.lora_targets.strip().lower() == "all-linear":
+        return "all-linear"
+    try:
+        return list(resolve_targets(m, spec_from_hf_config(config)))
+    except FtmixError:
+        if config.get("model_type") in ARCHITECTURES:
+            raise
+    from ftmix.mixture import DEFAULTS
+
+    if m.lora_targets == DEFAULTS["lora_targets"]:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+
+        if config.get("model_type") in peft_defaults:
+            return list(peft_defaults[config["model_type"]])  # PEFT's own default for the model type
+    return [t.strip() for t in m.lora_targets.split(",") if t.strip()]
 
 
 def _forget_gguf_quantizer(model) -> None:

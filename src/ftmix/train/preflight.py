@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftmix.catalog import ModelSpec, load_gpu, model_names, spec_from_hf_config
+from ftmix.catalog.models import ARCHITECTURES
 from ftmix.errors import FtmixError
 from ftmix.files import read_json
 from ftmix.mixture import Mixture, check_flags, check_mixture, grad_accum, mixture_from_flags
@@ -68,6 +69,8 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
     if cfg.model_overrides:
         _check_override_keys(base, cfg.model_overrides)
     config = dict(base, **cfg.model_overrides)
+    if config.get("model_type", "llama") not in ARCHITECTURES:
+        return None  # transformers builds it; the analytic model does not know it (simulate does)
     return spec_from_hf_config(config, name=cfg.model)
 
 

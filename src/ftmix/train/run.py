@@ -64,7 +64,10 @@ def _checkpoint_step(path: str | None) -> int:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint: HF Trainer writes trainer_state.json last, so a save cut
+    short (Ctrl-C, a kill) is passed over rather than resumed from."""
+    steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return str(max(steps)[1]) if steps else None
 
 
@@ -118,9 +121,11 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     if twin is not None:
         twin.start()
     built = build_model(source, m, device, cfg.lora_dropout)
-    if len(tokenizer) > built.spec.vocab:
-        raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {built.spec.vocab}")
-    check_mixture(m, built.spec, None)
+    vocab = built.config.get("vocab_size") or (built.config.get("text_config") or {}).get("vocab_size")
+    if vocab and len(tokenizer) > vocab:
+        raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
+    if built.spec is not None:
+        check_mixture(m, built.spec, None)
     ds_config = user_ds
     if ds_config is None and m.zero >= 1:
         trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
@@ -241,7 +246,9 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             "memory_after_setup": meter.memory_after_setup,
         },
         "predicted": _predict(replace(prep.built.spec, name=cfg.model), m, prep.gpu, cfg.effective_batch,
-                              prep.ds_config if cfg.deepspeed_config else None),
+                              prep.ds_config if cfg.deepspeed_config else None) if prep.built.spec else
+        {"note": f"the analytic method does not model {prep.built.config.get('model_type')!r}: "
+                 "ftmix estimate --method simulate predicts it"},
         "versions": _versions(),
     }
     out = Path(cfg.output_dir) / "ranks"
