@@ -2,6 +2,7 @@
 7B-shaped simulation under 60 s and 2 GB of RAM on 2 cores), with the analytic estimate beside it.
 
     .venv/bin/python benchmarks/simulate_speed.py [--models llama-2-7b] [--out benchmarks/results]
+    .venv/bin/python benchmarks/simulate_speed.py --models llama-2-70b --cases 1 --append
 
 Each case runs in its own process so that the peak RSS (VmHWM) is the simulation's alone. Writes
 benchmarks/results/simulate_speed.json.
@@ -43,11 +44,13 @@ print(json.dumps({"model": name, **case, "simulate_s": round(seconds, 1), "peak_
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="llama-2-7b")
+    ap.add_argument("--cases", type=int, default=len(CASES), help="the first N cases only (70B: 1)")
+    ap.add_argument("--append", action="store_true", help="add the rows to the committed result")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     rows = []
     for name in args.models.split(","):
-        for case in CASES:
+        for case in CASES[:args.cases]:
             proc = subprocess.run([sys.executable, "-c", ONE, name, json.dumps(case)], capture_output=True, text=True,
                                   timeout=1800)
             row = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
@@ -56,6 +59,8 @@ def main() -> None:
             rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.append and (out / "simulate_speed.json").exists():
+        rows = json.loads((out / "simulate_speed.json").read_text())["rows"] + rows
     (out / "simulate_speed.json").write_text(json.dumps({"cpu_cores": __import__("os").cpu_count(), "rows": rows},
                                                         indent=1) + "\n")
 
