@@ -1,5 +1,5 @@
-"""Runtime-model constants, each with its source. A calibration file (JSON, written by
-``ftmix study`` from measured runs, or by hand) overrides any of them by name."""
+"""Runtime-model constants, each with its source. A calibration file (JSON, written by hand, later
+by the planned ``study`` stage from measured runs) overrides any of them by name."""
 
 from __future__ import annotations
 
