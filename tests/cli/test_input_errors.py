@@ -170,3 +170,16 @@ def test_estimate_table_shows_offloaded_rows_and_a_whole_title(ftmix):
 def test_zero0_full_fine_tuning_says_what_it_models(ftmix):
     notes = json.loads(ftmix("estimate", "--zero", "0", "--lora", "0", "--json")[1])["notes"]
     assert any("HF Trainer" in n and "16 B per parameter" in n for n in notes)
+
+
+def test_matrix_folds_long_config_paths_and_explains_its_labels(ftmix, tmp_path):
+    folder = tmp_path / "a" / "rather" / "long" / "path" / "to" / "my" / "fine-tuned" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
+                                                    "num_attention_heads": 4, "intermediate_size": 512,
+                                                    "vocab_size": 1000}))
+    code, out, _ = ftmix("matrix", "--models", str(folder / "config.json"), "--seq-lens", "256", "--offload", "optimizer")
+    assert code == 0
+    joined = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.count("│") >= 3)
+    assert str(folder / "config.json") in joined  # folded over lines, never cut with an ellipsis
+    assert "off-opt: optimizer states offloaded" in " ".join(out.split())

@@ -179,3 +179,22 @@ def test_csv_with_other_columns_names_the_needed_ones(refuse, tmp_path):
     csv.write_text("text,label\nhello,1\n")
     line = refuse(f"data={csv}")
     assert "dialogue" in line and "summary" in line and "text, label" in line
+
+
+def test_a_failing_rank_shows_its_own_error_line(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\nhello,1\n")
+    flags = yaml_args(tiny_flags(tmp_path / "run", zero=2, lora=8, max_steps=1, data=str(csv)))
+    proc = run_train_cli(flags + ["--nproc", "2"], timeout=600)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "has columns text, label" in proc.stderr and "launcher.log" in proc.stderr
+
+
+def test_deepspeed_chatter_stays_in_the_log(tmp_path):
+    proc = run_train_cli(yaml_args(tiny_flags(tmp_path / "run", zero=2, lora=8, max_steps=2)) + ["--json"],
+                         timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for chatter in ("mismatch", "built successfully", "[WARNING]", "Warning", "[INFO]"):
+        assert chatter not in proc.stderr, chatter
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "DeepSpeed" in log or "deepspeed" in log

@@ -153,6 +153,9 @@ class LazyProgress:
         self.bar = None
 
     def add_task(self, *args, **kwargs):
+        stream = self.file if self.file is not None else sys.stderr
+        if self.bar is None and not stream.isatty():
+            return None  # no terminal (a pipe, a log, CI): a bar would only leave blank lines
         if self.bar is None:
             from rich.progress import Progress
 
