@@ -134,10 +134,15 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--grid", choices=("quick", "standard", "full"), default="standard")
-    ap.add_argument("--only", default=None, help="run the cases whose name contains this")
+    ap.add_argument("--only", default=None,
+                    help="run the cases whose name contains each of these comma-separated parts")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: replace those rows in the grid's committed result (after a model change "
+                         "that can touch only them) instead of writing conformance_partial")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
-    cases = [c for c in all_cases(args.grid) if not args.only or args.only in case_name(**c)]
+    parts = args.only.split(",") if args.only else []
+    cases = [c for c in all_cases(args.grid) if all(p in case_name(**c) for p in parts)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, case in enumerate(cases, 1):
@@ -145,11 +150,16 @@ def main() -> None:
             r = rows[-1]
             err = f"{100 * r['error']:+.1f}%" if isinstance(r.get("error"), float) else r.get("error")
             print(f"[{i}/{len(cases)}] {r['name']}: {err}", flush=True)
-    result = {"grid": args.grid, "summary": summary(rows), "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = {"standard": "conformance", "full": "conformance_full"}.get(args.grid) if not args.only else None
-    name = name or "conformance_partial"
+    name = {"standard": "conformance", "full": "conformance_full"}.get(args.grid)
+    if args.merge and name and (out / f"{name}.json").exists():
+        fresh = {r["name"]: r for r in rows}
+        old = json.loads((out / f"{name}.json").read_text())["rows"]
+        rows = [fresh.pop(r["name"], r) for r in old] + list(fresh.values())
+    elif args.only or not name:
+        name = "conformance_partial"
+    result = {"grid": args.grid, "summary": summary(rows), "rows": rows}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown(result))
     print(json.dumps(result["summary"], indent=1))

@@ -88,6 +88,28 @@ def test_zero3_keeps_gathered_what_the_trace_reuses_soon():
     assert s.gathered == 2 * (spec.lm_head_params + 2 * layer + 50_000_000)
 
 
+def test_zero3_second_micro_step_regathers_through_one_buffer():
+    """On N ranks the first step's second micro step gathers every parameter in one coalesced
+    all-gather: its flat buffer lives beside each parameter's own copy (the twin's measurement,
+    tests/benchmarks/test_conformance.py). One rank gathers nothing; a 7B model's buffer is one
+    prefetch bucket, not the model."""
+    tiny = spec_from_hf_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 4096})
+    two = model_states(tiny, Mixture(zero=3, offload="none", lora=0, gpus=2))
+    persistent = tiny.total_params - 2 * 4096 * 64  # everything but the embedding and the head
+    assert two.forward_gathered == 2 * (2 * tiny.total_params - persistent)
+    assert model_states(tiny, Mixture(zero=3, offload="all", lora=0, gpus=1)).forward_gathered == 0
+    spec = load_model("llama-2-7b")
+    big = model_states(spec, Mixture(zero=3, offload="none", lora=0, gpus=8, gc=False))
+    assert 2 * 50_000_000 <= big.forward_gathered - big.gathered <= 2 * 2 * 50_000_000
+    # eager attention's fp32 scores in that forward top the loss head on a tiny model
+    conformance = spec_from_hf_config({"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "num_key_value_heads": 2,
+                                       "intermediate_size": 256, "vocab_size": 1024})
+    est = estimate(conformance, Mixture(zero=3, offload="none", lora=8, gpus=2, gc=True, attn="eager", seq_len=128))
+    assert est.notes[0].startswith("peak at: forward of a decoder layer")
+
+
 def test_zero3_on_one_gpu_pays_its_fetch_hooks():
     spec, gpu = load_model("llama-2-7b"), load_gpu("a100-80gb")
     z2 = step_time(spec, gpu, Mixture(zero=2, offload="none", gpus=1))

@@ -49,7 +49,10 @@ def test_higher_stage_never_costs_more(name, m, method):
     if m.zero == 3 or m.offload == "all":
         return
     higher = m.with_(zero=m.zero + 1)
-    assert states(name, higher, method) <= states(name, m, method) * EPS
+    # on one GPU stage 2 partitions nothing, and a tied output head's gradient waits whole for the
+    # embedding's backward (measured by the twin): it adds bytes there
+    if not (m.world == 1 and higher.zero == 2 and not m.lora and load_model(name).tied_embeddings):
+        assert states(name, higher, method) <= states(name, m, method) * EPS
     lora_to_stage3 = method == "analytic" and m.lora and higher.zero == 3
     if method == "paper" or (m.world >= 4 and load_model(name).total_params >= 1e9 and not lora_to_stage3):
         assert peak(name, higher, method) <= peak(name, m, method) * EPS

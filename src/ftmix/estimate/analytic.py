@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ftmix.catalog import ModelSpec
 from ftmix.estimate import activations as act
-from ftmix.estimate.constants import (ALLOCATOR_SLACK, CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES,
+from ftmix.estimate.constants import (ADAM_K, ALLOCATOR_SLACK, CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES,
                                       NCCL_BUFFER_BYTES, SAFETY_MARGIN)
 from ftmix.estimate.result import Estimate
 from ftmix.estimate.states import model_states, total_with_adapters, trainable_params
@@ -86,7 +86,19 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
     step_buckets = states.reduce_buckets if m.zero == 3 else 0.0
     # the backward's end: activations gone, buckets reducing, offload's fp64 gradient norms
     epilogue = states.reduce_buckets + states.norm_temp
-    if backward >= max(states.optimizer_temp + step_buckets, epilogue):
+    # stage 3 on N ranks: the first step's second micro step re-gathers every parameter through one
+    # all-gather buffer (states.forward_gathered) before the optimizer has made its Adam moments
+    # (8 of the ADAM_K bytes); with eager attention's fp32 scores it can top the backward
+    no_moments_yet = states.optimizer * 8 / ADAM_K
+    forward = (act.layer_forward_moment(model, m) * m.tokens + states.reduce_buckets + states.forward_gathered
+               - no_moments_yet)
+    if states.forward_gathered and forward > max(backward, states.optimizer_temp + step_buckets, epilogue):
+        acts = {"activations": act.layer_forward_moment(model, m) * m.tokens, "loss_head": 0.0,
+                "gc_recompute": 0.0, "backward_working": 0.0}
+        breakdown.update(optimizer=states.optimizer - no_moments_yet, zero_buffers=states.reduce_buckets,
+                         gathered_params=states.forward_gathered, **acts, optimizer_step=0.0)
+        where = "forward of a decoder layer (stage 3: parameters re-gathered through one all-gather buffer)"
+    elif backward >= max(states.optimizer_temp + step_buckets, epilogue):
         breakdown.update(zero_buffers=buckets, gathered_params=states.gathered, **acts, optimizer_step=0.0)
     elif epilogue > states.optimizer_temp + step_buckets:
         breakdown.update(zero_buffers=states.reduce_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},

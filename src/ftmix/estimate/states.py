@@ -88,6 +88,7 @@ class ModelStates:
     reduce_buckets: float  # DeepSpeed's gradient reduction buckets (see reduce_buckets)
     gathered: float  # stage 3: 16-bit parameters gathered in full during forward and backward
     norm_temp: float  # stages 1/2 with offload: the fp64 copy of a gradient taken for its norm
+    forward_gathered: float  # stage 3 on N ranks: gathered copies + all-gather buffer in a forward
     cpu_parameters: float
     cpu_optimizer: float
 
@@ -186,8 +187,24 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     # at the accumulation boundary (``set_norm_for_param_grad_in_gpu``, ``get_norm_dtype``):
     # 8 bytes per element of the largest trainable tensor, when the backward ends (measured)
     norm_temp = 8.0 * largest_trainable(model, m) if m.zero in (1, 2) and m.offload != "none" else 0.0
+    forward_gathered = e * forward_gathered_params(model, m, persistence, prefetch, reuse) if m.zero == 3 and n > 1 else 0.0
     return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
-                       gathered, norm_temp, cpu_params, cpu_opt)
+                       gathered, norm_temp, forward_gathered, cpu_params, cpu_opt)
+
+
+def forward_gathered_params(model: ModelSpec, m: Mixture, persistence: int = DS_PARAM_PERSISTENCE,
+                            prefetch: int = DS_PREFETCH_BUCKET, reuse: int = DS_MAX_REUSE_DISTANCE) -> int:
+    """Stage 3 on N > 1 ranks: elements gathered in a micro step's forward once the engine has
+    traced a step, besides the partitions. Every parameter, persistent ones included, is
+    re-gathered then (measured by the device-memory twin); the first fetch prefetches up to
+    ``stage3_prefetch_bucket_size`` elements in one coalesced all-gather, whose flat buffer
+    (``_all_gather_dtype``) lives until the last parameter in it is waited for, beside each
+    parameter's own copy made by ``AllGatherCoalescedHandle.wait`` (``torch.cat`` of its
+    partitions; DeepSpeed 0.19.8). One rank takes ``_no_gather_coalesced``: no flat buffer."""
+    total = total_with_adapters(model, m)
+    persistent = persistent_params(model, m, persistence)  # already counted with the parameters
+    copies = min(total, persistent + gathered_params(model, m, persistence, prefetch, reuse) + prefetch)
+    return min(prefetch, total) + copies - persistent
 
 
 def reduce_buckets(m: Mixture, trainable: int, hidden: int = 0, deepspeed: dict | None = None) -> float:
