@@ -120,6 +120,9 @@ def _whole(value, key: str) -> int:
 
 # model_type values the analytic model knows layer by layer (a config without one is read as Llama)
 ARCHITECTURES = ("llama", "mistral", "qwen2", "phi", "phi3", "falcon")
+# model_type values whose parameters ftmix counts but whose activations come from a fitted table
+# (``ftmix calibrate-arch``, ``estimate.arch_fits``): without a fit for the shape, estimate refuses
+FITTED_ARCHITECTURES = ("qwen3", "gemma", "gemma2", "gemma3_text", "mixtral")
 
 
 def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | None = None,
@@ -131,9 +134,10 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
     if isinstance(cfg.get("text_config"), dict) and not any(k in cfg for k in ("hidden_size", "n_embd", "d_model")):
         cfg = cfg["text_config"]
     mtype = str(cfg.get("model_type", "llama"))
-    if mtype not in ARCHITECTURES:
+    if mtype not in ARCHITECTURES + FITTED_ARCHITECTURES:
         raise FtmixError(f"architecture {mtype!r} is not modelled (the analytic method knows "
-                         f"{', '.join(ARCHITECTURES)}); ftmix will not guess it as Llama")
+                         f"{', '.join(ARCHITECTURES)}, and {', '.join(FITTED_ARCHITECTURES)} with a fit from "
+                         f"`ftmix calibrate-arch`); ftmix will not guess it as Llama; --method simulate runs it")
     h = _get(cfg, "hidden_size", "n_embd", "d_model")
     layers = _get(cfg, "num_hidden_layers", "n_layer", "num_layers")
     heads = _get(cfg, "num_attention_heads", "n_head")
@@ -150,7 +154,8 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
     else:
         hd = h // heads
     q, kvd = heads * hd, kv * hd
-    tied = bool(cfg.get("tie_word_embeddings", mtype not in ("llama", "mistral", "qwen2", "phi", "phi3")))
+    tied = bool(cfg.get("tie_word_embeddings",
+                        mtype not in ("llama", "mistral", "qwen2", "phi", "phi3", "qwen3", "mixtral")))
 
     def lin(n, i, o, b, role):
         return LinearSpec(n, i, o, b, role)
@@ -179,13 +184,27 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
         gated, norm = False, "layer"
         norms = 2 if new_arch or not cfg.get("parallel_attn", True) else 1
         targets = ("query_key_value",)
-    else:  # llama, mistral, qwen2 and Llama-like decoders
+    else:  # llama, mistral, qwen2 and Llama-like decoders (the fitted ones: see FITTED_ARCHITECTURES)
         qkv_bias = bool(cfg.get("attention_bias", mtype == "qwen2"))
         mlp_bias = bool(cfg.get("mlp_bias", False))
-        linears = (lin("q_proj", h, q, qkv_bias, "attn_in"), lin("k_proj", h, kvd, qkv_bias, "attn_in"),
-                   lin("v_proj", h, kvd, qkv_bias, "attn_in"), lin("o_proj", q, h, False, "attn_out"),
-                   lin("gate_proj", h, inter, mlp_bias, "mlp_in"), lin("up_proj", h, inter, mlp_bias, "mlp_in"),
-                   lin("down_proj", inter, h, mlp_bias, "mlp_out"))
+        attention = (lin("q_proj", h, q, qkv_bias, "attn_in"), lin("k_proj", h, kvd, qkv_bias, "attn_in"),
+                     lin("v_proj", h, kvd, qkv_bias, "attn_in"), lin("o_proj", q, h, False, "attn_out"))
+        if mtype == "mixtral":
+            # transformers 5 fuses the experts into 3-D parameters (MixtralExperts: gate_up_proj
+            # E x 2I x h, down_proj E x h x I) beside the router (E x h)
+            experts = _get(cfg, "num_local_experts")
+            linears = attention + (lin("router", h, experts, False, "router"),
+                                   lin("experts.gate_up_proj", h, 2 * inter * experts, False, "mlp_in"),
+                                   lin("experts.down_proj", inter * experts, h, False, "mlp_out"))
+        else:
+            linears = attention + (lin("gate_proj", h, inter, mlp_bias, "mlp_in"),
+                                   lin("up_proj", h, inter, mlp_bias, "mlp_in"),
+                                   lin("down_proj", inter, h, mlp_bias, "mlp_out"))
+        if mtype in ("gemma2", "gemma3_text"):
+            norms = 4  # input, post-attention, pre- and post-feedforward
+        if mtype in ("qwen3", "gemma3_text"):
+            # RMSNorm of each head's queries and keys: head_dim weights each (counted as parameters)
+            linears += (lin("q_norm", 1, hd, False, "norm"), lin("k_norm", 1, hd, False, "norm"))
         targets = ("q_proj", "v_proj")
     nominal = parse_size(nominal_size) if nominal_size else None
     return ModelSpec(name=name, model_type=mtype, layers=layers, hidden=h, heads=heads, kv_heads=kv, head_dim=hd,

@@ -186,6 +186,61 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float):
         return simulate(config, mix, name, gpu_spec, safety_margin)
 
 
+@app.command("calibrate-arch")
+@guard
+def calibrate_arch_cmd(
+    model: o.Model = "phi-2",
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Fits file to add this architecture to (default: $FTMIX_ARCH_FITS or ~/.cache/ftmix/arch_fits.json, which estimate, plan and matrix read).")] = None,
+    seq_lens: Annotated[str, typer.Option("--seq-lens", metavar="S1,S2,...", help="The sequence lengths simulated (two or more).")] = "256,512,1024",
+    json_out: o.Json = False,
+):
+    """Fit the analytic method's activation terms for one architecture: simulate it at 1 and 2
+    layers (the real model code under fake tensors), 8 mixture classes, two lengths."""
+    from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit
+    from ftmix.estimate.sim_input import simulation_config
+    from ftmix.mixture import mixture_from_flags
+
+    lengths = tuple(_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens"))
+    if len(set(lengths)) < 2:
+        raise FtmixError(f"--seq-lens takes two or more different lengths, got {seq_lens!r}")
+    path = Path(out).expanduser() if out else user_fits_path()
+    if path.is_dir() or not path.parent.is_dir() and out:
+        raise FtmixError(f"--out {out}: not a file in an existing folder")
+    if path.is_file():
+        read_fits(path)  # a malformed file is refused before the simulations, not after
+    config, name = simulation_config(model, mixture_from_flags(None, zero=0))
+    with engine_output_to(Path(os.devnull)):
+        from ftmix.measure.arch_fit import fit_architecture, simulations_per_fit
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from ftmix.cli.render import LazyProgress
+
+    terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' notes go to /dev/null
+    bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       file=terminal)
+    task = bar.add_task(f"simulating {name}", total=simulations_per_fit(lengths))
+    try:
+        with engine_output_to(Path(os.devnull)):
+            key, entry = fit_architecture(config, name, lengths,
+                                          progress=lambda what: bar.update(task, advance=1, description=what))
+    finally:
+        bar.stop()
+        terminal.close()
+    write_fit(path, key, entry)
+    before = max(abs(r["simulated"] / r["analytic"] - 1) for r in entry["residuals"])
+    if json_out:
+        return print_json({"fingerprint": key, "file": str(path), "worst_error_before_fit": before, **entry})
+    table = Table(title=f"{name}: fitted activation terms (bytes per sequence; s = tokens)")
+    for col in ("class", "per layer", "per model"):
+        table.add_column(col)
+    for cls, t in entry["classes"].items():
+        table.add_row(cls, f"{t['layer'][0]:.4g}*s + {t['layer'][1]:.4g}*s^2", f"{t['base'][0]:.4g}*s + {t['base'][1]:.4g}*s^2")
+    console.print(table)
+    console.print(f"analytic vs simulated before the fit: worst {100 * before:.1f}% at "
+                  f"s={'/'.join(map(str, lengths))}, 2-3 layers. Saved to {path} ({key}).")
+
+
 @app.command("plan")
 @guard
 def plan_cmd(

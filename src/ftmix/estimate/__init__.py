@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
+from ftmix.estimate import arch_fits
 from ftmix.estimate.analytic import analytic_estimate
 from ftmix.estimate.constants import SAFETY_MARGIN
 from ftmix.estimate.paper import paper_estimate
@@ -29,7 +30,7 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     if method == "paper":
         return paper_estimate(model, m, memory, name, safety_margin)
     if method == "analytic":
-        return analytic_estimate(model, m, memory, name, safety_margin, deepspeed)
+        return arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed), model)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 

@@ -87,7 +87,13 @@ def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, sa
             optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
             twin.watch_model(model)
             twin.watch_step(optimizer)
-            _steps(model, optimizer, params, m, twin)
+            try:
+                _steps(model, optimizer, params, m, twin)
+            except (RuntimeError, NotImplementedError) as exc:
+                # an op without a fake-tensor (meta) kernel for these dtypes, e.g. grouped_mm of
+                # fp32 experts in mixed-precision full fine-tuning
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise FtmixError(f"{name} cannot be simulated with {m.label}: {first}") from None
             with twin.paused():
                 twin.mark_model(model)
                 report = twin.report()
