@@ -86,3 +86,14 @@ def test_deepspeed_defragment_returns_its_buffer_to_the_device():
         flat = defragment(parts)
         assert twin._tag_of(flat) == "device" and twin._tag_of(parts[0]) == "device"
         assert twin.live == {"device": 6000, "host": 0}
+
+
+def test_dropout_masks_count_one_byte_per_element_as_on_cuda():
+    """CPU dropout fills a mask of the input's dtype (bernoulli_) and keeps it for backward; CUDA's
+    fused native_dropout keeps booleans: the twin counts the GPU's byte per element."""
+    x = torch.ones(1000, dtype=torch.bfloat16, device="cpu:0", requires_grad=True)
+    with DeviceTwin() as twin:
+        y = torch.nn.functional.dropout(x, 0.1, training=True)
+        assert twin.live["device"] == y.nbytes + 1000  # output 2000 + mask 1000, not 2000
+        y.sum().backward()
+    assert x.grad is not None

@@ -148,7 +148,7 @@ def gpus_cmd(json_out: o.Json = False):
 def estimate_cmd(
     model: o.Model = "llama-2-7b",
     gpu: o.Gpu = None,
-    method: Annotated[str, typer.Option("--method", metavar="analytic|paper|simulate", help="analytic (architecture-aware) | paper (the study's section 4) | simulate (the real model code under fake tensors: any architecture transformers builds; --zero 0, one GPU).")] = "analytic",
+    method: Annotated[str, typer.Option("--method", metavar="analytic|paper|simulate", help="analytic (architecture-aware) | paper (the study's section 4) | simulate (the real model code under fake tensors: any architecture transformers builds; ZeRO stages and several GPUs shard the model states as the engines do).")] = "analytic",
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
@@ -165,7 +165,7 @@ def estimate_cmd(
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
     mix = mixture_from_flags(gpu_spec, **flags)
     if method == "simulate":
-        est = _simulate(model, mix, gpu_spec, safety_margin)
+        est = _simulate(model, mix, gpu_spec, safety_margin, ds_config)
     else:
         est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config)
     if json_out:
@@ -173,7 +173,7 @@ def estimate_cmd(
     estimate_table(est)
 
 
-def _simulate(model: str, mix, gpu_spec, safety_margin: float):
+def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None):
     """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
     from ftmix.estimate.sim_input import simulation_config
 
@@ -183,7 +183,7 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float):
     with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
         from ftmix.measure.simulate import simulate
 
-        return simulate(config, mix, name, gpu_spec, safety_margin)
+        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config)
 
 
 @app.command("calibrate-arch")

@@ -84,29 +84,31 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
     backward = sum(acts.values()) + buckets + states.gathered
     # at the step the stage-1/2 buckets are released and stage 3 has re-partitioned its parameters
     step_buckets = states.reduce_buckets if m.zero == 3 else 0.0
-    # the backward's end: activations gone, buckets reducing, offload's fp64 gradient norms
-    epilogue = states.reduce_buckets + states.norm_temp
+    # the backward's end: activations gone, buckets reducing, offload's fp64 gradient norms (a tied
+    # head's waiting gradient reduced by then)
+    epilogue = states.reduce_buckets + states.norm_temp - states.tied_wait
     # stage 3 on N ranks: the first step's second micro step re-gathers every parameter through one
     # all-gather buffer (states.forward_gathered) before the optimizer has made its Adam moments
     # (8 of the ADAM_K bytes); with eager attention's fp32 scores it can top the backward
     no_moments_yet = states.optimizer * 8 / ADAM_K
     forward = (act.layer_forward_moment(model, m) * m.tokens + states.reduce_buckets + states.forward_gathered
                - no_moments_yet)
-    if states.forward_gathered and forward > max(backward, states.optimizer_temp + step_buckets, epilogue):
+    step = states.optimizer_temp + step_buckets - states.tied_wait
+    if states.forward_gathered and forward > max(backward, step, epilogue):
         acts = {"activations": act.layer_forward_moment(model, m) * m.tokens, "loss_head": 0.0,
                 "gc_recompute": 0.0, "backward_working": 0.0}
         breakdown.update(optimizer=states.optimizer - no_moments_yet, zero_buffers=states.reduce_buckets,
                          gathered_params=states.forward_gathered, **acts, optimizer_step=0.0)
         where = "forward of a decoder layer (stage 3: parameters re-gathered through one all-gather buffer)"
-    elif backward >= max(states.optimizer_temp + step_buckets, epilogue):
+    elif backward >= max(step, epilogue):
         breakdown.update(zero_buffers=buckets, gathered_params=states.gathered, **acts, optimizer_step=0.0)
-    elif epilogue > states.optimizer_temp + step_buckets:
-        breakdown.update(zero_buffers=states.reduce_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
-                         optimizer_step=states.norm_temp)
+    elif epilogue > step:
+        breakdown.update(gradients=states.gradients - states.tied_wait, zero_buffers=states.reduce_buckets,
+                         gathered_params=0.0, **{k: 0.0 for k in acts}, optimizer_step=states.norm_temp)
         where = "end of the backward (gradient norms in fp64 for the offloaded optimizer)"
     else:
-        breakdown.update(zero_buffers=step_buckets, gathered_params=0.0, **{k: 0.0 for k in acts},
-                         optimizer_step=states.optimizer_temp)
+        breakdown.update(gradients=states.gradients - states.tied_wait, zero_buffers=step_buckets,
+                         gathered_params=0.0, **{k: 0.0 for k in acts}, optimizer_step=states.optimizer_temp)
         where = "optimizer step (fp32 gradient partition)"
     overheads = runtime_overheads(breakdown, m)
     return Estimate(method="analytic", model=model.name, gpu=gpu, mixture=m,

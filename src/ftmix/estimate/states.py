@@ -89,6 +89,7 @@ class ModelStates:
     gathered: float  # stage 3: 16-bit parameters gathered in full during forward and backward
     norm_temp: float  # stages 1/2 with offload: the fp64 copy of a gradient taken for its norm
     forward_gathered: float  # stage 3 on N ranks: gathered copies + all-gather buffer in a forward
+    tied_wait: float  # stage 2, tied head: its whole gradient, counted in gradients during the backward
     cpu_parameters: float
     cpu_optimizer: float
 
@@ -178,10 +179,13 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         cpu_params = params * m.gpus
         params = 0.0
     params += persistent
+    tied_wait = 0.0
     if m.zero == 2 and not lora and model.tied_embeddings:
         # a tied embedding's gradient is complete only after the embedding's own backward, at the
-        # very end: the output head's share waits whole on the GPU until then (measured)
-        grads += e * model.embedding_params
+        # very end: the output head's share waits whole on the GPU until then (measured), and is
+        # reduced and gone by the backward's epilogue
+        tied_wait = e * model.embedding_params
+        grads += tied_wait
     gathered = e * gathered_params(model, m, persistence, prefetch, reuse) if gathers else 0.0
     # with the optimizer offloaded, stages 1/2 take each reduced gradient's norm on the GPU in fp64
     # at the accumulation boundary (``set_norm_for_param_grad_in_gpu``, ``get_norm_dtype``):
@@ -189,7 +193,7 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     norm_temp = 8.0 * largest_trainable(model, m) if m.zero in (1, 2) and m.offload != "none" else 0.0
     forward_gathered = e * forward_gathered_params(model, m, persistence, prefetch, reuse) if m.zero == 3 and n > 1 else 0.0
     return ModelStates(params, grads, opt, temp, reduce_buckets(m, trainable, model.hidden, deepspeed),
-                       gathered, norm_temp, forward_gathered, cpu_params, cpu_opt)
+                       gathered, norm_temp, forward_gathered, tied_wait, cpu_params, cpu_opt)
 
 
 def forward_gathered_params(model: ModelSpec, m: Mixture, persistence: int = DS_PARAM_PERSISTENCE,

@@ -7,7 +7,9 @@ shapes. The residual r(L, s) = simulated - analytic peak is fitted by least squa
 ``L * (a*s + b*s^2) + a0*s + b0*s^2``: a per-layer part with the activations' linear term and the
 attention scores' s-squared one (Korthikanti et al. 2022 eq. 1 has the same two) and a
 model-level part. Where the analytic method is already within ``EXACT`` of every simulation of a
-class, nothing is fitted for it: a fit would only carry the noise of which moment wins.
+class, nothing is fitted for it: a fit would only carry the noise of which moment wins. Each fit
+is then checked on a held-out simulation (8 layers, s = 2048) and dropped where it does worse
+than no fit.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FIT_SEQ = (256, 512, 1024)
 LAYERS = (2, 3)
 CLASSES = tuple(itertools.product((True, False), (False, True), ("sdpa", "eager")))  # (LoRA, GC, attention)
 EXACT = 0.005
+HELD_OUT_LAYERS, HELD_OUT_SEQ = 8, 2048
 
 
 def _mixture(lora: bool, gc: bool, attn: str, seq_len: int):
@@ -60,6 +63,21 @@ def fit_class(points: list[tuple[int, int, float, float]]) -> dict:
     return {"layer": [a / 1e3, b / 1e6], "base": [a0 / 1e3, b0 / 1e6]}
 
 
+def _held_out(config: dict, name: str, lora: bool, gc: bool, attn: str, terms: dict) -> dict:
+    """The fit checked where it was not made: at HELD_OUT_LAYERS (or the model's own depth, if
+    smaller) and s = HELD_OUT_SEQ. A fit that does worse there than no fit is dropped: with few
+    layers a model can peak at a moment its full depth never sees."""
+    layers = min(HELD_OUT_LAYERS, int(config.get("num_hidden_layers") or HELD_OUT_LAYERS))
+    cfg = dict(config, num_hidden_layers=layers)
+    m = _mixture(lora, gc, attn, HELD_OUT_SEQ)
+    simulated = simulate(cfg, m, name).peak
+    analytic = analytic_estimate(spec_from_hf_config(cfg, name), m).peak
+    (a, b), (a0, b0) = terms["layer"], terms["base"]
+    s = HELD_OUT_SEQ
+    fitted = analytic + layers * (a * s + b * s * s) + a0 * s + b0 * s * s
+    return {"layers": layers, "seq_len": s, "simulated": simulated, "analytic": analytic, "fitted": fitted}
+
+
 def fit_architecture(config: dict, name: str, seq_lens: tuple[int, ...] = FIT_SEQ,
                      progress: Callable[[str], None] | None = None) -> tuple[str, dict]:
     """(fingerprint, fit entry) for the architecture of ``config`` (a transformers config dict)."""
@@ -84,6 +102,12 @@ def fit_architecture(config: dict, name: str, seq_lens: tuple[int, ...] = FIT_SE
                 progress(f"{key} L={layers} s={s}")
         if key not in skipped:
             classes[key] = fit_class(points)
+            held_out = _held_out(config, name, lora, gc, attn, classes[key])
+            residuals.append({"class": key, "held_out": True, **held_out})
+            if abs(held_out["fitted"] / held_out["simulated"] - 1) > abs(held_out["analytic"] / held_out["simulated"] - 1):
+                classes[key] = {"layer": [0.0, 0.0], "base": [0.0, 0.0]}  # the fit would not carry to depth
+            if progress:
+                progress(f"{key} held out")
     if not classes:
         raise FtmixError(f"no mixture class of {name} could be simulated: {next(iter(skipped.values()))}")
     fp = fingerprint(spec_from_hf_config(dict(config, num_hidden_layers=1), name))
@@ -92,4 +116,4 @@ def fit_architecture(config: dict, name: str, seq_lens: tuple[int, ...] = FIT_SE
 
 
 def simulations_per_fit(seq_lens: tuple[int, ...] = FIT_SEQ) -> int:
-    return len(CLASSES) * len(LAYERS) * len(seq_lens)
+    return len(CLASSES) * (len(LAYERS) * len(seq_lens) + 1)

@@ -137,12 +137,17 @@ class _Dispatch(TorchDispatchMode):
             tag = twin._tag_for(kwargs.get("device"), inputs)
             for t in new:
                 twin._track(t, tag)
+        elif func in _DROPOUT_MASKS and inputs and inputs[0].dtype != torch.bool:
+            # CPU dropout (``_dropout_impl``) fills a mask of the input's dtype with bernoulli_
+            # and keeps it for backward; CUDA's fused native_dropout keeps 1-byte booleans
+            twin._as_bool_mask(inputs[0])
         elif func in _RESIZES and inputs:
             twin._resized(inputs[0])
         return out
 
 
 _RESIZES = {torch.ops.aten.resize_.default}
+_DROPOUT_MASKS = {torch.ops.aten.bernoulli_.float}
 _HOST_SITES = ("deepspeed/ops/adam/cpu_adam",)
 # DeepSpeed offload buffers that live on the host (0.19.8): ZeRO-1/2's (stage_1_and_2.py), and
 # stage 3's flat 16-bit parameter partitions under parameter offload, which it makes with a bare
@@ -334,6 +339,12 @@ class DeviceTwin:
         self.live[rec.tag] -= rec.nbytes
         if rec.tag == DEVICE and rec.seq <= self._peak_seq:
             self._dead_at_peak.append(rec)
+
+    def _as_bool_mask(self, t: torch.Tensor) -> None:
+        rec = self._records.get(t.untyped_storage()._cdata)
+        if rec is not None and rec.nbytes > t.numel():
+            self.live[rec.tag] -= rec.nbytes - t.numel()
+            rec.nbytes = t.numel()
 
     def _resized(self, t: torch.Tensor) -> None:
         rec = self._records.get(t.untyped_storage()._cdata)
