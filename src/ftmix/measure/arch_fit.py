@@ -8,8 +8,8 @@ shapes. The residual r(L, s) = simulated - analytic peak is fitted by least squa
 attention scores' s-squared one (Korthikanti et al. 2022 eq. 1 has the same two) and a
 model-level part. Where the analytic method is already within ``EXACT`` of every simulation of a
 class, nothing is fitted for it: a fit would only carry the noise of which moment wins. Each fit
-is then checked on a held-out simulation (8 layers, s = 2048) and dropped where it does worse
-than no fit.
+is then checked on a held-out simulation (8 layers, twice the longest fitted s) and dropped where
+it does worse than no fit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FIT_SEQ = (256, 512, 1024)
 LAYERS = (2, 3)
 CLASSES = tuple(itertools.product((True, False), (False, True), ("sdpa", "eager")))  # (LoRA, GC, attention)
 EXACT = 0.005
-HELD_OUT_LAYERS, HELD_OUT_SEQ = 8, 2048
+HELD_OUT_LAYERS = 8  # and twice the longest fitted length
 
 
 def _mixture(lora: bool, gc: bool, attn: str, seq_len: int):
@@ -63,17 +63,17 @@ def fit_class(points: list[tuple[int, int, float, float]]) -> dict:
     return {"layer": [a / 1e3, b / 1e6], "base": [a0 / 1e3, b0 / 1e6]}
 
 
-def _held_out(config: dict, name: str, lora: bool, gc: bool, attn: str, terms: dict) -> dict:
+def _held_out(config: dict, name: str, lora: bool, gc: bool, attn: str, terms: dict, seq: int) -> dict:
     """The fit checked where it was not made: at HELD_OUT_LAYERS (or the model's own depth, if
-    smaller) and s = HELD_OUT_SEQ. A fit that does worse there than no fit is dropped: with few
-    layers a model can peak at a moment its full depth never sees."""
+    smaller) and s = ``seq``. A fit that does worse there than no fit is dropped: with few layers
+    a model can peak at a moment its full depth never sees."""
     layers = min(HELD_OUT_LAYERS, int(config.get("num_hidden_layers") or HELD_OUT_LAYERS))
     cfg = dict(config, num_hidden_layers=layers)
-    m = _mixture(lora, gc, attn, HELD_OUT_SEQ)
+    m = _mixture(lora, gc, attn, seq)
     simulated = simulate(cfg, m, name).peak
     analytic = analytic_estimate(spec_from_hf_config(cfg, name), m).peak
     (a, b), (a0, b0) = terms["layer"], terms["base"]
-    s = HELD_OUT_SEQ
+    s = seq
     fitted = analytic + layers * (a * s + b * s * s) + a0 * s + b0 * s * s
     return {"layers": layers, "seq_len": s, "simulated": simulated, "analytic": analytic, "fitted": fitted}
 
@@ -102,7 +102,8 @@ def fit_architecture(config: dict, name: str, seq_lens: tuple[int, ...] = FIT_SE
                 progress(f"{key} L={layers} s={s}")
         if key not in skipped:
             classes[key] = fit_class(points)
-            held_out = _held_out(config, name, lora, gc, attn, classes[key])
+            longest = min(2 * max(seq_lens), int(config.get("max_position_embeddings") or 2 * max(seq_lens)))
+            held_out = _held_out(config, name, lora, gc, attn, classes[key], longest)
             residuals.append({"class": key, "held_out": True, **held_out})
             if abs(held_out["fitted"] / held_out["simulated"] - 1) > abs(held_out["analytic"] / held_out["simulated"] - 1):
                 classes[key] = {"layer": [0.0, 0.0], "base": [0.0, 0.0]}  # the fit would not carry to depth
