@@ -39,6 +39,8 @@ def main() -> None:
     rows = []
     for name, s, (lora, gc, attn) in itertools.product(args.models.split(","),
                                                        [int(x) for x in args.seq_lens.split(",")], CLASSES):
+        if s > load_model(name).max_positions:
+            continue  # beyond the model's positions (phi-2: 2048)
         m = mixture_from_flags(None, zero=0, precision="bf16", micro_batch=1, lora=lora, gc=gc, attn=attn, seq_len=s)
         config, _ = simulation_config(name, m)
         t = time.perf_counter()

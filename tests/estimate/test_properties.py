@@ -29,6 +29,14 @@ def peak(name, m, method):
 
 
 EPS = 1 + 1e-12
+FIT_NOISE = 1.005  # an architecture fit (calibrate-arch) is exact to 0.5% of a simulation, not to the byte
+
+
+def tol(name, method, *ms):
+    """EPS, or the fits' noise where a fitted correction applies to one of the mixtures compared."""
+    fitted = method == "analytic" and any(
+        any(n.startswith("architecture fit") for n in estimate(load_model(name), m).notes) for m in ms)
+    return FIT_NOISE if fitted else EPS
 
 
 STATES = ("parameters", "gradients", "optimizer")
@@ -52,10 +60,10 @@ def test_higher_stage_never_costs_more(name, m, method):
     # on one GPU stage 2 partitions nothing, and a tied output head's gradient waits whole for the
     # embedding's backward (measured by the twin): it adds bytes there
     if not (m.world == 1 and higher.zero == 2 and not m.lora and load_model(name).tied_embeddings):
-        assert states(name, higher, method) <= states(name, m, method) * EPS
+        assert states(name, higher, method) <= states(name, m, method) * tol(name, method, higher, m)
     lora_to_stage3 = method == "analytic" and m.lora and higher.zero == 3
     if method == "paper" or (m.world >= 4 and load_model(name).total_params >= 1e9 and not lora_to_stage3):
-        assert peak(name, higher, method) <= peak(name, m, method) * EPS
+        assert peak(name, higher, method) <= peak(name, m, method) * tol(name, method, higher, m)
 
 
 @settings(max_examples=300, deadline=None)
@@ -66,14 +74,15 @@ def test_more_gpus_never_cost_more(name, m, method):
     # (both measured by the twin: 2 ranks hold more than 1), so the property holds from two GPUs up
     if m.zero in (0, 3) and m.world == 1 and method == "analytic":
         m = m.with_(gpus=2)
-    assert peak(name, m.with_(gpus=m.gpus + 1), method) <= peak(name, m, method) * EPS
-    assert peak(name, m.with_(nodes=m.nodes + 1), method) <= peak(name, m, method) * EPS
+    assert peak(name, m.with_(gpus=m.gpus + 1), method) <= peak(name, m, method) * tol(name, method, m)
+    assert peak(name, m.with_(nodes=m.nodes + 1), method) <= peak(name, m, method) * tol(name, method, m)
 
 
 @settings(max_examples=300, deadline=None)
 @given(models, mixtures(), methods)
 def test_gc_lora_and_kernel_never_cost_more(name, m, method):
-    assert peak(name, m.with_(gc=True), method) <= peak(name, m.with_(gc=False), method) * EPS
+    assert peak(name, m.with_(gc=True), method) <= peak(name, m.with_(gc=False), method) * tol(
+        name, method, m.with_(gc=True), m.with_(gc=False))
     # LoRA cuts model states; its r-wide intermediates (fp32 at most), PEFT's fp32 copy of each
     # wrapped layer's input (fp32 adapters without DeepSpeed) and, where full fine-tuning keeps no
     # gradient or optimizer state on the GPU (offload), the adapters' own weights are all it can add
@@ -81,16 +90,19 @@ def test_gc_lora_and_kernel_never_cost_more(name, m, method):
     lora = m.with_(lora=64)
     per_token = sum(4 * (64 + lin.d_in) for lin in spec.linears)
     adapters = spec.layers * m.tokens * per_token + 4 * trainable_params(spec, lora)
-    assert peak(name, lora, method) <= peak(name, m.with_(lora=0), method) * EPS + adapters
+    assert peak(name, lora, method) <= peak(name, m.with_(lora=0), method) * tol(name, method, lora, m.with_(lora=0)) \
+        + adapters
     # Below ~43 tokens eager's s x s scores are smaller than the output + log-sum-exp SDPA keeps
     # (measured, tests/estimate/test_activations_measured.py); fine-tuning runs far longer.
     if m.seq_len >= 64:
-        assert peak(name, m.with_(attn="sdpa"), method) <= peak(name, m.with_(attn="eager"), method) * EPS
+        assert peak(name, m.with_(attn="sdpa"), method) <= peak(name, m.with_(attn="eager"), method) * tol(
+            name, method, m.with_(attn="sdpa"), m.with_(attn="eager"))
 
 
 @settings(max_examples=300, deadline=None)
 @given(models, mixtures(), methods, st.integers(1, 1024), st.integers(1, 4))
 def test_longer_and_bigger_never_cost_less(name, m, method, more_tokens, more_rows):
     longer = m.with_(seq_len=min(m.seq_len + more_tokens, load_model(name).max_positions))
-    assert peak(name, longer, method) >= peak(name, m, method)
-    assert peak(name, m.with_(micro_batch=m.micro_batch + more_rows), method) >= peak(name, m, method)
+    bigger = m.with_(micro_batch=m.micro_batch + more_rows)
+    assert peak(name, longer, method) * tol(name, method, longer, m) >= peak(name, m, method)
+    assert peak(name, bigger, method) * tol(name, method, bigger, m) >= peak(name, m, method)

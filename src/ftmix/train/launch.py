@@ -78,9 +78,20 @@ def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dic
         shutil.rmtree(ranks)
     clear_stale_locks()
     if cfg.nproc == 1 and cfg.nnodes == 1:
+        import signal
+        import threading
+
+        from ftmix.train.measure import Interrupt
         from ftmix.train.run import train
 
-        train(cfg, progress)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, Interrupt.handler) if main else None
+        Interrupt.requested = False
+        try:
+            train(cfg, progress)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         return merge_ranks(out)
     config_path = out / "train_config.json"
     config_path.write_text(json.dumps(cfg.model_dump(), indent=1))

@@ -29,6 +29,26 @@ def cpu_rss_bytes() -> int | None:
     return proc_bytes("/proc/self/status", "VmRSS")
 
 
+class Interrupt:
+    """Ctrl-C during an in-process run. The first press is remembered and raised between steps:
+    a KeyboardInterrupt raised inside a storage finalizer or a dispatch hook (the twin's) would be
+    swallowed as "Exception ignored" and the run would go on. A second press raises at once."""
+
+    requested = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        if cls.requested:
+            raise KeyboardInterrupt
+        cls.requested = True
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.requested:
+            cls.requested = False
+            raise KeyboardInterrupt
+
+
 class Meter(TrainerCallback):
     """Times each optimizer step, records the loss and resets/reads peak memory around training."""
 
@@ -86,12 +106,14 @@ class Meter(TrainerCallback):
             self.twin.mark_optimizer(self._stepping_optimizer())
 
     def on_step_begin(self, args, state, control, **kw):
+        Interrupt.check()
         if self.twin is not None:
             self.twin.begin_step(state.global_step + 1)
         self._sync()
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
+        Interrupt.check()
         if self.twin is not None:
             self.mark_roles()
             self.twin.set_phase("between steps")
