@@ -241,6 +241,80 @@ def calibrate_arch_cmd(
                   f"s={'/'.join(map(str, lengths))}, 2-3 layers. Saved to {path} ({key}).")
 
 
+@app.command("eval")
+@guard
+def eval_cmd(
+    run: Annotated[str, typer.Option("--run", metavar="DIR", help="A finished `ftmix train` output dir.")],
+    data: Annotated[Optional[str], typer.Option("--data", metavar="SOURCE", help="Held-out rows (file or dataset id; default: the run's data past the rows it trained on).")] = None,
+    rows: Annotated[Optional[int], typer.Option("--rows", metavar="N", help="Evaluate the first N held-out rows.")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Evaluate the base model without the fine-tuning (the 'before').")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Longest summary generated.")] = 64,
+    num_beams: Annotated[int, typer.Option("--num-beams", metavar="N", help="Beam search width (1: greedy).")] = 1,
+    temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="0: greedy (default); above 0: sampling.")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", metavar="P", help="1.0: none.")] = 1.0,
+    json_out: o.Json = False,
+):
+    """ROUGE-1/2/L and eval loss of the run's model on held-out dialogues."""
+    from ftmix.train.evaluate import Generation
+
+    run_dir = Path(run).expanduser()
+    if not (run_dir / "run.json").is_file():
+        raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
+    for name, value, low in (("max-new-tokens", max_new_tokens, 1), ("num-beams", num_beams, 1),
+                             ("rows", rows or 1, 1)):
+        if value < low:
+            raise FtmixError(f"--{name} must be at least {low}, got {value}")
+    if not (temperature >= 0 and temperature < float("inf")) or not (repetition_penalty > 0 and repetition_penalty < float("inf")):
+        raise FtmixError("--temperature must be >= 0 and --repetition-penalty > 0")
+    gen = Generation(max_new_tokens, num_beams, temperature, repetition_penalty)
+    with engine_output_to(run_dir / "eval.log"):
+        from ftmix.train.evaluate import evaluate
+
+        result = evaluate(run_dir, data, rows, base, gen)
+    if json_out:
+        return print_json(result)
+    table = Table(title=f"{result['model']} on {result['rows']} held-out dialogues ({result['held_out']})")
+    for col in ("ROUGE-1", "ROUGE-2", "ROUGE-L", "eval loss"):
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{100 * result[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")), f"{result['eval_loss']:.3f}")
+    console.print(table)
+    for s in result["samples"][:1]:
+        console.print(f"[dim]{s['id']}[/dim] reference: {s['reference']}\n  generated: {s['generated']}")
+
+
+@app.command("export")
+@guard
+def export_cmd(
+    run: Annotated[str, typer.Option("--run", metavar="DIR", help="A finished `ftmix train` output dir (holds run.json and final/).")],
+    merge: Annotated[bool, typer.Option("--merge", help="Also merge the LoRA adapter into the base and save a standard transformers folder (safetensors).")] = False,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="DIR", help="Where to write (default DIR/export); never overwritten.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="bf16|fp16|fp32", help="Weights of the merged model (the merge itself runs in fp32).")] = "bf16",
+    json_out: o.Json = False,
+):
+    """The run's model as artefacts other tools load: the PEFT adapter, and with --merge a merged
+    transformers model."""
+    from ftmix.train.export import plan_export
+
+    plan = plan_export(run, out, merge, dtype)
+    with engine_output_to(Path(os.devnull)):
+        from ftmix.train.export import export
+
+        result = export(plan)
+    if json_out:
+        return print_json(result)
+    table = Table(title=f"export of {plan.run_dir}")
+    table.add_column("artefact")
+    table.add_column("path")
+    table.add_column("loads with")
+    if "adapter" in result:
+        table.add_row("LoRA adapter (PEFT)", result["adapter"], "PeftModel.from_pretrained(base, path)")
+    if "merged" in result:
+        table.add_row(f"merged model ({dtype}, safetensors)", result["merged"], "AutoModelForCausalLM.from_pretrained(path)")
+    if "model" in result:
+        table.add_row("fine-tuned model", result["model"], "AutoModelForCausalLM.from_pretrained(path)")
+    console.print(table)
+
+
 @app.command("plan")
 @guard
 def plan_cmd(

@@ -86,6 +86,8 @@ class Prepared:
     report: object  # ftmix.train.data.DataReport
     ds_config: dict | None
     rss_before_model: int | None
+    tokenizer: object = None  # saved beside the final model, so an export is a standard folder
+    base_checksum: float | None = None  # random init: export rebuilds the base and checks it is the same
 
 
 def prepare(cfg: TrainConfig, twin=None) -> Prepared:
@@ -130,7 +132,17 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     if ds_config is None and m.zero >= 1:
         trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         ds_config = deepspeed_config(m, trainable)
-    return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, ds_config, rss_before_model)
+    checksum = None
+    if cfg.random_init:
+        from ftmix.train.export import base_checksum
+
+        if twin is not None:
+            with twin.paused():
+                checksum = base_checksum(built.model)
+        else:
+            checksum = base_checksum(built.model)
+    return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, ds_config, rss_before_model,
+                    tokenizer, checksum)
 
 
 @contextmanager
@@ -224,6 +236,8 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             trainer.save_model(str(final))
     else:
         trainer.save_model(str(final))
+    if prep.rank == 0 and prep.tokenizer is not None:
+        prep.tokenizer.save_pretrained(str(final))
     resumed_at = _checkpoint_step(resume)
 
     median = meter.median_step(cfg.warmup_measure_steps)
@@ -232,7 +246,8 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         "rank": prep.rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
         "gpu": prep.gpu.name if prep.gpu else None, "attn_implementation": prep.built.attn_implementation,
         "notes": notes, "config": cfg.model_dump(), "engine": _engine_report(trainer, m, prep.ds_config),
-        "artifacts": {"model": str(final), "kind": "LoRA adapter (PEFT)" if m.lora else "model (transformers)"},
+        "artifacts": {"model": str(final), "kind": "LoRA adapter (PEFT)" if m.lora else "model (transformers)",
+                      "tokenizer": str(final), "base_checksum": prep.base_checksum},
         "data": prep.report.to_json(), "peaks": meter.peaks(), "twin": twin_report,
         "measured": {
             "steps": output.global_step, "steps_this_run": output.global_step - resumed_at, "resumed_from": resume,

@@ -1,0 +1,126 @@
+"""``ftmix eval --run DIR``: how good the fine-tuned model is on dialogues it did not train on.
+
+Held-out rows: the run's own data past the rows it trained on (``max_rows``), or ``--data``. For
+each row the model generates a summary from the run's prompt template (greedy by default; the
+generation settings are flags) and ROUGE-1/2/L F1 is taken against the reference with Google's
+``rouge-score`` (Porter stemming, as the SAMSum and DialogSum papers report it). The eval loss is
+the mean cross-entropy on the reference summary tokens, computed on the same tokenized rows as
+training (``ftmix.train.data.tokenize``). ``--base`` evaluates the base model without the
+fine-tuning, for the before/after comparison. Results go to ``DIR/eval.json`` and into
+``run.json`` under ``eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+from ftmix.files import read_json
+
+
+@dataclass(frozen=True)
+class Generation:
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    temperature: float = 0.0  # 0: greedy
+    repetition_penalty: float = 1.0
+
+
+def held_out_rows(record: dict, data: str | None, rows: int | None) -> tuple[list[dict], str]:
+    """(rows, where they come from)."""
+    from ftmix.train.data import load_records
+
+    cfg = record["config"]
+    if data:
+        found = load_records(data, cfg.get("split", "train"))
+        where = f"{data}"
+    else:
+        every = load_records(cfg.get("data", "builtin"), cfg.get("split", "train"))
+        used = cfg.get("max_rows") or len(every)
+        found = every[used:]
+        where = f"{cfg.get('data', 'builtin')} rows {used + 1}-{len(every)} (not trained on)"
+        if not found:
+            raise FtmixError(f"the run trained on all {len(every)} rows of its data; give held-out rows with --data "
+                             f"(or train with max_rows below {len(every)})")
+    if rows:
+        found = found[:rows]
+    return found, where
+
+
+def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, base: bool = False,
+             gen: Generation = Generation()) -> dict:
+    import torch
+    import transformers
+    from rouge_score import rouge_scorer
+
+    from ftmix.train.data import tokenize
+    from ftmix.train.export import rebuild_base
+
+    record = read_json(run_dir / "run.json", "run record")
+    final = Path((record.get("artifacts") or {}).get("model") or run_dir / "final")
+    if not final.is_dir():
+        final = run_dir / "final"
+    examples, where = held_out_rows(record, data, rows)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(final))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lora = bool(record["mixture"].get("lora"))
+    if base or lora:
+        model = rebuild_base(record).float()
+        if lora and not base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(final))
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32)
+    model.eval()
+    cfg = record["config"]
+    template = cfg.get("template") or "{dialogue}"
+    seq_len = int(record["mixture"]["seq_len"])
+    sequences, _ = tokenize(examples, tokenizer, seq_len, template, "truncate")
+    losses = []
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.tensor([seq["input_ids"]])
+            labels = torch.tensor([seq["labels"]])
+            mask = torch.tensor([seq["attention_mask"]])
+            losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores, samples = {"rouge1": [], "rouge2": [], "rougeL": []}, []
+    kwargs = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
+                  repetition_penalty=gen.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    kwargs.update(do_sample=True, temperature=gen.temperature) if gen.temperature > 0 else kwargs.update(do_sample=False)
+    with torch.no_grad():
+        for row in examples:
+            prompt = template.replace("{dialogue}", row["dialogue"])
+            ids = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=seq_len).input_ids
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)[0][ids.shape[1]:]
+            text = tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0]
+            got = scorer.score(row["summary"], text)
+            for key in scores:
+                scores[key].append(got[key].fmeasure)
+            if len(samples) < 3:
+                samples.append({"id": row.get("id"), "reference": row["summary"], "generated": text})
+    result = {"model": "base (not fine-tuned)" if base else "fine-tuned", "rows": len(examples), "held_out": where,
+              "eval_loss": round(statistics.fmean(losses), 4) if losses else None,
+              **{key: round(statistics.fmean(v), 4) for key, v in scores.items()},
+              "generation": gen.__dict__, "samples": samples}
+    _record(run_dir, record, result)
+    return result
+
+
+def _record(run_dir: Path, record: dict, result: dict) -> None:
+    """eval.json holds every evaluation of the run (base and fine-tuned); run.json the latest of each."""
+    path = run_dir / "eval.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append(result)
+    path.write_text(json.dumps(history, indent=1) + "\n")
+    evals = dict(record.get("eval") or {})
+    evals["base" if result["model"].startswith("base") else "fine_tuned"] = {
+        k: v for k, v in result.items() if k != "samples"}
+    record["eval"] = evals
+    (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")

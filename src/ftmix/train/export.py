@@ -1,0 +1,127 @@
+"""``ftmix export --run DIR``: what a run produced, as artefacts other tools load.
+
+A LoRA run's ``final/`` is already PEFT's format (``adapter_config.json`` +
+``adapter_model.safetensors``, saved by ``Trainer.save_model``; under ZeRO-3 with
+``stage3_gather_16bit_weights_on_model_save`` the gathered 16-bit weights); export copies it with the
+tokenizer into ``OUT/adapter``, which ``PeftModel.from_pretrained(base, OUT/adapter)`` loads. With
+``--merge`` it rebuilds the base the run trained on (the same ``resolve_source`` and
+``build_model``; a random-init base from the run's seed, checked against the checksum the run
+recorded; a GGUF base dequantized by transformers), loads the adapter with PEFT, merges it in fp32
+(``merge_and_unload``) and saves a standard transformers folder (safetensors) in the chosen dtype,
+with the tokenizer: ``AutoModelForCausalLM.from_pretrained(OUT/merged)``. A full fine-tuning run's
+``final/`` is a transformers folder already: export copies it to ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftmix.errors import FtmixError
+from ftmix.files import read_json
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What ``export`` will do, checked before torch loads."""
+
+    run_dir: Path
+    final: Path
+    out: Path
+    lora: bool
+    merge: bool
+    dtype: str
+    record: dict
+
+
+def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> ExportPlan:
+    run = Path(run_dir).expanduser()
+    if not (run / "run.json").is_file():
+        raise FtmixError(f"--run {run_dir}: no run.json there (a finished `ftmix train` output dir)")
+    record = read_json(run / "run.json", "run record")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
+            or not isinstance(record.get("mixture"), dict):
+        raise FtmixError(f"{run / 'run.json'} is not an ftmix run record (no config or mixture)")
+    final = Path((record.get("artifacts") or {}).get("model") or run / "final")
+    if not final.is_dir():
+        final = run / "final"  # the run folder was moved: its own final/
+    if not final.is_dir():
+        raise FtmixError(f"the run's final model is missing: {final}")
+    lora = bool(record["mixture"].get("lora"))
+    marker = "adapter_config.json" if lora else "config.json"
+    if not (final / marker).is_file():
+        raise FtmixError(f"{final} has no {marker}: not the final model of this run")
+    if dtype not in DTYPES:
+        raise FtmixError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if merge and not lora:
+        raise FtmixError("--merge: this run fine-tuned the whole model; there is no adapter to merge")
+    target = Path(out).expanduser() if out else run / "export"
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FtmixError(f"--out {target} exists and is not empty; export never overwrites")
+    return ExportPlan(run, final, target, lora, merge, dtype, record)
+
+
+def base_checksum(model) -> float:
+    """Sum of the base model's weights in fp64 (LoRA matrices left out): enough to tell a rebuilt
+    random-init base from another draw."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for n, p in model.named_parameters() if "lora_" not in n))
+
+
+def export(plan: ExportPlan) -> dict:
+    plan.out.mkdir(parents=True, exist_ok=True)
+    if not plan.lora:
+        shutil.copytree(plan.final, plan.out / "model")
+        return {"model": str(plan.out / "model"), "kind": "transformers model (full fine-tuning)"}
+    adapter = plan.out / "adapter"
+    shutil.copytree(plan.final, adapter)
+    result = {"adapter": str(adapter), "kind": "LoRA adapter (PEFT)"}
+    if plan.merge:
+        result.update(merged=str(_merge(plan)))
+    return result
+
+
+def rebuild_base(record: dict):
+    """The base model the run trained on, in the run's weight dtype."""
+    import transformers
+
+    from ftmix.mixture import Mixture
+    from ftmix.train.config import TrainConfig
+    from ftmix.train.model import build_model, resolve_source
+
+    cfg = TrainConfig(**record["config"])
+    m = Mixture(**record["mixture"])
+    source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
+    transformers.set_seed(cfg.seed)  # the run seeds before building: a random init draws the same weights
+    # the base in the dtype the run built it in (a random init draws in that dtype): LoRA's frozen
+    # base is 16-bit in mixed precision, which for full fine-tuning would mean fp32 masters
+    precision = m.precision if m.precision == "fp32" or m.pure16 else f"{m.precision}-true"
+    base_mix = m.with_(lora=0, gc=False, zero=0, offload="none", gpus=1, nodes=1, precision=precision)
+    base = build_model(source, base_mix, "cpu").model
+    expected = (record.get("artifacts") or {}).get("base_checksum")
+    if expected is not None:
+        got = base_checksum(base)
+        if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
+            raise FtmixError(f"the rebuilt random-init base differs from the run's (checksum {got:.6g} vs "
+                             f"{expected:.6g}); export the adapter without --merge")
+    return base
+
+
+def _merge(plan: ExportPlan) -> Path:
+    import torch
+    from peft import PeftModel
+
+    base = rebuild_base(plan.record).float()  # merge in fp32: W + (alpha/r) B A without 16-bit rounding
+    merged = PeftModel.from_pretrained(base, str(plan.final)).merge_and_unload()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.dtype]
+    target = plan.out / "merged"
+    merged.to(dtype).save_pretrained(str(target), safe_serialization=True)
+    tokenizer_files = [p for p in plan.final.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))]
+    for p in tokenizer_files:
+        shutil.copy2(p, target / p.name)
+    return target

@@ -1,0 +1,90 @@
+"""`ftmix export`: the run's LoRA adapter in PEFT's format, and merged into its base as a standard
+transformers folder that generates the same tokens (issue 12)."""
+
+import json
+
+import pytest
+
+from tests.cli.conftest import run_cli
+from tests.train.conftest import run_train_cli, tiny_flags, yaml_args
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    proc = run_train_cli(yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=3, lr=0.05)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def _greedy(model, tokenizer, n=12):
+    import torch
+
+    ids = tokenizer("Anna: are we still on for lunch?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0].tolist()
+
+
+@pytest.mark.timeout(900)
+def test_merged_model_generates_what_the_adapter_does(lora_run, tmp_path):
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    from ftmix.train.export import rebuild_base
+
+    out = tmp_path / "export"
+    result = run_cli("export", "--run", str(lora_run), "--merge", "--dtype", "fp32", "--out", str(out), "--json",
+                     check_json=True)
+    assert result["kind"] == "LoRA adapter (PEFT)"
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(result["merged"])
+    record = json.loads((lora_run / "run.json").read_text())
+    wrapped = PeftModel.from_pretrained(rebuild_base(record).float(), result["adapter"])
+    merged.eval(), wrapped.eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())  # a plain model, adapters folded in
+    tokens = _greedy(merged, tokenizer)
+    assert tokens == _greedy(wrapped, tokenizer) and len(tokens) > 12
+    # the adapter did change the model: the base alone answers differently
+    ids = tokenizer("Anna: are we still on for lunch?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        delta = (merged(ids).logits - rebuild_base(record).float()(ids).logits).abs().max().item()
+    assert delta > 1e-4
+    assert (out / "merged" / "model.safetensors").is_file()
+
+
+def test_export_refuses_before_loading_anything(lora_run, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("keep me")
+    cases = [(("--run", str(tmp_path)), "no run.json"),
+             (("--run", str(lora_run), "--out", str(busy)), "not empty"),
+             (("--run", str(lora_run), "--dtype", "int4"), "--dtype"),
+             (("--run", str(lora_run), "--out", str(tmp_path / "o")), None)]
+    for args, needle in cases:
+        proc = run_cli("export", *args)
+        if needle is None:
+            assert proc.returncode == 0 and (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()
+            continue
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, args
+        assert needle in proc.stderr
+    assert (busy / "x").read_text() == "keep me"
+
+
+@pytest.mark.timeout(900)
+def test_eval_scores_held_out_dialogues_before_and_after(lora_run):
+    """The run trained on 16 rows of the built-in dialogues; eval scores rows 17-22 with ROUGE and
+    the eval loss, for the fine-tuned model and (--base) the model before, into run.json."""
+    after = run_cli("eval", "--run", str(lora_run), "--rows", "6", "--max-new-tokens", "16", "--json", check_json=True)
+    before = run_cli("eval", "--run", str(lora_run), "--rows", "6", "--max-new-tokens", "16", "--base", "--json",
+                     check_json=True)
+    for r in (after, before):
+        assert r["rows"] == 6 and "rows 17-" in r["held_out"]
+        assert 0.0 <= r["rouge1"] <= 1.0 and 0.0 <= r["rouge2"] <= r["rouge1"] + 1e-9 and r["eval_loss"] > 0
+    # a few steps at lr 0.05 on a random-init model move its loss on unseen dialogues
+    assert after["eval_loss"] != before["eval_loss"]
+    record = json.loads((lora_run / "run.json").read_text())
+    assert record["eval"]["fine_tuned"]["rouge1"] == after["rouge1"]
+    assert record["eval"]["base"]["eval_loss"] == before["eval_loss"]
+    bad = run_cli("eval", "--run", str(lora_run), "--num-beams", "0")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--num-beams" in bad.stderr
