@@ -88,3 +88,17 @@ def test_eval_scores_held_out_dialogues_before_and_after(lora_run):
     assert record["eval"]["base"]["eval_loss"] == before["eval_loss"]
     bad = run_cli("eval", "--run", str(lora_run), "--num-beams", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--num-beams" in bad.stderr
+
+
+@pytest.mark.timeout(900)
+def test_train_eval_scores_before_and_after(tmp_path):
+    out = tmp_path / "run"
+    flags = yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=2, lr=0.05))
+    proc = run_train_cli(flags + ["--eval", "--json"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evals = json.loads(proc.stdout)["eval"]
+    assert evals["before"]["model"].startswith("base") and evals["after"]["model"] == "fine-tuned"
+    assert evals["before"]["rows"] == evals["after"]["rows"] == 60 - 16
+    every_row = {k: v for k, v in tiny_flags(tmp_path / "r2").items() if k != "max_rows"}
+    no_holdout = run_train_cli(yaml_args(every_row) + ["--eval"], timeout=120)
+    assert no_holdout.returncode == 2 and "--eval scores rows the run did not train on" in no_holdout.stderr

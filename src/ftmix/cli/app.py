@@ -425,10 +425,11 @@ def train_cmd(
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,
+    eval_too: Annotated[bool, typer.Option("--eval", help="After training, score the base model and the fine-tuned one on held-out rows (ROUGE, eval loss; needs max_rows below the data's rows): `ftmix eval`.")] = False,
     json_out: o.Json = False,
 ):
     """Fine-tune for real with a mixture (Transformers + PEFT + DeepSpeed) and record what it costs."""
-    from ftmix.cli.render import train_summary
+    from ftmix.cli.render import eval_table, train_summary
     from ftmix.train.config import TrainConfig, load_config
 
     items = list(args or [])
@@ -438,6 +439,9 @@ def train_cmd(
     from ftmix.train.preflight import preflight
 
     preflight(cfg)  # everything checkable fails here, before any bar is drawn or model built
+    if eval_too and not cfg.max_rows:
+        raise FtmixError("--eval scores rows the run did not train on: set max_rows below the data's row count "
+                         "(the built-in dialogues have 60)")
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress
@@ -464,9 +468,18 @@ def train_cmd(
     finally:
         progress.stop()
         terminal.close()
+    evals = None
+    if eval_too:
+        with engine_output_to(log):
+            from ftmix.train.evaluate import evaluate
+
+            run_dir = Path(cfg.output_dir)
+            evals = {"before": evaluate(run_dir, base=True), "after": evaluate(run_dir)}
     if json_out:
-        return print_json(_summary(record))
+        return print_json(dict(_summary(record), **({"eval": evals} if evals else {})))
     train_summary(record)
+    if evals:
+        eval_table(evals)
     console.print(f"[dim]engine output: {log}[/dim]")
 
 

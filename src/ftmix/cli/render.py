@@ -111,6 +111,20 @@ def matrix_table(cells, title: str) -> None:
                   f"n/a beyond the model's positions; {LEGEND}[/dim]")
 
 
+def eval_table(evals: dict) -> None:
+    """Before/after: the base model and the fine-tuned one on the same held-out rows."""
+    before, after = evals["before"], evals["after"]
+    table = Table(title=f"held-out dialogues: {after['rows']} ({after['held_out']})")
+    for col in ("model", "eval loss", "ROUGE-1", "ROUGE-2", "ROUGE-L"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in (("before (base)", before), ("after (fine-tuned)", after)):
+        table.add_row(name, f"{r['eval_loss']:.3f}", *(f"{100 * r[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")))
+    console.print(table)
+    sample = after["samples"][0] if after["samples"] else None
+    if sample:
+        console.print(f"[dim]{sample['id']}[/dim] reference: {sample['reference']}\n  fine-tuned: {sample['generated']}")
+
+
 def train_summary(record: dict) -> None:
     meas, eng, data = record["measured"], record["engine"], record["data"]
     console.print(f"[bold green]{record['label']}[/bold green] on {record['device']}"

@@ -63,14 +63,19 @@ def read_fits(path: Path) -> dict:
     return _read(str(path), path.stat().st_mtime)
 
 
-def load_fits() -> dict:
-    """Packaged fits, then the user's (which win for the same shape)."""
+@lru_cache(maxsize=1)
+def _packaged() -> dict:
     packaged = resources.files("ftmix.estimate").joinpath(PACKAGED)
-    fits = dict(json.loads(packaged.read_text(encoding="utf-8"))["fits"]) if packaged.is_file() else {}
+    return dict(json.loads(packaged.read_text(encoding="utf-8"))["fits"]) if packaged.is_file() else {}
+
+
+def load_fits() -> dict:
+    """Packaged fits, then the user's (which win for the same shape). Both parsed once: plan and
+    matrix ask for thousands of estimates."""
     user = user_fits_path()
-    if user.is_file():
-        fits.update(read_fits(user))
-    return fits
+    if not user.is_file():
+        return _packaged()
+    return {**_packaged(), **read_fits(user)}
 
 
 def correction(model: ModelSpec, m: Mixture) -> tuple[float, str | None]:
