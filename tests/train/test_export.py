@@ -102,3 +102,22 @@ def test_train_eval_scores_before_and_after(tmp_path):
     every_row = {k: v for k, v in tiny_flags(tmp_path / "r2").items() if k != "max_rows"}
     no_holdout = run_train_cli(yaml_args(every_row) + ["--eval"], timeout=120)
     assert no_holdout.returncode == 2 and "--eval scores rows the run did not train on" in no_holdout.stderr
+
+
+@pytest.mark.timeout(900)
+def test_zero3_run_exports_its_gathered_adapter(tmp_path):
+    """ZeRO-3 partitions every weight; the final save gathers the 16-bit adapter
+    (stage3_gather_16bit_weights_on_model_save), so the export holds whole, trained matrices."""
+    import transformers
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    proc = run_train_cli(yaml_args(tiny_flags(out, zero=3, lora=8, max_steps=2, lr=0.05)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = run_cli("export", "--run", str(out), "--merge", "--dtype", "fp32", "--out", str(tmp_path / "e"),
+                     "--json", check_json=True)
+    adapter = load_file(str(tmp_path / "e" / "adapter" / "adapter_model.safetensors"))
+    b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert b and all(v.shape == (64, 8) for v in b) and all(v.abs().sum() > 0 for v in b)  # trained, not empty
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
+    assert sum(p.numel() for p in merged.parameters()) > 0
