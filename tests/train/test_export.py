@@ -118,6 +118,7 @@ def test_zero3_run_exports_its_gathered_adapter(tmp_path):
                      "--json", check_json=True)
     adapter = load_file(str(tmp_path / "e" / "adapter" / "adapter_model.safetensors"))
     b = [v for k, v in adapter.items() if "lora_B" in k]
-    assert b and all(v.shape == (64, 8) for v in b) and all(v.abs().sum() > 0 for v in b)  # trained, not empty
+    assert b and all(v.shape[1] == 8 and v.shape[0] in (64, 32) for v in b)  # whole q (64) and v (32) matrices
+    assert all(v.abs().sum() > 0 for v in b)  # trained from their zero init
     merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
     assert sum(p.numel() for p in merged.parameters()) > 0
