@@ -425,6 +425,7 @@ def train_cmd(
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,
+    mixture: Annotated[Optional[str], typer.Option("--mixture", metavar="manual|auto", help="auto: the planner's fastest mixture that fits the GPU (detected, or --gpu on CPU) under the flags you fix; on out-of-memory the next that needs less. Default manual.")] = None,
     eval_too: Annotated[bool, typer.Option("--eval", help="After training, score the base model and the fine-tuned one on held-out rows (ROUGE, eval loss; needs max_rows below the data's rows): `ftmix eval`.")] = False,
     json_out: o.Json = False,
 ):
@@ -455,7 +456,12 @@ def train_cmd(
         with engine_output_to(log):  # DeepSpeed, HF and torch chatter: the log; stdout is for ftmix's result
             if cfg.nproc > 1 or cfg.nnodes > 1:
                 progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
-            record = launch(cfg, progress)
+            if cfg.mixture == "auto":
+                from ftmix.train.auto import run_auto
+
+                record = run_auto(cfg, launch, progress)
+            else:
+                record = launch(cfg, progress)
     except KeyboardInterrupt:
         progress.stop()
         from ftmix.train.run import last_checkpoint

@@ -223,6 +223,11 @@ def _raw_device(args, kwargs):
     return None
 
 
+class DeviceOutOfMemory(RuntimeError):
+    """The twin's device bytes passed the limit a run set for itself (``memory_limit_gb``): on CPU,
+    what a GPU of that size would have answered with CUDA's out-of-memory error."""
+
+
 class DeviceTwin:
     """Live bytes per tag, the device and host peaks, and what the device peak holds.
 
@@ -231,8 +236,9 @@ class DeviceTwin:
     starts). ``virtual=False``: a storage on a non-CPU device is device memory, one on the CPU is host.
     """
 
-    def __init__(self, virtual: bool = True, offload: bool = False):
+    def __init__(self, virtual: bool = True, offload: bool = False, limit: float | None = None):
         self.virtual = virtual
+        self.limit = self._limit_set = limit  # device bytes past which an allocation fails (None: no limit)
         self.offload = offload  # DeepSpeed offloads optimizer states or parameters to the host
         self.live = {DEVICE: 0, HOST: 0}
         self.peak = {DEVICE: 0, HOST: 0}
@@ -323,6 +329,12 @@ class DeviceTwin:
 
     def _add(self, rec: _Alloc, nbytes: int) -> None:
         self.live[rec.tag] += nbytes
+        if rec.tag == DEVICE and self.limit is not None and self.live[DEVICE] > self.limit:
+            live, self.limit = self.live[DEVICE], None  # raise once: the unwinding allocates too
+            raise DeviceOutOfMemory(
+                f"device out of memory (the run's own limit of {self._limit_set / 1e9:.4g} GB, as a GPU of that "
+                f"size; {live / 1e9:.4g} GB wanted) at {self.phase} of step {self.step}, micro step {self.micro}: "
+                f"{rec.site}")
         if rec.tag == DEVICE and self.live[DEVICE] > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = self.live[DEVICE]
         if self.live[rec.tag] > self.peak[rec.tag]:

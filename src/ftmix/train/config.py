@@ -67,6 +67,8 @@ class TrainConfig(BaseModel):
     keep_last: Optional[int] = Field(default=None, gt=0)  # checkpoints kept (HF save_total_limit); None = all
     resume: bool = False
     warmup_measure_steps: int = Field(default=1, ge=0)  # steps left out of the median step time
+    memory_limit_gb: Optional[float] = Field(default=None, gt=0)  # the twin fails an allocation past it (CPU)
+    mixture: Literal["manual", "auto"] = "manual"  # auto: the planner's fastest fitting mixture, OOM fallback
     twin: bool = True  # the device-memory twin: count every tensor a GPU run would hold (docs/twin.md)
     nproc: int = Field(default=1, gt=0)  # processes on this machine
     threads: Optional[int] = Field(default=None, gt=0)  # CPU threads per process; None: the cores / nproc

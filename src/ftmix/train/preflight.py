@@ -46,6 +46,8 @@ def preflight(cfg: TrainConfig) -> Mixture:
         check_mixture(m, spec, gpu)
         if cpu:
             check_host_memory(spec, m, cfg)
+    if cfg.memory_limit_gb and not cfg.twin:
+        raise FtmixError("memory_limit_gb is enforced by the device-memory twin: drop --no-twin")
     _check_checkpoints(cfg)
     return m
 

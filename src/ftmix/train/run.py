@@ -176,7 +176,8 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     if cfg.twin:
         from ftmix.measure.twin import DeviceTwin
 
-        twin = DeviceTwin(virtual=pick_device(cfg) == "cpu")
+        limit = cfg.memory_limit_gb * 1e9 if cfg.memory_limit_gb else None
+        twin = DeviceTwin(virtual=pick_device(cfg) == "cpu", limit=limit)
     try:
         prep = prepare(cfg, twin)
         if twin is not None:

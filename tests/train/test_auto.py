@@ -1,0 +1,57 @@
+"""`ftmix train --mixture auto`: the planner's choice, run for real, and on out-of-memory the next
+candidate that needs less (issue 12). On CPU the out-of-memory is the device-memory twin's own
+limit (memory_limit_gb), here set between the first and the second candidate's peaks."""
+
+import json
+
+import pytest
+
+from tests.cli.conftest import run_cli
+from tests.train.conftest import TINY, run_train_cli, tiny_flags, yaml_args
+
+AUTO = ["--mixture", "auto", "--gpu", "a100-80gb", "--lora", "8", "--json"]
+
+
+def _flags(out, **extra):
+    flags = tiny_flags(out, max_steps=2, **extra)
+    for key in ("zero", "offload", "gc", "attn"):  # left open for the planner
+        flags.pop(key, None)
+    return yaml_args(flags)
+
+
+@pytest.mark.timeout(900)
+def test_auto_runs_the_planners_choice(tmp_path):
+    proc = run_train_cli(_flags(tmp_path / "run") + AUTO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (attempt,) = record["attempts"]
+    assert attempt["outcome"] == "ok" and record["label"] == attempt["label"]
+    # the same shape through `ftmix plan`
+    from importlib import resources
+
+    config = tmp_path / "config.json"
+    entry = json.loads(resources.files("ftmix.catalog").joinpath("data/models/smollm2-135m.json").read_text())
+    config.write_text(json.dumps({**entry["config"], **TINY}))
+    planned = run_cli("plan", "--model", str(config), "--gpu", "a100-80gb", "--lora", "8", "--precision", "bf16",
+                      "--seq-len", "128", "--effective-batch", "4", "--json", check_json=True)
+    assert planned["best"]["label"] == attempt["label"]
+
+
+@pytest.mark.timeout(900)
+def test_an_oom_falls_back_to_the_next_candidate_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    proc = run_train_cli(_flags(out, memory_limit_gb=0.004) + AUTO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "run.json").read_text())
+    first, second = record["attempts"]
+    assert first["outcome"] == "oom" and "out of memory" in first["error"] and " of step " in first["error"]
+    assert second["outcome"] == "ok" and second["predicted_peak_gb"] < first["predicted_peak_gb"]
+    assert record["label"] == second["label"] and record["measured"]["steps"] == 2
+    assert record["measured"]["twin"]["device_peak_bytes"] <= 0.004e9  # the limit held in the run that finished
+    m = record["mixture"]
+    assert record["measured"]["grad_accum"] * m["micro_batch"] * m["gpus"] == 4  # the effective batch, unchanged
+
+
+def test_auto_on_cpu_needs_a_gpu_to_plan_for(tmp_path):
+    proc = run_train_cli(_flags(tmp_path / "run") + ["--mixture", "auto"], timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--gpu" in proc.stderr
