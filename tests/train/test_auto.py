@@ -55,3 +55,24 @@ def test_an_oom_falls_back_to_the_next_candidate_and_finishes(tmp_path):
 def test_auto_on_cpu_needs_a_gpu_to_plan_for(tmp_path):
     proc = run_train_cli(_flags(tmp_path / "run") + ["--mixture", "auto"], timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--gpu" in proc.stderr
+
+
+@pytest.mark.timeout(900)
+def test_a_later_oom_resumes_from_the_checkpoint_when_the_stage_stays(tmp_path):
+    """With --zero 0 fixed, the next candidate keeps the engine (GC or another kernel): it resumes
+    from the failed attempt's last checkpoint instead of starting over."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = _flags(out, save_steps=1, keep_last=2) + ["max_steps=4", "--zero", "0"] + AUTO
+    env = dict(os.environ, HF_HUB_OFFLINE="1", FTMIX_INJECT_OOM_AT_STEP="3")
+    proc = subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "run.json").read_text())
+    first, second = record["attempts"]
+    assert first["outcome"] == "oom" and "at step 3" in first["error"]
+    assert second["resumed"] is True and second["mixture"]["zero"] == 0
+    assert record["measured"]["steps"] == 4 and record["measured"]["steps_this_run"] == 2

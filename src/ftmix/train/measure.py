@@ -3,6 +3,7 @@ the process high-water mark VmHWM after a reset), step times, the loss curve; a 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +28,11 @@ def cpu_peak_bytes() -> int | None:
 
 def cpu_rss_bytes() -> int | None:
     return proc_bytes("/proc/self/status", "VmRSS")
+
+
+# a test seam for ``--mixture auto``: fail the given step as CUDA's out-of-memory would (the first
+# attempt only: run_auto clears it)
+INJECT_OOM = "FTMIX_INJECT_OOM_AT_STEP"
 
 
 class Interrupt:
@@ -107,6 +113,8 @@ class Meter(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         Interrupt.check()
+        if os.environ.get(INJECT_OOM) == str(state.global_step + 1):
+            raise RuntimeError(f"out of memory (injected by {INJECT_OOM} at step {state.global_step + 1})")
         if self.twin is not None:
             self.twin.begin_step(state.global_step + 1)
         self._sync()
