@@ -87,8 +87,8 @@ def run_auto(cfg: TrainConfig, launch, progress=None) -> dict:
                 raise
             entry.update(outcome="oom", error=str(exc).splitlines()[0][:300])
             attempts.append(entry)
-            smaller = [c for c in fitting if c.memory.peak < current.memory.peak
-                       and c.mixture not in [a_m for a_m in (_mix(a) for a in attempts)]]
+            tried = {_mix(a) for a in attempts}
+            smaller = [c for c in fitting if c.memory.peak < current.memory.peak and c.mixture not in tried]
             if not smaller:
                 raise FtmixError(f"--mixture auto: every candidate ran out of memory ({len(attempts)} tried); "
                                  f"last: {entry['error']}") from None
