@@ -13,15 +13,9 @@ from ftmix.files import read_json
 from ftmix.mixture import Mixture, check_mixture
 
 
-def check_simulable(m: Mixture) -> None:
-    """Every mixture ftmix trains can be simulated (ZeRO stages and several ranks through the
-    sharded path); kept as the one place to refuse what a simulation cannot run."""
-
-
 def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None) -> tuple[dict, str]:
     """(config.json dict, model name) for a catalog model or a local config.json (or its folder)."""
     check_mixture(m, None, gpu)
-    check_simulable(m)
     name = catalog_name(ref)
     if name is not None:
         from importlib import resources

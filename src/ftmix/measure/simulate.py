@@ -27,7 +27,6 @@ from ftmix.catalog import GpuSpec
 from ftmix.errors import FtmixError
 from ftmix.estimate.analytic import data_note, runtime_overheads
 from ftmix.estimate.result import Estimate
-from ftmix.estimate.sim_input import check_simulable
 from ftmix.measure.twin import DeviceTwin
 from ftmix.mixture import Mixture, check_mixture
 
@@ -66,7 +65,6 @@ def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, sa
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
     transformers config.json dict), as an Estimate in the analytic method's shape."""
     check_mixture(m, None, gpu)
-    check_simulable(m)
     _check_model_type(config)
     if m.zero or m.world > 1:
         return _sharded(config, m, name, gpu, safety_margin, deepspeed)

@@ -25,8 +25,8 @@ from ftmix.train.measure import INJECT_OOM
 OPEN = ("zero", "offload", "gc", "attn")  # what auto may choose; the rest is the user's
 
 
-def ranked(cfg: TrainConfig) -> list:
-    """The fitting candidates, fastest first, for the run's model and GPU."""
+def ranked(cfg: TrainConfig) -> tuple[list, object]:
+    """(the fitting candidates, fastest first; the GpuSpec planned for)."""
     from ftmix.catalog import load_gpu
     from ftmix.plan.search import plan
     from ftmix.train.preflight import model_spec, on_cpu

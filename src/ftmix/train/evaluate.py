@@ -57,12 +57,10 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
     from rouge_score import rouge_scorer
 
     from ftmix.train.data import tokenize
-    from ftmix.train.export import rebuild_base
+    from ftmix.train.export import final_folder, rebuild_base
 
     record = read_json(run_dir / "run.json", "run record")
-    final = Path((record.get("artifacts") or {}).get("model") or run_dir / "final")
-    if not final.is_dir():
-        final = run_dir / "final"
+    final = final_folder(run_dir, record)
     examples, where = held_out_rows(record, data, rows)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(final))
     if tokenizer.pad_token is None:
@@ -93,7 +91,10 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
     kwargs = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
                   repetition_penalty=gen.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
-    kwargs.update(do_sample=True, temperature=gen.temperature) if gen.temperature > 0 else kwargs.update(do_sample=False)
+    if gen.temperature > 0:
+        kwargs.update(do_sample=True, temperature=gen.temperature)
+    else:
+        kwargs.update(do_sample=False)
     with torch.no_grad():
         for row in examples:
             prompt = template.replace("{dialogue}", row["dialogue"])

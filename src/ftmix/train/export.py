@@ -45,9 +45,7 @@ def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> Expor
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
             or not isinstance(record.get("mixture"), dict):
         raise FtmixError(f"{run / 'run.json'} is not an ftmix run record (no config or mixture)")
-    final = Path((record.get("artifacts") or {}).get("model") or run / "final")
-    if not final.is_dir():
-        final = run / "final"  # the run folder was moved: its own final/
+    final = final_folder(run, record)
     if not final.is_dir():
         raise FtmixError(f"the run's final model is missing: {final}")
     lora = bool(record["mixture"].get("lora"))
@@ -62,6 +60,12 @@ def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> Expor
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FtmixError(f"--out {target} exists and is not empty; export never overwrites")
     return ExportPlan(run, final, target, lora, merge, dtype, record)
+
+
+def final_folder(run: Path, record: dict) -> Path:
+    """The run's final model: where run.json says, or the run's own final/ if the folder moved."""
+    final = Path((record.get("artifacts") or {}).get("model") or run / "final")
+    return final if final.is_dir() else run / "final"
 
 
 def base_checksum(model) -> float:
