@@ -33,7 +33,7 @@ def _version(value: bool):
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print ftmix's version and exit.")] = False):
-    """ftmix: estimate, plan, matrix, train."""
+    """ftmix: estimate, plan, matrix, train, study."""
 
 
 def mixture_flags(values: dict) -> dict:
@@ -55,6 +55,9 @@ def with_deepspeed(flags: dict, path: str | None) -> tuple[dict, dict | None]:
 
     config = read_deepspeed_config(path)
     return apply_deepspeed(flags, config, path), config
+
+
+OOM_EXIT = 3  # `ftmix train`: the run ran out of memory (as `plan`'s 3: nothing fits)
 
 
 def guard(fn):
@@ -462,6 +465,16 @@ def train_cmd(
                 record = run_auto(cfg, launch, progress)
             else:
                 record = launch(cfg, progress)
+    except Exception as exc:  # noqa: BLE001 - CUDA's, the twin's and a rank's out-of-memory, whatever their type
+        from ftmix.train.auto import is_oom
+
+        if not is_oom(exc):
+            raise
+        progress.stop()
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        line = line if "out of memory" in line.lower() else f"out of memory: {line}"
+        sys.stderr.write(f"error: {line} (engine output: {log})\n")
+        raise typer.Exit(OOM_EXIT) from None
     except KeyboardInterrupt:
         progress.stop()
         from ftmix.train.run import last_checkpoint
@@ -521,3 +534,8 @@ def _summary(record: dict) -> dict:
             "measured": {k: meas.get(k) for k in keys}, "comparison": record["comparison"],
             "artifacts": record.get("artifacts"),
             "run_json": str(Path(record["config"]["output_dir"]) / "run.json")}
+
+
+from ftmix.cli.study import study_app  # noqa: E402 - the sub-app needs guard, defined above
+
+app.add_typer(study_app, name="study")

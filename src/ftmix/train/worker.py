@@ -16,6 +16,13 @@ def main() -> None:
     except FtmixError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - an out-of-memory of any engine: one line, exit 3
+        from ftmix.train.auto import is_oom
+
+        if not is_oom(exc):
+            raise
+        sys.stderr.write(f"error: {str(exc).strip().splitlines()[0]}\n")
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""What ftmix predicts for a trial before it runs: peak memory, step time, fits, for the GPU the
+study is for. Torch-free: the train config's schema and its pre-flight shape reader, then estimate
+and plan (``--mixture auto`` trials: the planner's fastest fitting mixture, as train would pick).
+"""
+
+from __future__ import annotations
+
+from ftmix.catalog import GpuSpec, ModelSpec, load_gpu
+from ftmix.errors import FtmixError
+from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
+from ftmix.plan.constants import DEFAULT, RuntimeConstants
+
+
+def model_config(config: dict) -> dict | None:
+    """The HF config dict the trial builds (catalog entry or local config.json, plus overrides)."""
+    from ftmix.files import read_json
+    from ftmix.train.model import catalog_config, config_path
+
+    model = config.get("model", "smollm2-135m")
+    base = catalog_config(model)
+    if base is None:
+        path = config_path(model)
+        if path is None:
+            return None
+        base = read_json(path, "model config")
+    return dict(base, **(config.get("model_overrides") or {}))
+
+
+def trial_inputs(config: dict, gpu: GpuSpec | None) -> tuple[ModelSpec, Mixture] | None:
+    """(the model shape, the mixture) a trial runs; None when the shape is unknown without a download."""
+    from ftmix.train.config import TrainConfig
+    from ftmix.train.preflight import model_spec, on_cpu
+
+    cfg = TrainConfig(**config)
+    spec = model_spec(cfg)
+    if spec is None:
+        return None
+    flags = cfg.mixture_flags()
+    if on_cpu(cfg) and flags.get("precision") is None and gpu is None:
+        flags["precision"] = "bf16" if cfg.twin else "fp32"
+    return spec, check_mixture(mixture_from_flags(gpu, **flags), spec, gpu)
+
+
+def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DEFAULT) -> dict:
+    """{label, mixture, predicted_peak_gb, predicted_step_s, predicted_fits, inputs} for one trial."""
+    from ftmix.estimate import estimate
+    from ftmix.plan import plan, step_time
+
+    gpu_name = config.get("gpu") or gpu_name
+    gpu = load_gpu(gpu_name) if gpu_name else None
+    effective_batch = int(config.get("effective_batch", 8))
+    got = trial_inputs({k: v for k, v in config.items() if k != "mixture"}, gpu)
+    if got is None:
+        return {"note": "model shape unknown without a download: no prediction"}
+    spec, m = got
+    if config.get("mixture") == "auto":
+        if gpu is None:
+            raise FtmixError("a --mixture auto trial needs a GPU to plan for: --gpu or gpu: in the spec")
+        flags = {k: getattr(m, k) for k in ("lora", "lora_alpha", "lora_targets", "precision", "micro_batch",
+                                            "seq_len", "gpus", "nodes", "packing")}
+        for key in ("zero", "offload", "gc", "attn"):
+            if config.get(key) is not None:
+                flags[key] = config[key]
+        result = plan(spec, gpu, flags, effective_batch=effective_batch, constants=constants)
+        if result.best is None:
+            fastest = result.candidates[0] if result.candidates else None
+            out = {"predicted_fits": 0, "label": None if fastest is None else fastest.mixture.label}
+            if fastest is not None:
+                out.update(predicted_peak_gb=round(fastest.memory.peak / 1e9, 4), mixture=fastest.mixture.to_dict())
+            return out
+        m = result.best.mixture
+    est = estimate(spec, m, gpu)
+    out = {"label": m.label, "mixture": m.to_dict(), "predicted_peak_gb": round(est.peak / 1e9, 6),
+           "predicted_fits": None if est.fits is None else int(est.fits),
+           "inputs": inputs_of(model_config(config), m, gpu, effective_batch)}
+    if gpu is not None:
+        out["predicted_step_s"] = round(step_time(spec, gpu, m, effective_batch, constants).total, 6)
+    return out
+
+
+def inputs_of(hf_config: dict | None, m: Mixture, gpu: GpuSpec | None, effective_batch: int,
+              memory_what: str = "allocated") -> dict:
+    """What calibration needs to predict a trial again with other constants."""
+    return {"model_config": hf_config, "mixture": m.to_dict(), "gpu": None if gpu is None else gpu.name,
+            "effective_batch": effective_batch, "memory_what": memory_what}

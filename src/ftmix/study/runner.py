@@ -1,0 +1,267 @@
+"""Running a study: each trial is ``ftmix train`` in its own process group with a time limit (local),
+or an sbatch job (``study.slurm``); outcomes and measurements go to the store as each trial ends.
+
+The sweep never imports the training stack: a trial that runs out of memory, crashes or hangs ends
+its own process group, not the sweep. Re-running the same command resumes: finished trials are
+skipped; one left ``running`` by a killed sweep is stopped (if its process group still lives) and
+run again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftmix.study.spec import StudySpec, Trial, expand
+from ftmix.study.store import Store
+
+ERROR_LINES = 12  # the last lines of a failed trial's stderr kept in the store
+OOM_EXIT = 3  # `ftmix train`: the run ran out of memory (docs/train.md)
+
+
+@dataclass
+class Options:
+    gpu: str | None = None  # the GPU predictions are for (a trial's own gpu: key wins)
+    only_fitting: bool = False
+    predict_only: bool = False
+    retry_failed: bool = False
+    work_dir: Path | None = None  # trial folders; default: next to the database
+    launcher: str = "local"
+    max_jobs: int = 8  # slurm: jobs in the queue at once
+    poll_s: float = 10.0
+    sbatch_args: list[str] = field(default_factory=list)
+
+
+def work_dir(store: Store, spec: StudySpec, opts: Options) -> Path:
+    root = opts.work_dir or store.path.with_name(store.path.stem + "-trials")
+    return Path(root) / spec.name
+
+
+def plan_trials(store: Store, spec: StudySpec, opts: Options) -> list[Trial]:
+    """Every trial in the store (new ones pending) with its prediction."""
+    from ftmix.study.predict import predict
+
+    trials = expand(spec)
+    for t in trials:
+        known = store.get(t.id)
+        if known is not None and known.get("predicted_peak_gb") is not None:
+            continue
+        row = {"id": t.id, "study": t.study, "tag": t.tag, "repeat": t.repeat, "trial_key": t.key, "config": t.config,
+               "source": "run", "status": "pending"}
+        predicted = predict(t.config, opts.gpu)
+        row.update(label=predicted.get("label"), inputs=predicted.get("inputs"),
+                   predicted_peak_gb=predicted.get("predicted_peak_gb"),
+                   predicted_step_s=predicted.get("predicted_step_s"), predicted_fits=predicted.get("predicted_fits"),
+                   gpu=t.config.get("gpu") or opts.gpu)
+        if known is None:
+            store.plan_trial(row)
+        else:
+            store.upsert({k: v for k, v in row.items() if k not in ("status", "source")})
+    return trials
+
+
+def to_run(store: Store, trials: list[Trial], opts: Options) -> list[Trial]:
+    finished = {"ok", "oom", "error", "timeout"} if not opts.retry_failed else {"ok"}
+    out = []
+    for t in trials:
+        row = store.get(t.id)
+        status = row["status"]
+        if opts.predict_only:
+            if status in ("pending", "predicted", "predicted_oom"):
+                store.upsert({"id": t.id, "status": _predicted_status(row)})
+            continue
+        if status in finished:
+            continue
+        if opts.only_fitting and row["predicted_fits"] == 0:
+            store.upsert({"id": t.id, "status": "predicted_oom", "error": "predicted not to fit; not run"})
+            continue
+        out.append(t)
+    return out
+
+
+def _predicted_status(row: dict) -> str:
+    return "predicted_oom" if row["predicted_fits"] == 0 else "predicted"
+
+
+def trial_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "ftmix", "train", str(config_path), "--json"]
+
+
+def prepare_trial(trial: Trial, root: Path) -> tuple[Path, Path]:
+    """(the trial's folder, its config file) with a fresh run folder: a trial is re-run from scratch."""
+    folder = root / trial.id
+    run = folder / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    config_path.write_text(json.dumps({**trial.config, "output_dir": str(run)}, indent=1))  # JSON is YAML
+    return folder, config_path
+
+
+def stop_leftover(row: dict) -> None:
+    """A trial left running by a killed sweep: end its process group before running it again."""
+    pid = row.get("pid")
+    if not pid:
+        return
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_local(store: Store, trial: Trial, root: Path, time_limit_s: float) -> dict:
+    stop_leftover(store.get(trial.id))
+    folder, config_path = prepare_trial(trial, root)
+    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    started = time.time()
+    with open(folder / "stdout.json", "w") as out, open(folder / "stderr.log", "w") as err:
+        proc = subprocess.Popen(trial_command(config_path), stdout=out, stderr=err, env=env, start_new_session=True)
+        store.mark_running(trial.id)
+        store.upsert({"id": trial.id, "pid": proc.pid})
+        try:
+            rc = proc.wait(timeout=time_limit_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            rc, timed_out = proc.returncode, True
+        except BaseException:
+            _kill_group(proc)  # the sweep was interrupted: the trial goes with it and is re-run next time
+            store.upsert({"id": trial.id, "status": "pending", "pid": None, "error": "interrupted with the sweep"})
+            raise
+    result = collect(folder, rc, timed_out, time_limit_s)
+    result.update(id=trial.id, pid=None, finished=time.time(), started=started)
+    store.upsert(result)
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def collect(folder: Path, rc: int | None, timed_out: bool, time_limit_s: float) -> dict:
+    """The trial's outcome and measurements from its exit, stderr and run.json."""
+    err = (folder / "stderr.log").read_text(errors="replace") if (folder / "stderr.log").exists() else ""
+    tail = "\n".join(line for line in err.strip().splitlines()[-ERROR_LINES:])
+    if timed_out:
+        return {"status": "timeout", "error": f"stopped at the time limit of {time_limit_s:g} s\n{tail}".strip()}
+    run_json = folder / "run" / "run.json"
+    if rc == 0 and run_json.exists():
+        return dict(status="ok", error=None, **measurements(json.loads(run_json.read_text())))
+    oom = rc == OOM_EXIT or "out of memory" in err.lower()
+    return {"status": "oom" if oom else "error", "error": tail or f"exit code {rc}"}
+
+
+def measurements(record: dict) -> dict:
+    """The store's columns from a run record (``ftmix train``'s run.json, any machine)."""
+    meas = record.get("measured") or {}
+    twin = meas.get("twin") or {}
+    if meas.get("peak_gpu_allocated_gb") is not None:
+        peak, what = meas["peak_gpu_allocated_gb"], "gpu_allocated"
+    elif twin.get("device_peak_bytes") is not None:
+        peak, what = twin["device_peak_bytes"] / 1e9, "twin_device"
+    else:
+        peak, what = None, None
+    predicted = record.get("predicted") or {}
+    curve = meas.get("loss_curve") or []
+    loss = curve[-1][1] if curve else meas.get("train_loss")
+    out = {"peak_gb": peak, "peak_what": what, "step_s": meas.get("median_step_s"),
+           "tokens_per_s": meas.get("tokens_per_s"), "final_loss": loss, "label": record.get("label"),
+           "device": record.get("device"), "gpu": record.get("gpu"), "versions": record.get("versions"),
+           "hardware": hardware(record), "git_commit": git_commit(), "record": record}
+    if predicted.get("peak_bytes") is not None:
+        out["predicted_peak_gb"] = predicted["peak_bytes"] / 1e9
+    if predicted.get("step_time_s") is not None:
+        out["predicted_step_s"] = predicted["step_time_s"]
+    if predicted.get("estimate") and record.get("mixture"):
+        from ftmix.study.predict import model_config
+
+        config = (record.get("config") or {})
+        out["inputs"] = {"model_config": _safe(model_config, config), "mixture": record["mixture"],
+                         "gpu": record.get("gpu"), "effective_batch": config.get("effective_batch", 8),
+                         "memory_what": "allocated"}
+    return out
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - a record from another machine may name a model not here
+        return None
+
+
+def hardware(record: dict) -> dict:
+    meas = record.get("measured") or {}
+    return {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "device": record.get("device"), "gpu": record.get("gpu"), "ranks": meas.get("ranks")}
+
+
+_COMMIT: list = []
+
+
+def git_commit() -> str | None:
+    """The commit of the ftmix source that ran the trial (None outside a git checkout)."""
+    if not _COMMIT:
+        here = Path(__file__).resolve().parent
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+            _COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
+        except (OSError, subprocess.TimeoutExpired):
+            _COMMIT.append(None)
+    return _COMMIT[0]
+
+
+def run_study(store: Store, spec: StudySpec, opts: Options, on_event=None) -> dict:
+    """Plan, then run what is left; ``on_event(kind, trial, row, counts)`` reports progress."""
+    trials = plan_trials(store, spec, opts)
+    pending = to_run(store, trials, opts)
+    root = work_dir(store, spec, opts)
+    counts = {"total": len(trials), "to_run": len(pending), "done": 0, "failed": 0, "durations": []}
+    if opts.predict_only or not pending:
+        return summary(store, spec)
+    if opts.launcher == "slurm":
+        from ftmix.study.slurm import run_slurm
+
+        run_slurm(store, pending, root, spec.time_limit_s, opts, on_event, counts)
+        return summary(store, spec)
+    for trial in pending:
+        if on_event:
+            on_event("start", trial, None, counts)
+        began = time.time()
+        row = run_local(store, trial, root, spec.time_limit_s)
+        counts["durations"].append(time.time() - began)
+        counts["done"] += 1
+        counts["failed"] += row["status"] != "ok"
+        if on_event:
+            on_event("end", trial, row, counts)
+    return summary(store, spec)
+
+
+def summary(store: Store, spec: StudySpec) -> dict:
+    ids = {t.id for t in expand(spec)}
+    rows = [r for r in store.trials(spec.name) if r["id"] in ids]
+    by_status: dict = {}
+    for r in rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    keys = ("id", "tag", "trial_key", "status", "label", "peak_gb", "peak_what", "predicted_peak_gb", "step_s",
+            "predicted_step_s", "predicted_fits", "tokens_per_s", "final_loss", "error")
+    return {"study": spec.name, "db": str(store.path), "trials": len(rows), "by_status": by_status,
+            "rows": [{k: r.get(k) for k in keys} for r in rows]}
