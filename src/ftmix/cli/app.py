@@ -76,7 +76,8 @@ def guard(fn):
 
 SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search the micro batch at the fixed effective batch.")]
 EffectiveBatch = Annotated[int, typer.Option("--effective-batch", metavar="N", help="Samples per optimizer step, all GPUs together (the study: 8).")]
-Calibration = Annotated[Optional[str], typer.Option("--calibration", metavar="FILE", help="JSON object of runtime constants to override (names in docs/plan.md).")]
+Calibration = Annotated[Optional[str], typer.Option("--calibration", metavar="FILE", help="A calibration (`ftmix study calibrate`, or a JSON object of constants: docs/plan.md); default $FTMIX_CALIBRATION.")]
+AnyGpu = Annotated[bool, typer.Option("--calibration-any-gpu", help="Use a calibration fitted on other GPU types too (its all-GPU constants).")]
 Margin = Annotated[float, typer.Option("--safety-margin", metavar="FRACTION", help="Fraction of GPU memory kept free for the fit verdict.")]
 CpuRam = Annotated[str, typer.Option("--cpu-ram", metavar="GB|none|auto", help="Host RAM per node in GB that offload may use: a number, "
                                      "none (no limit), or auto (this machine's RAM when it has an NVIDIA GPU, else none).")]
@@ -158,22 +159,28 @@ def estimate_cmd(
     packing: o.Packing = None,
     safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
+    calibration: Calibration = None, calibration_any_gpu: AnyGpu = False,
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
     from ftmix.estimate import estimate
+    from ftmix.estimate.overheads import with_overheads
     from ftmix.mixture import mixture_from_flags
+    from ftmix.plan.constants import calibration_for
 
     gpu_spec = load_gpu(gpu) if gpu else None
+    cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
     mix = mixture_from_flags(gpu_spec, **flags)
     if method == "simulate":
-        est = _simulate(model, mix, gpu_spec, safety_margin, ds_config)
+        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config), cal.memory)
     else:
-        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config)
+        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory)
     if json_out:
-        return print_json(est.to_json())
+        return print_json(dict(est.to_json(), calibration=list(cal.notes)))
     estimate_table(est)
+    for note in cal.notes:
+        console.print(f"[dim]{note}[/dim]")
 
 
 def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None):
@@ -328,20 +335,25 @@ def plan_cmd(
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
     packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
+    calibration_any_gpu: AnyGpu = False,
     safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto", json_out: o.Json = False,
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
     Exit code 3 when nothing fits."""
-    from ftmix.plan import load_calibration, plan
+    from ftmix.plan import plan
+    from ftmix.plan.constants import calibration_for
 
     spec, gpu_spec = load_model(model), load_gpu(gpu)
+    cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
-    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, load_calibration(calibration), safety_margin,
-                  deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram))
+    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, cal.runtime, safety_margin,
+                  deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
     if json_out:
-        print_json(result.to_json())
+        print_json(dict(result.to_json(), calibration=list(cal.notes)))
     else:
         plan_report(result)
+        for note in cal.notes:
+            console.print(f"[dim]{note}[/dim]")
     return NOTHING_FITS if result.best is None else 0
 
 
@@ -355,12 +367,13 @@ def matrix_cmd(
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None, packing: o.Packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
-    safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
+    calibration_any_gpu: AnyGpu = False, safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
     png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Also write the matrix as a heatmap (.png added when the name has no extension).")] = None,
     json_out: o.Json = False,
 ):
     """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
-    from ftmix.plan import load_calibration, matrix
+    from ftmix.plan import matrix
+    from ftmix.plan.constants import calibration_for
     from ftmix.plan.matrix import write_png
 
     from ftmix.plan.matrix import png_path
@@ -369,10 +382,11 @@ def matrix_cmd(
     specs = [load_model(name) for name in _split(models, "models")]
     lengths = [_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens")]
     gpu_spec = load_gpu(gpu)
+    cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
     flags = mixture_flags(locals())
     cells = matrix(specs, gpu_spec, lengths, flags, search_batch=search_batch, effective_batch=effective_batch,
-                   constants=load_calibration(calibration), safety_margin=safety_margin,
-                   cpu_ram=cpu_ram_bytes(cpu_ram))
+                   constants=cal.runtime, safety_margin=safety_margin, cpu_ram=cpu_ram_bytes(cpu_ram),
+                   overheads=cal.memory)
     world = (gpus or 1) * (nodes or 1)
     title = f"fastest fitting mixture on {world} x {gpu_spec.name}"
     if not json_out:
@@ -380,7 +394,8 @@ def matrix_cmd(
     if png:
         write_png(cells, png, title)
     if json_out:
-        return print_json({"gpu": gpu_spec.name, "gpus": world, "cells": [c.to_json() for c in cells], "png": png})
+        return print_json({"gpu": gpu_spec.name, "gpus": world, "cells": [c.to_json() for c in cells], "png": png,
+                           "calibration": list(cal.notes)})
     if png:
         console.print(f"heatmap written to {png}")
 

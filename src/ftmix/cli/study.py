@@ -134,3 +134,96 @@ def _summary_table(result: dict) -> None:
                       _fmt(r["step_s"]), _fmt(r["predicted_step_s"]), _fmt(r["final_loss"]))
     console.print(table)
     console.print(f"[dim]database: {result['db']}[/dim]")
+
+
+@study_app.command("import")
+@_guarded
+def import_cmd(
+    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="run.json files of ftmix train, gpu_groundtruth JSON Lines, or published rows (JSON Lines).")],
+    db: Db = "study.sqlite",
+    study_name: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="File the rows under this study name (default: published, gpu_groundtruth or imported).")] = None,
+    json_out: o.Json = False,
+):
+    """Add measurements made elsewhere (any machine, or the published record) to the store."""
+    from ftmix.study.importer import import_files
+    from ftmix.study.store import Store
+
+    store = Store(db)
+    try:
+        result = import_files(store, files, study_name)
+    finally:
+        store.close()
+    if json_out:
+        return print_json(result)
+    table = Table(title=f"imported into {db}")
+    for col in ("file", "kind", "imported", "not represented"):
+        table.add_column(col, justify="left" if col in ("file", "kind") else "right")
+    for f in result["files"]:
+        table.add_row(f["file"], f["kind"], str(f["imported"]), str(f["not_represented"]))
+    console.print(table)
+    if result["not_represented_by_reason"]:
+        why = Table(title="not represented, by reason")
+        why.add_column("reason")
+        why.add_column("rows", justify="right")
+        for reason, n in result["not_represented_by_reason"].items():
+            why.add_row(reason, str(n))
+        console.print(why)
+
+
+@study_app.command("calibrate")
+@_guarded
+def calibrate_cmd(
+    db: Db = "study.sqlite",
+    out: Annotated[str, typer.Option("--out", metavar="FILE", help="Where the calibration JSON goes (use it with --calibration FILE or $FTMIX_CALIBRATION).")] = "calibration.json",
+    holdout_every: Annotated[int, typer.Option("--holdout-every", metavar="K", help="Every K-th measured trial is kept out of the fit and scored.")] = 3,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="Fit on this GPU's trials only (the file then applies to it only).")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="Fit on this study's trials only. Default: every measured trial in the store.")] = None,
+    json_out: o.Json = False,
+):
+    """Fit the runtime constants and memory overheads to the measured trials; error before and after."""
+    import json
+
+    from ftmix.study.calibrate import calibrate
+    from ftmix.study.store import Store
+
+    if gpu:
+        from ftmix.catalog import load_gpu
+
+        gpu = load_gpu(gpu).name
+    target = Path(out).expanduser()
+    if target.is_dir() or not target.parent.exists():
+        raise FtmixError(f"--out {out}: {'is a folder' if target.is_dir() else f'folder {target.parent} does not exist'}")
+    store = Store(db, create=False)
+    try:
+        rows = store.trials(study_name)
+    finally:
+        store.close()
+    report = calibrate(rows, holdout_every, gpu)
+    report["db"] = str(db)
+    target.write_text(json.dumps(report, indent=1) + "\n")
+    if json_out:
+        return print_json(report)
+    _calibration_table(report)
+    console.print(f"[dim]written: {target}[/dim]")
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _calibration_table(report: dict) -> None:
+    e = report["errors"]
+    table = Table(title=f"prediction error before and after calibration ({report['trials']['fitted']} fitted, "
+                        f"{report['trials']['held_back']} held back: every {report['holdout_every']}th)")
+    for col in ("trials", "quantity", "n", "median before", "median after", "worst before", "worst after"):
+        table.add_column(col, justify="left" if col in ("trials", "quantity") else "right")
+    for part in ("fitted", "held_back"):
+        for q in ("memory", "time"):
+            b, a = e[part]["before"][q], e[part]["after"][q]
+            table.add_row(part.replace("_", " "), q, str(b["n"]), _pct(b["median"]), _pct(a["median"]),
+                          _pct(b["worst"]), _pct(a["worst"]))
+    console.print(table)
+    if report["constants"] or report["memory"]:
+        console.print("fitted: " + ", ".join(f"{k} = {v:g}" for k, v in {**report["constants"], **report["memory"]}.items()))
+    for note in report["notes"]:
+        console.print(f"[yellow]{note}[/yellow]")

@@ -10,6 +10,7 @@ from ftmix.errors import FtmixError
 from ftmix.estimate import arch_fits
 from ftmix.estimate.analytic import analytic_estimate
 from ftmix.estimate.constants import SAFETY_MARGIN
+from ftmix.estimate.overheads import MemoryOverheads, with_overheads
 from ftmix.estimate.paper import paper_estimate
 from ftmix.estimate.result import Estimate
 from ftmix.mixture import Mixture, check_mixture
@@ -18,20 +19,22 @@ METHODS = ("analytic", "paper")
 
 
 def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: str = "analytic",
-             safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> Estimate:
+             safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None,
+             overheads: MemoryOverheads | None = None) -> Estimate:
     """``deepspeed``: the user's own DeepSpeed config, whose bucket settings the analytic method
     uses (its stage, offload and precision must already be in ``m``: ``mixture.engine
-    .flags_from_deepspeed``)."""
+    .flags_from_deepspeed``). ``overheads``: calibrated allocator slack and CUDA context."""
     check_mixture(m, model, gpu)
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
     memory = None if gpu is None else float(gpu.memory_bytes)
     name = None if gpu is None else gpu.name
     if method == "paper":
-        return paper_estimate(model, m, memory, name, safety_margin)
+        return with_overheads(paper_estimate(model, m, memory, name, safety_margin), overheads)
     if method == "analytic":
-        return arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed), model)
+        est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed), model)
+        return with_overheads(est, overheads)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
-__all__ = ["Estimate", "METHODS", "estimate"]
+__all__ = ["Estimate", "METHODS", "MemoryOverheads", "estimate"]

@@ -1,10 +1,16 @@
-"""Runtime-model constants, each with its source. A calibration file (JSON, written by hand, later
-by the planned ``study`` stage from measured runs) overrides any of them by name."""
+"""Runtime-model constants, each with its source. A calibration file (JSON, written by hand or by
+``ftmix study calibrate`` from measured runs) overrides any of them by name, and the memory model's
+overheads (allocator slack, CUDA context) under ``memory``. A file that names a ``gpu`` applies to
+that GPU type only, unless the user says otherwise (``--calibration-any-gpu``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
+from ftmix.estimate.overheads import DEFAULT_OVERHEADS, MemoryOverheads
+from ftmix.estimate.overheads import RANGES as MEMORY_RANGES
 
 from ftmix.errors import FtmixError
 from ftmix.files import finite, read_json
@@ -71,11 +77,80 @@ RANGES = {"mfu_max": (0, 1, False), "mfu_half_tokens": (0, 1e9, True), "fa2_effi
           "step_overhead_s": (0, 60, True)}
 
 
+ENV = "FTMIX_CALIBRATION"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    runtime: RuntimeConstants = DEFAULT
+    memory: MemoryOverheads = DEFAULT_OVERHEADS
+    source: str | None = None  # the file, or None for ftmix's defaults
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def calibration_for(path: str | None, gpu: str | None, any_gpu: bool = False) -> Calibration:
+    """The calibration a command uses: ``--calibration FILE``, else ``$FTMIX_CALIBRATION``.
+
+    A study calibration holds constants per GPU type (``per_gpu``) and one set fitted on all its
+    GPUs together (``constants``). For a GPU with its own section, that section; for a GPU the file
+    was not fitted on (or fitted on with too few measurements for a section of its own), the file
+    is refused when named on the command line and skipped with a note when it comes from the
+    environment, unless ``any_gpu``: then the all-GPU set applies. A hand-written file of bare
+    constants names no GPU and applies everywhere."""
+    from_env = path is None
+    path = path or os.environ.get(ENV) or None
+    if path is None:
+        return Calibration()
+    data = read_json(path, "calibration")
+    if not isinstance(data, dict):
+        raise FtmixError(f"calibration {path} must hold a JSON object of constants")
+    per_gpu = data.get("per_gpu") or {}
+    if not isinstance(per_gpu, dict) or not all(isinstance(v, dict) for v in per_gpu.values()):
+        raise FtmixError(f"calibration {path}: per_gpu must map GPU names to {{\"constants\": ...}}")
+    fitted_on = data.get("fitted_on_gpus") or ([data["gpu"]] if data.get("gpu") else [])
+    memory = _memory(path, data.get("memory") or {})
+    if gpu is not None and gpu in per_gpu:
+        runtime = _validated(path, per_gpu[gpu].get("constants") or {})
+        return Calibration(runtime, memory, str(path), (f"calibrated by {path} (fitted on {gpu})",))
+    if gpu is not None and fitted_on and not any_gpu and (data.get("gpu") != gpu):
+        why = (f"has too few measurements on {gpu} for constants of its own" if gpu in fitted_on
+               else f"was fitted on {', '.join(fitted_on)}, not {gpu}")
+        if from_env:
+            return Calibration(notes=(f"${ENV} ({path}) {why}: not used",))
+        raise FtmixError(f"calibration {path} {why}: add --calibration-any-gpu to use its all-GPU constants anyway")
+    runtime = load_calibration(path)
+    return Calibration(runtime, memory, str(path), (f"calibrated by {path}",))
+
+
+def _memory(path, overrides: dict) -> MemoryOverheads:
+    if not isinstance(overrides, dict):
+        raise FtmixError(f"calibration {path}: memory must be an object of {', '.join(MEMORY_RANGES)}")
+    unknown = set(overrides) - set(MEMORY_RANGES)
+    if unknown:
+        raise FtmixError(f"calibration {path}: unknown memory constants {', '.join(sorted(unknown))}")
+    for key, value in overrides.items():
+        low, high = MEMORY_RANGES[key]
+        if not finite(value) or not low <= value <= high:
+            raise FtmixError(f"calibration {path}: memory.{key} must be a finite number in [{low:g}, {high:g}], "
+                             f"got {value!r}")
+    return replace(DEFAULT_OVERHEADS, **{k: float(v) for k, v in overrides.items()})
+
+
 def load_calibration(path: str | Path | None) -> RuntimeConstants:
+    """The runtime constants of a file: a bare object of constants, or a study calibration's
+    all-GPU ``constants``."""
     if path is None:
         return DEFAULT
     data = read_json(path, "calibration")
-    overrides = data.get("constants", data) if isinstance(data, dict) else None
+    if isinstance(data, dict):  # a bare object of constants, or a study calibration (constants, memory, gpu, ...)
+        framed = any(k in data for k in ("constants", "memory", "gpu", "format", "per_gpu"))
+        overrides = data.get("constants", {}) if framed else data
+    else:
+        overrides = None
+    return _validated(path, overrides)
+
+
+def _validated(path, overrides) -> RuntimeConstants:
     if not isinstance(overrides, dict):
         raise FtmixError(f"calibration {path} must hold a JSON object of constants")
     known = {f.name for f in fields(RuntimeConstants)}

@@ -100,7 +100,7 @@ def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int
 def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
                effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
                safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None,
-               cpu_ram: float | None = None) -> list[Candidate]:
+               cpu_ram: float | None = None, overheads=None) -> list[Candidate]:
     """Every mixture the open dimensions allow; ``cpu_ram`` (bytes per node) makes those needing
     more host memory for offload not fit."""
     _check_fixed(model, gpu, flags)
@@ -111,7 +111,7 @@ def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool =
     for option in _options(gpu, flags, search_batch, effective_batch):
         try:
             m = mixture_from_flags(gpu, **option)
-            mem = estimate(model, m, gpu, "analytic", safety_margin, deepspeed)
+            mem = estimate(model, m, gpu, "analytic", safety_margin, deepspeed, overheads)
         except FtmixError as exc:  # an impossible combination of open dimensions: skip it
             first_error = first_error or exc
             continue
@@ -133,13 +133,14 @@ def _check_fixed(model: ModelSpec, gpu: GpuSpec, flags: dict) -> None:
 def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False,
          effective_batch: int = STUDY_EFFECTIVE_BATCH, constants: RuntimeConstants = DEFAULT,
          safety_margin: float = SAFETY_MARGIN, suggest: bool = True, deepspeed: dict | None = None,
-         cpu_ram: float | None = None) -> Plan:
+         cpu_ram: float | None = None, overheads=None) -> Plan:
     """The fastest fitting mixture; LoRA versus full fine-tuning stays the user's choice (flags).
     With the user's DeepSpeed config its stage and offload stay fixed (the caller puts them in
-    ``flags``) and its bucket sizes enter every estimate. ``cpu_ram``: host RAM per node."""
+    ``flags``) and its bucket sizes enter every estimate. ``cpu_ram``: host RAM per node;
+    ``overheads``: a calibration's allocator slack and CUDA context (estimate.MemoryOverheads)."""
     if effective_batch <= 0:
         raise FtmixError(f"effective batch must be positive, got {effective_batch}")
-    args = (search_batch, effective_batch, constants, safety_margin, deepspeed, cpu_ram)
+    args = (search_batch, effective_batch, constants, safety_margin, deepspeed, cpu_ram, overheads)
     found = candidates(model, gpu, flags, *args)
     best = found[0] if found[0].fits else None
     message = None

@@ -31,7 +31,7 @@ ARCHITECTURES = (("falcon", "falcon"), ("phi-3", "phi3"), ("phi-2", "phi"), ("ph
 
 GPUS = (("a100-sxm4-40gb", "a100-40gb"), ("a100 40gb", "a100-40gb"), ("a100 80gb", "a100-80gb"),
         ("a100-sxm4-80gb", "a100-80gb"), ("a10g", "a10g-24gb"), ("rtx 4090", "rtx4090-24gb"), ("t4", "t4-16gb"),
-        ("h100", "h100-80gb"), ("l4 ", "l4-24gb"))
+        ("h100", "h100-80gb"), ("l40s", "l40s-48gb"), ("l4 ", "l4-24gb"))
 
 
 @dataclass
@@ -50,6 +50,7 @@ class PublishedRow:
     speed: tuple[str, float] | None = None  # ("tokens_per_s" | "s_per_micro_step", value)
     effective_batch: int = 1
     notes: list[str] = field(default_factory=list)
+    hf_config: dict = field(default_factory=dict)  # the config.json the spec was built from
 
 
 class NotRepresented(Exception):
@@ -104,13 +105,14 @@ def represent(row: dict) -> PublishedRow:
         raise NotRepresented("optimizer step fused into the backward")
     if "offload" in _text(row.get("gradient_checkpointing")):
         raise NotRepresented("activation offload to CPU")
-    spec = _spec(row)
+    spec, hf_config = _spec(row)
     mixture, notes = _mixture(row, spec, engine, method)
     gpu = _gpu(row)
     check_mixture(mixture, spec, None)
     out = PublishedRow(id=row["id"], source=row.get("source_group", "?"), trust=row.get("trust", "low"),
                        row_type=rtype, spec=spec, mixture=mixture, gpu=gpu, notes=notes,
-                       effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world))
+                       effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world),
+                       hf_config=hf_config)
     _memory(row, out)
     _speed(row, out)
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
@@ -118,7 +120,7 @@ def represent(row: dict) -> PublishedRow:
     return out
 
 
-def _spec(row: dict) -> ModelSpec:
+def _spec(row: dict) -> tuple[ModelSpec, dict]:
     shape = row.get("model_shape") or {}
     name = _text(row.get("model"))
     mtype = next((t for key, t in ARCHITECTURES if key in name), None)
@@ -142,7 +144,7 @@ def _spec(row: dict) -> ModelSpec:
     if "llama-3.2" in name or "gemma" in name:
         cfg["tie_word_embeddings"] = True
     try:
-        return spec_from_hf_config(cfg, name=row.get("model", "?"))
+        return spec_from_hf_config(cfg, name=row.get("model", "?")), cfg
     except FtmixError as exc:
         raise NotRepresented(f"model shape: {exc}") from None
 
@@ -266,6 +268,13 @@ def _speed(row: dict, out: PublishedRow) -> None:
     value, unit = speed.get("value"), _text(speed.get("unit"))
     if not value:
         return
+    note = _text(row.get("seq_len_note"))
+    if unit in ("min per 1000 iterations",) or unit.startswith("ms/iter"):
+        if "padded per batch" in note or "longest" in note:
+            # the time of the average variable-length micro batch, whose length no row states: not the
+            # full-length batch ftmix predicts (a rate, tokens/s, stays comparable and is kept)
+            out.notes.append("speed not compared: time per iteration over variable-length batches")
+            return
     if unit == "min per 1000 iterations":
         out.speed = ("s_per_micro_step", float(value) * 60 / 1000)
     elif unit.startswith("ms/iter"):

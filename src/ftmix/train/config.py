@@ -61,6 +61,8 @@ class TrainConfig(BaseModel):
     deepspeed_config: Optional[str] = None  # the user's own DeepSpeed JSON instead of the generated one
     # where and how
     gpu: Optional[str] = None  # catalog GPU for the predictions (detected on CUDA when left out)
+    calibration: Optional[str] = None  # `ftmix study calibrate`'s file for the predictions; default $FTMIX_CALIBRATION
+    calibration_any_gpu: bool = False  # use a calibration fitted on other GPU types too
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "runs/ftmix"
     save_steps: int = Field(default=0, ge=0)  # 0 = no intermediate checkpoints (the final model is always saved)

@@ -35,6 +35,10 @@ def preflight(cfg: TrainConfig) -> Mixture:
     if cpu and flags.get("precision") is None:
         flags["precision"] = "bf16" if cfg.twin else "fp32"
     gpu = load_gpu(cfg.gpu) if cfg.gpu else None
+    if cfg.calibration or gpu is not None:
+        from ftmix.plan.constants import calibration_for
+
+        calibration_for(cfg.calibration, gpu.name if gpu else None, cfg.calibration_any_gpu)  # a bad file fails now
     m = check_mixture(mixture_from_flags(gpu, **flags), None, gpu)
     if cpu and m.precision.startswith("fp16"):
         raise FtmixError(f"--precision {m.precision} needs a CUDA GPU (fp16 training on CPU is not supported by "

@@ -262,7 +262,8 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             "memory_after_setup": meter.memory_after_setup,
         },
         "predicted": _predict(replace(prep.built.spec, name=cfg.model), m, prep.gpu, cfg.effective_batch,
-                              prep.ds_config if cfg.deepspeed_config else None) if prep.built.spec else
+                              prep.ds_config if cfg.deepspeed_config else None,
+                              (cfg.calibration, cfg.calibration_any_gpu)) if prep.built.spec else
         {"note": f"the analytic method does not model {prep.built.config.get('model_type')!r}: "
                  "ftmix estimate --method simulate predicts it"},
         "versions": _versions(),
@@ -295,18 +296,26 @@ def _engine_report(trainer, m: Mixture, ds_config) -> dict:
             "reduce_bucket_size": (ds_config.get("zero_optimization") or {}).get("reduce_bucket_size")}
 
 
-def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_ds: dict | None = None) -> dict:
+def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_ds: dict | None = None,
+             calibration: tuple = (None, False)) -> dict:
     from ftmix.estimate import estimate
     from ftmix.plan import step_time
+    from ftmix.plan.constants import Calibration, calibration_for
 
-    est = estimate(spec, m, gpu, deepspeed=user_ds)
+    try:  # checked before training where the GPU was named; a detected GPU may not match the file
+        cal = calibration_for(calibration[0], gpu.name if gpu else None, calibration[1])
+    except FtmixError as exc:
+        cal = Calibration(notes=(f"not calibrated: {exc}",))
+    est = estimate(spec, m, gpu, deepspeed=user_ds, overheads=cal.memory)
     out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4), "peak_bytes": round(est.peak),
            "cpu_bytes": round(est.cpu_bytes), "breakdown_bytes": {k: round(v) for k, v in est.breakdown.items()}}
     if gpu is not None:
-        out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch).total, 5)
+        out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch, cal.runtime).total, 5)
     else:
         out["step_time_s"] = None
         out["note"] = "no GPU: the memory estimate is for GPU tensors; no CPU runtime model"
+    if cal.notes:
+        out["calibration"] = list(cal.notes)
     return out
 
 
