@@ -203,3 +203,11 @@ def test_deepspeed_chatter_stays_in_the_log(tmp_path):
         assert chatter not in proc.stderr, chatter
     log = (tmp_path / "run" / "train.log").read_text()
     assert "DeepSpeed" in log or "deepspeed" in log
+
+
+def test_out_of_memory_is_one_line_and_exit_code_3(tmp_path):
+    """The twin's limit (a GPU's out-of-memory on CUDA): one error line naming where, exit 3, no traceback."""
+    proc = run_train_cli(yaml_args(tiny_flags(tmp_path / "run", zero=0, lora=8, max_steps=2, memory_limit_gb=0.001)),
+                         timeout=600)
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: device out of memory") and "train.log" in proc.stderr

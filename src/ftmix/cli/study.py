@@ -227,3 +227,28 @@ def _calibration_table(report: dict) -> None:
         console.print("fitted: " + ", ".join(f"{k} = {v:g}" for k, v in {**report["constants"], **report["memory"]}.items()))
     for note in report["notes"]:
         console.print(f"[yellow]{note}[/yellow]")
+
+
+@study_app.command("report")
+@_guarded
+def report_cmd(
+    db: Db = "study.sqlite",
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="Folder for the figures (PNG and SVG), report.md and report.json.")] = "study-report",
+    study_name: Annotated[Optional[list[str]], typer.Option("--study", metavar="NAME", help="Only these studies (repeatable). Default: all in the store.")] = None,
+    json_out: o.Json = False,
+):
+    """The study's figures and a markdown report with the tables behind them."""
+    from ftmix.study.report import report
+    from ftmix.study.store import Store
+
+    store = Store(db, create=False)
+    try:
+        result = report(store, out, study_name)
+    finally:
+        store.close()
+    if json_out:
+        return print_json({k: result[k] for k in ("db", "figures", "markdown")} | {"scatter": {
+            k: {x: v[x] for x in ("median", "worst", "n")} for k, v in result["scatter"].items()}})
+    for fig in result["figures"]:
+        console.print(f"{fig['study']} ({fig['kind']}): {', '.join(fig['files'])}")
+    console.print(f"report: {result['markdown']}")

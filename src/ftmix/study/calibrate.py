@@ -3,10 +3,10 @@ the measured trials in a store, with every k-th trial held back, and say the pre
 and after on both parts.
 
 Runtime: per GPU type (achievable FLOP/s and overheads are the hardware's), the constants that move
-any fitted prediction are fitted by coordinate descent in log space, minimizing the mean squared
-log error of the step time plus a pull towards ftmix's defaults, ``prior`` x sum |log(c / default)|:
-an L1 pull, so the fit moves the few constants the data speaks for and leaves the others at their
-literature values. Each constant stays inside its physical range (``plan.constants.RANGES``). A GPU
+any fitted prediction are fitted by Levenberg-Marquardt in log space, minimizing the mean squared
+log error of the step time plus a pull towards ftmix's defaults, ``prior`` x sum log(c / default)^2;
+then every constant whose return to its default costs the fit less than 5% goes back, so the fit
+moves the few constants the data speaks for and leaves the others at their literature values. Each constant stays inside its physical range (``plan.constants.RANGES``). A GPU
 type with fewer than MIN_PER_GPU fitted step times keeps the defaults (one time cannot tell
 compute from overhead); one set fitted on all GPUs together is written too, for other GPU types,
 used only when the user says so (``--calibration-any-gpu``).
@@ -32,7 +32,8 @@ from ftmix.plan.constants import DEFAULT, RANGES, RuntimeConstants
 from ftmix.plan.runtime import step_time
 
 FORMAT = "ftmix-calibration"
-PRIOR = 0.02  # weight of sum |log(c / default)| against the mean squared log error
+PRIOR = 0.01  # weight of sum log(c / default)^2 against the mean squared log error
+SPARSE_TOLERANCE = 0.05  # a constant goes back to its default when the fit loses less than this by it
 
 
 @dataclass
@@ -120,11 +121,17 @@ def _bounds(name: str) -> tuple[float, float]:
     return max(low, 1e-12), high
 
 
+# the link's efficiency only scales what the exposed-communication fractions scale already
+NOT_FITTED = ("link_efficiency",)
+
+
 def sensitive(obs: list[Observation], c: RuntimeConstants) -> list[str]:
     """The runtime constants that move at least one fitted step-time prediction by 0.1%."""
     base = [predicted_step(o, c) for o in obs]
     out = []
     for f in fields(RuntimeConstants):
+        if f.name in NOT_FITTED:
+            continue
         value = getattr(c, f.name)
         low, high = _bounds(f.name)
         probe = min(high, max(low, value * 1.5 if value else 1e-3))
@@ -136,32 +143,76 @@ def sensitive(obs: list[Observation], c: RuntimeConstants) -> list[str]:
     return out
 
 
-def _loss(obs, c: RuntimeConstants, names, prior: float) -> float:
-    fit = sum(math.log(predicted_step(o, c) / o.step_s) ** 2 for o in obs) / len(obs)
-    pull = sum(abs(math.log(max(getattr(c, n), 1e-12) / max(getattr(DEFAULT, n), 1e-12))) for n in names)
-    return fit + prior * pull
+def _at(names: list[str], x, start: RuntimeConstants = DEFAULT) -> RuntimeConstants:
+    """The constants at log-offsets ``x`` from the defaults, clipped to their physical ranges."""
+    values = {}
+    for name, offset in zip(names, x):
+        low, high = _bounds(name)
+        values[name] = min(high, max(low, (getattr(DEFAULT, name) or 1e-4) * math.exp(float(offset))))
+    return replace(start, **values)
 
 
-def fit_runtime(obs: list[Observation], prior: float = PRIOR, sweeps: int = 12) -> tuple[RuntimeConstants, list[str]]:
+def _residuals(obs, names, x, prior: float):
+    import numpy as np
+
+    c = _at(names, x)
+    data = [math.log(predicted_step(o, c) / o.step_s) / math.sqrt(len(obs)) for o in obs]
+    return np.array(data + [math.sqrt(prior) * float(v) for v in x]), sum(d * d for d in data)
+
+
+def _levenberg_marquardt(obs, names, prior: float, iterations: int = 60):
+    """Least squares in log space: min sum(log(pred/meas)^2)/n + prior * sum(log(c/default)^2)."""
+    import numpy as np
+
+    x = np.zeros(len(names))
+    low = np.array([math.log(_bounds(n)[0] / (getattr(DEFAULT, n) or 1e-4)) for n in names])
+    high = np.array([math.log(_bounds(n)[1] / (getattr(DEFAULT, n) or 1e-4)) for n in names])
+    r, _ = _residuals(obs, names, x, prior)
+    cost, damping = float(r @ r), 1e-2
+    for _ in range(iterations):
+        jac = np.empty((len(r), len(names)))
+        for j in range(len(names)):
+            h = 1e-4 if x[j] + 1e-4 <= high[j] else -1e-4  # at its upper bound, step inwards
+            step = np.zeros(len(names))
+            step[j] = h
+            jac[:, j] = (_residuals(obs, names, x + step, prior)[0] - r) / h
+        grad, normal = jac.T @ r, jac.T @ jac
+        while damping < 1e8:
+            delta = np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + np.eye(len(names))), -grad)
+            trial = np.clip(x + delta, low, high)
+            r_new, _ = _residuals(obs, names, trial, prior)
+            if float(r_new @ r_new) < cost:
+                x, r, cost, damping = trial, r_new, float(r_new @ r_new), max(damping / 3, 1e-9)
+                break
+            damping *= 4
+        else:
+            break
+        if float(np.max(np.abs(delta))) < 1e-7:
+            break
+    return x, _residuals(obs, names, x, prior)[1]
+
+
+def fit_runtime(obs: list[Observation], prior: float = PRIOR) -> tuple[RuntimeConstants, list[str]]:
+    """Levenberg-Marquardt on the constants that move any prediction, then each constant the data
+    barely needs (its reset to the default costs under SPARSE_TOLERANCE of the fit) goes back to
+    its default: the fit moves the few constants the trials speak for."""
     timed = [o for o in obs if o.step_s]
     if not timed:
         return DEFAULT, []
     names = sensitive(timed, DEFAULT)
-    c, best = DEFAULT, _loss(timed, DEFAULT, names, prior)
-    span = 4.0
-    for _ in range(sweeps):
-        improved = False
-        for name in names:
-            value = getattr(c, name) or 1e-4  # a constant at zero (an overhead) starts from a small step
-            low, high = _bounds(name)
-            for k in range(-8, 9):
-                trial = min(high, max(low, value * span ** (k / 8)))
-                cand = replace(c, **{name: trial})
-                loss = _loss(timed, cand, names, prior)
-                if loss < best - 1e-12:
-                    c, best, improved = cand, loss, True
-        span = max(1.05, span ** 0.6) if not improved else span
-    return c, names
+    if not names:
+        return DEFAULT, []
+    x, loss = _levenberg_marquardt(timed, names, prior)
+    kept = list(names)
+    for name in sorted(names, key=lambda n: abs(float(x[names.index(n)]))):
+        rest = [n for n in kept if n != name]
+        if not rest:
+            break
+        loss_rest = _levenberg_marquardt(timed, rest, prior)[1]
+        if loss_rest <= loss * (1 + SPARSE_TOLERANCE) + 1e-6:
+            kept = rest
+    x_final, _ = _levenberg_marquardt(timed, kept, prior)
+    return _at(kept, x_final), names
 
 
 def fit_memory(fitted: list[Observation], held: list[Observation]) -> tuple[MemoryOverheads, list[str]]:

@@ -1,0 +1,122 @@
+"""`ftmix study import` (run.json, gpu_groundtruth, published rows) and `ftmix study report`: each
+figure exists and the numbers behind it are the database's (issue 11: measurements, figures)."""
+
+import json
+
+import pytest
+
+from tests.study.conftest import TINY_BASE, as_json, rows, study
+from tests.study.test_published import LITGPT
+from tests.train.conftest import run_train_cli, yaml_args
+
+
+def _published(tmp_path):
+    ok = dict(LITGPT, id="row-ok")
+    oom = dict(LITGPT, id="row-oom", row_type="oom", micro_batch=64, measured={})
+    qlora = dict(LITGPT, id="row-qlora", method="qlora", quantization="nf4")
+    padded = dict(LITGPT, id="row-padded", seq_len_note="Alpaca padded per batch; longest example 512 tokens")
+    tokens = dict(LITGPT, id="row-tokens", gpu="NVIDIA L40S (48 GB)",
+                  measured={"speed": {"value": 4000.0, "unit": "tokens/s"},
+                            "peak_memory": LITGPT["measured"]["peak_memory"]})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (ok, oom, qlora, tokens, padded)) + "\n")
+    return path
+
+
+def test_published_rows_are_imported_or_listed_with_why(tmp_path):
+    db = tmp_path / "s.sqlite"
+    result = as_json(study("import", _published(tmp_path), "--db", db, "--json"))
+    assert result["imported"] == 4 and result["not_represented_by_reason"] == {"QLoRA / quantized base weights": 1}
+    by_id = {r["id"]: r for r in rows(db)}
+    ok = by_id["pub-row-ok"]
+    assert ok["status"] == "ok" and ok["peak_gb"] == pytest.approx(16.0) and ok["peak_what"] == "allocated"
+    assert ok["step_s"] == pytest.approx(1.62 * 60 / 1000)  # min per 1000 iterations, one micro step each
+    # a time per iteration over variable-length batches is the mean batch's: not compared with a full-length one
+    assert by_id["pub-row-padded"]["step_s"] is None and by_id["pub-row-padded"]["peak_gb"] == pytest.approx(16.0)
+    assert ok["predicted_peak_gb"] > 0 and ok["inputs"]["mixture"]["lora"] == 8 and ok["gpu"] == "a100-40gb"
+    assert by_id["pub-row-oom"]["status"] == "oom"
+    tokens = by_id["pub-row-tokens"]
+    assert tokens["step_s"] == pytest.approx(512 * 4 / 4000.0) and tokens["gpu"] == "l40s-48gb"
+    again = as_json(study("import", _published(tmp_path), "--db", db, "--json"))
+    assert again["imported"] == 4 and len(rows(db)) == 4  # the same rows, updated, not duplicated
+
+
+def test_a_gpu_groundtruth_file_and_a_run_json_are_imported(tmp_path):
+    gt = tmp_path / "gt.jsonl"
+    env = {"environment": {"device": "cuda", "gpu": "NVIDIA H200", "total_memory": 150_000_000_000, "torch": "2.13.0",
+                           "transformers": "5.24.0", "peft": "0.21.2"}}
+    mix = {"zero": 0, "offload": "none", "lora": 64, "lora_alpha": 32, "lora_targets": "q_proj,v_proj", "gc": False,
+           "attn": "sdpa", "precision": "bf16", "micro_batch": 1, "seq_len": 256, "gpus": 1, "nodes": 1, "packing": False}
+    row = {"model": "llama-2-7b", "variant": "mixed", "mixture": mix, "label": "x", "status": "ok",
+           "max_allocated": 14.5e9, "median_step_s": 0.11, "tokens_per_s": 2327.0}
+    gt.write_text(json.dumps(env) + "\n" + json.dumps(row) + "\n")
+    out = tmp_path / "run"
+    proc = run_train_cli(yaml_args(dict(TINY_BASE, output_dir=str(out))), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    db = tmp_path / "s.sqlite"
+    result = as_json(study("import", gt, out / "run.json", "--db", db, "--json"))
+    assert [f["kind"] for f in result["files"]] == ["gpu_groundtruth", "run.json"]
+    by_source = {r["source"]: r for r in rows(db)}
+    g = by_source["import:gpu_groundtruth"]
+    assert g["gpu"] == "h200-141gb" and g["peak_gb"] == pytest.approx(14.5) and g["step_s"] == 0.11
+    assert g["predicted_step_s"] > 0 and g["inputs"]["effective_batch"] == 1
+    r = by_source["import:run.json"]
+    record = json.loads((out / "run.json").read_text())
+    assert r["peak_gb"] == pytest.approx(record["measured"]["twin"]["device_peak_bytes"] / 1e9)
+    assert r["peak_what"] == "twin_device" and r["final_loss"] == record["measured"]["loss_curve"][-1][1]
+
+
+def test_malformed_measurement_files_are_one_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\nnot json\n')
+    proc = study("import", bad, "--db", tmp_path / "s.sqlite")
+    assert proc.returncode == 2 and ":2: not JSON" in proc.stderr and proc.stderr.count("\n") == 1
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    proc = study("import", other, "--db", tmp_path / "s.sqlite")
+    assert proc.returncode == 2 and "neither an ftmix run.json nor a published row" in proc.stderr
+
+
+@pytest.mark.timeout(900)
+def test_every_figure_exists_and_draws_the_databases_numbers(tmp_path, spec_file):
+    db = tmp_path / "s.sqlite"
+    as_json(study("run", "mixtures:gpu", "--db", db, "--gpu", "a100-80gb", "--predict-only", "--json"))
+    as_json(study("run", "matrix:gpu", "--db", db, "--gpu", "v100-32gb", "--predict-only", "--json"))
+    spec = spec_file(name="context-tiny", base=dict(TINY_BASE, gc=True), grid={"seq_len": [64, 128], "attn": ["sdpa", "eager"]})
+    as_json(study("run", spec, "--db", db, "--json"))
+    as_json(study("import", _published(tmp_path), "--db", db, "--json"))
+    out = tmp_path / "report"
+    result = as_json(study("report", "--db", db, "--out", out, "--json"))
+    kinds = {(f["study"], f["kind"]) for f in result["figures"]}
+    assert kinds == {("mixtures", "mixtures"), ("matrix", "matrix"), ("context-tiny", "context"), ("all", "scatter")}
+    for fig in result["figures"]:
+        for path in fig["files"]:
+            assert path.endswith((".png", ".svg")) and (out / path.split("/")[-1]).stat().st_size > 5000
+    behind = json.loads((out / "report.json").read_text())
+    db_rows = {r["id"]: r for r in rows(db)}
+    for p in behind["studies"]["mixtures"]["figure"]["points"]:  # predicted only: the predictions
+        r = db_rows[p["id"]]
+        assert (p["peak_gb"], p["step_s"], p["zero"], p["mixture"]) == (r["predicted_peak_gb"], r["predicted_step_s"],
+                                                                        r["config"]["zero"], r["tag"])
+    for p in behind["studies"]["context-tiny"]["figure"]["points"]:  # ran: the measurements
+        r = db_rows[p["id"]]
+        assert (p["peak_gb"], p["step_s"], p["seq_len"], p["attn"]) == (r["peak_gb"], r["step_s"], r["config"]["seq_len"],
+                                                                        r["config"]["attn"])
+    for c in behind["studies"]["matrix"]["figure"]["cells"]:
+        r = db_rows[c["id"]]
+        assert (c["mixture"], c["step_s"], c["model"]) == (r["label"], r["predicted_step_s"], r["config"]["model"])
+    mem = behind["scatter"]["memory"]
+    measured = [r for r in db_rows.values() if r["status"] == "ok" and r["peak_gb"] and r["predicted_peak_gb"]]
+    assert mem["n"] == len(measured) == 4 + 3  # four tiny runs, three published rows with memory
+    errs = sorted(abs(r["predicted_peak_gb"] / r["peak_gb"] - 1) for r in measured)
+    assert mem["worst"] == round(errs[-1], 4)
+    md = (out / "report.md").read_text()
+    assert "![mixtures](mixtures-mixtures.png)" in md and "predicted-vs-measured.png" in md
+
+
+def test_report_of_an_unknown_study_or_a_missing_db(tmp_path):
+    proc = study("report", "--db", tmp_path / "nope.sqlite", "--out", tmp_path / "r")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    study("run", "context:gpu", "--db", tmp_path / "s.sqlite", "--predict-only")
+    proc = study("report", "--db", tmp_path / "s.sqlite", "--out", tmp_path / "r", "--study", "zzz")
+    assert proc.returncode == 2 and "no study zzz" in proc.stderr and "context" in proc.stderr
