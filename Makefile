@@ -40,6 +40,10 @@ demo: $(STAMP)
 	# 48 of the 60 dialogues, two epochs (12 steps) at lr 1e-3; the other 12 are held out and
 	# scored before and after (ROUGE, eval loss): docs/train.md, "The demo"
 	$(BIN)/ftmix train max_rows=48 epochs=2 lr=1e-3 --eval --output-dir runs/demo
+	# a small real study: the mixtures preset's CPU form (a-e x ZeRO-1/2/3, 2 ranks each, ~4 min),
+	# each trial an isolated `ftmix train`; rerunning resumes from the database; then its figures
+	$(BIN)/ftmix study run mixtures:cpu --db runs/demo-study.sqlite
+	$(BIN)/ftmix study report --db runs/demo-study.sqlite --out runs/demo-study-report
 
 clean:
 	rm -rf $(VENV) build *.egg-info

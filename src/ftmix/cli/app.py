@@ -443,6 +443,8 @@ def train_cmd(
     zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
     lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
     micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,
+    calibration: Calibration = None,
+    calibration_any_gpu: Annotated[Optional[bool], typer.Option("--calibration-any-gpu", help="Use a calibration fitted on other GPU types too.")] = None,
     mixture: Annotated[Optional[str], typer.Option("--mixture", metavar="manual|auto", help="auto: the planner's fastest mixture that fits the GPU (detected, or --gpu on CPU) under the flags you fix; on out-of-memory the next that needs less. Default manual.")] = None,
     eval_too: Annotated[bool, typer.Option("--eval", help="After training, score the base model and the fine-tuned one on held-out rows (ROUGE, eval loss; needs max_rows below the data's rows): `ftmix eval`.")] = False,
     json_out: o.Json = False,

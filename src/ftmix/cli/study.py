@@ -124,14 +124,26 @@ def _fmt(x, digits=4):
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def _short(row: dict) -> str:
+    """The matrix's short label ("ZeRO-3 off-opt LoRA GC") where the mixture is known."""
+    from ftmix.mixture import Mixture
+
+    mixture = row.get("mixture")
+    try:
+        return Mixture(**mixture).short_label if mixture else (row.get("label") or "-")
+    except TypeError:
+        return row.get("label") or "-"
+
+
 def _summary_table(result: dict) -> None:
     table = Table(title=f"study {result['study']}: {result['trials']} trials "
                         f"({', '.join(f'{v} {k}' for k, v in result['by_status'].items())})")
-    for col in ("trial", "status", "mixture", "peak GB", "predicted GB", "step s", "predicted s", "loss"):
-        table.add_column(col, justify="left" if col in ("trial", "status", "mixture") else "right")
+    for col in ("trial", "status", "mixture", "GB", "pred. GB", "step s", "pred. s", "loss"):
+        table.add_column(col, justify="left" if col in ("trial", "status", "mixture") else "right",
+                         no_wrap=col not in ("trial", "mixture"))
     for r in result["rows"]:
-        table.add_row(r["trial_key"], r["status"], r["label"] or "-", _fmt(r["peak_gb"]), _fmt(r["predicted_peak_gb"]),
-                      _fmt(r["step_s"]), _fmt(r["predicted_step_s"]), _fmt(r["final_loss"]))
+        table.add_row(r["trial_key"], r["status"], _short(r), _fmt(r["peak_gb"], 3), _fmt(r["predicted_peak_gb"], 3),
+                      _fmt(r["step_s"], 3), _fmt(r["predicted_step_s"], 3), _fmt(r["final_loss"], 3))
     console.print(table)
     console.print(f"[dim]database: {result['db']}[/dim]")
 

@@ -53,6 +53,7 @@ def figure_data(name: str, rows: list[dict]) -> dict | None:
             time, time_src = _value(r, "step_s", "predicted_step_s")
             series.append({"id": r["id"], "mixture": r.get("tag") or r.get("label"), "zero": (r.get("config") or {}).get("zero"),
                            "peak_gb": mem, "peak_source": mem_src, "step_s": time, "step_source": time_src,
+                           "predicted_peak_gb": r.get("predicted_peak_gb"), "predicted_step_s": r.get("predicted_step_s"),
                            "status": r["status"]})
         return {"kind": kind, "points": series}
     if kind == "context":
@@ -108,6 +109,12 @@ def _save(fig, out: Path, stem: str) -> list[str]:
     return paths
 
 
+def _scale(values: list[float | None]) -> tuple[float, str]:
+    """GB, or MB where every value is under one GB (the CPU forms' tiny models)."""
+    present = [v for v in values if v is not None]
+    return (1e3, "MB") if present and max(present) < 1 else (1.0, "GB")
+
+
 def draw_mixtures(data: dict, title: str, out: Path, stem: str) -> list[str]:
     plt = _plt()
     points = data["points"]
@@ -115,9 +122,13 @@ def draw_mixtures(data: dict, title: str, out: Path, stem: str) -> list[str]:
     zeros = sorted({p["zero"] for p in points}, key=lambda z: (z is None, z))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(zeros))
-    for ax, key, label in ((axes[0], "peak_gb", "peak memory per GPU (GB)"), (axes[1], "step_s", "seconds per step")):
+    factor, unit = _scale([p["peak_gb"] for p in points])
+    predicted_only = False
+    for ax, key, pkey, src, label, k in (
+            (axes[0], "peak_gb", "predicted_peak_gb", "peak_source", f"peak memory per GPU ({unit})", factor),
+            (axes[1], "step_s", "predicted_step_s", "step_source", "seconds per step", 1.0)):
         for j, z in enumerate(zeros):
-            xs, ys, hatches = [], [], []
+            xs, ys, marks = [], [], []
             for i, mix in enumerate(mixtures):
                 p = next((q for q in points if q["mixture"] == mix and q["zero"] == z), None)
                 if p is None:
@@ -128,16 +139,21 @@ def draw_mixtures(data: dict, title: str, out: Path, stem: str) -> list[str]:
                             va="bottom", fontsize=7, color="red")
                     continue
                 xs.append(x)
-                ys.append(p[key])
-                hatches.append(p["peak_source" if key == "peak_gb" else "step_source"])
+                ys.append(p[key] * k)
+                marks.append((x, p[src], None if p.get(pkey) is None else p[pkey] * k))
             bars = ax.bar(xs, ys, width, label=f"ZeRO-{z}")
-            for bar, src in zip(bars, hatches):
-                if src == "predicted":
+            for bar, (x, source, predicted) in zip(bars, marks):
+                if source == "predicted":
                     bar.set_hatch("//")
+                    predicted_only = True
+                elif predicted is not None:
+                    ax.plot([x - width / 2, x + width / 2], [predicted, predicted], color="black", lw=1.2)
         ax.set_xticks(range(len(mixtures)), mixtures)
         ax.set_ylabel(label)
         ax.set_xlabel("mixture")
-    axes[0].legend(title="hatched: predicted only", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(zeros), bbox_to_anchor=(0.5, -0.1), fontsize=8,
+               title="hatched: predicted only" if predicted_only else "black line: ftmix's prediction", title_fontsize=8)
     fig.suptitle(title)
     return _save(fig, out, stem)
 

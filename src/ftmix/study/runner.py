@@ -264,4 +264,4 @@ def summary(store: Store, spec: StudySpec) -> dict:
     keys = ("id", "tag", "trial_key", "status", "label", "peak_gb", "peak_what", "predicted_peak_gb", "step_s",
             "predicted_step_s", "predicted_fits", "tokens_per_s", "final_loss", "error")
     return {"study": spec.name, "db": str(store.path), "trials": len(rows), "by_status": by_status,
-            "rows": [{k: r.get(k) for k in keys} for r in rows]}
+            "rows": [{**{k: r.get(k) for k in keys}, "mixture": (r.get("inputs") or {}).get("mixture")} for r in rows]}
