@@ -92,3 +92,12 @@ def test_calibrate_on_an_empty_or_missing_store_is_one_error(tmp_path):
     study("run", "context:gpu", "--db", tmp_path / "s.sqlite", "--predict-only")
     proc = study("calibrate", "--db", tmp_path / "s.sqlite", "--out", tmp_path / "c.json")
     assert proc.returncode == 2 and "no measured trial" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_a_step_time_measured_on_a_cpu_is_not_fitted_to_a_gpu_model():
+    from ftmix.study.calibrate import observations
+
+    (row,) = synthetic_rows()[:1]
+    cpu = dict(row, id="cpu", device="cpu", step_s=100.0)
+    obs, _ = observations([row, cpu])
+    assert obs[0].step_s == row["step_s"] and obs[1].step_s is None and obs[1].peak_bytes == obs[0].peak_bytes

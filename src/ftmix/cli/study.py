@@ -143,7 +143,8 @@ def _summary_table(result: dict) -> None:
                          no_wrap=col not in ("trial", "mixture"))
     for r in result["rows"]:
         table.add_row(r["trial_key"], r["status"], _short(r), _fmt(r["peak_gb"], 3), _fmt(r["predicted_peak_gb"], 3),
-                      _fmt(r["step_s"], 3), _fmt(r["predicted_step_s"], 3), _fmt(r["final_loss"], 3))
+                      _fmt(r["step_s"], 3), "-" if r.get("device") == "cpu" else _fmt(r["predicted_step_s"], 3),
+                      _fmt(r["final_loss"], 3))
     console.print(table)
     console.print(f"[dim]database: {result['db']}[/dim]")
 

@@ -75,7 +75,8 @@ def observations(rows: list[dict], gpu: str | None = None) -> tuple[list[Observa
             skipped.append({"id": r["id"], "why": str(exc)})
             continue
         what = {"gpu_allocated": "allocated", "twin_device": "allocated"}.get(r.get("peak_what"), r.get("peak_what"))
-        step = r.get("step_s") if g is not None else None  # a CPU's step time has no GPU model to fit
+        # a step time measured on a CPU has no GPU model to fit, whatever GPU it was predicted for
+        step = r.get("step_s") if g is not None and r.get("device") != "cpu" else None
         peak = None if r.get("peak_gb") is None else r["peak_gb"] * 1e9
         if peak is None and step is None:
             continue

@@ -81,9 +81,11 @@ def figure_data(name: str, rows: list[dict]) -> dict | None:
 def scatter_data(rows: list[dict]) -> dict:
     out = {}
     for what, m_key, p_key in (("memory", "peak_gb", "predicted_peak_gb"), ("time", "step_s", "predicted_step_s")):
+        # a step time measured on a CPU is another machine's than the GPU the prediction is for
         points = [{"id": r["id"], "study": r["study"], "measured": r[m_key], "predicted": r[p_key],
                    "error": r[p_key] / r[m_key] - 1}
-                  for r in rows if r["status"] == "ok" and r.get(m_key) and r.get(p_key) is not None]
+                  for r in rows if r["status"] == "ok" and r.get(m_key) and r.get(p_key) is not None
+                  and not (what == "time" and r.get("device") == "cpu")]
         errs = [abs(p["error"]) for p in points]
         out[what] = {"points": points, "median": round(statistics.median(errs), 4) if errs else None,
                      "worst": round(max(errs), 4) if errs else None, "n": len(points)}

@@ -262,6 +262,6 @@ def summary(store: Store, spec: StudySpec) -> dict:
     for r in rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     keys = ("id", "tag", "trial_key", "status", "label", "peak_gb", "peak_what", "predicted_peak_gb", "step_s",
-            "predicted_step_s", "predicted_fits", "tokens_per_s", "final_loss", "error")
+            "predicted_step_s", "predicted_fits", "tokens_per_s", "final_loss", "error", "device")
     return {"study": spec.name, "db": str(store.path), "trials": len(rows), "by_status": by_status,
             "rows": [{**{k: r.get(k) for k in keys}, "mixture": (r.get("inputs") or {}).get("mixture")} for r in rows]}
