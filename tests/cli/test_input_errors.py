@@ -189,3 +189,17 @@ def test_matrix_folds_long_config_paths_and_explains_its_labels(ftmix, tmp_path)
     joined = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.count("│") >= 3)
     assert str(folder / "config.json") in joined  # folded over lines, never cut with an ellipsis
     assert "off-opt: optimizer states offloaded" in " ".join(out.split())
+
+
+def test_an_unknown_architecture_takes_its_own_layer_names_as_lora_targets(cli, tmp_path):
+    """Issue 9, item 20: GPT-2's fused c_attn (not Llama's q_proj/v_proj) through the simulation."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 1000,
+                                "n_positions": 512}))
+    args = ("estimate", "--model", str(path), "--method", "simulate", "--zero", "0", "--lora", "8", "--seq-len", "128",
+            "--json")
+    named = cli(*args, "--lora-targets", "c_attn", check_json=True)
+    assert named["trainable_params"] == 2 * 8 * (64 + 3 * 64)  # A (r x 64) and B (192 x r) in each layer's c_attn
+    assert cli(*args, check_json=True)["trainable_params"] == named["trainable_params"]  # PEFT's default for gpt2
+    wrong = cli(*args, "--lora-targets", "q_proj")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and wrong.stderr.count("\n") == 1

@@ -159,10 +159,29 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
         targets = lora_targets(config, m)
         if m.gc:
             model.enable_input_require_grads()
+        linear = linear_names(model)
+        if isinstance(targets, (list, tuple, set)) and not set(targets) & linear:
+            raise FtmixError(f"--lora-targets {','.join(targets)}: no such layer in {config.get('model_type')}; its "
+                             f"linear layers are {', '.join(sorted(linear))} (or all-linear)")
         model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
                                                  lora_dropout=lora_dropout, task_type="CAUSAL_LM"),
                                autocast_adapter_dtype=not m.pure16)
     return BuiltModel(model, config, attn, notes)
+
+
+def linear_names(model) -> set[str]:
+    """The last name of every linear layer (transformers' GPT-2-style Conv1D too), head excluded."""
+    import torch
+
+    kinds = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:
+        pass
+    return {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+            if isinstance(mod, kinds) and not name.endswith("lm_head")}
 
 
 def lora_targets(config: dict, m: Mixture):
