@@ -39,7 +39,8 @@ def test_unknown_gpu():
     ("NVIDIA GeForce RTX 4090", 24564, "rtx4090-24gb"),
     ("NVIDIA A10G", 23028, "a10g-24gb"),
     ("NVIDIA L4", 23034, "l4-24gb"),
-    ("NVIDIA L40S", 46068, None),  # an L4 by name, not by memory
+    ("NVIDIA L40S", 46068, "l40s-48gb"),
+    ("NVIDIA L40", 46068, None),  # an L4 by name, not by memory
     ("NVIDIA B200", 183359, None),
 ])
 def test_match_cuda_device(device, mib, expected):
