@@ -177,3 +177,20 @@ def test_the_slurm_launcher_round_trip_with_stand_in_executables(spec_file, tmp_
     assert "out of memory" in by_tag["oom"]["error"]
     again = as_json(study("run", spec, "--db", db, "--launcher", "slurm", "--poll", "0.5", "--json", env_extra=env))
     assert again["by_status"] == {"ok": 1, "oom": 1} and len((state / "submitted").read_text().split()) == 2
+
+
+@pytest.mark.timeout(900)
+def test_two_sweeps_on_one_database_share_the_trials_and_run_each_once(spec_file, tmp_path):
+    spec = spec_file(name="shared", grid={"seq_len": [64, 72, 80, 88]})
+    db = tmp_path / "s.sqlite"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "ftmix", "study", "run", str(spec), "--db", str(db), "--json"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=800)
+        assert proc.returncode == 0, err[-2000:]
+    trials = rows(db)
+    assert [r["status"] for r in trials] == ["ok"] * 4 and all(r["runs"] == 1 for r in trials)
+    assert {r["owner"] for r in trials} == {first.pid, second.pid}  # both did some of the work

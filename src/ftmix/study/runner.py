@@ -68,7 +68,8 @@ def plan_trials(store: Store, spec: StudySpec, opts: Options) -> list[Trial]:
     return trials
 
 
-def to_run(store: Store, trials: list[Trial], opts: Options) -> list[Trial]:
+def to_run(store: Store, trials: list[Trial], opts: Options) -> list[tuple[Trial, str]]:
+    """The trials this sweep runs, each with the status it had when planned."""
     finished = {"ok", "oom", "error", "timeout"} if not opts.retry_failed else {"ok"}
     out = []
     for t in trials:
@@ -83,7 +84,7 @@ def to_run(store: Store, trials: list[Trial], opts: Options) -> list[Trial]:
         if opts.only_fitting and row["predicted_fits"] == 0:
             store.upsert({"id": t.id, "status": "predicted_oom", "error": "predicted not to fit; not run"})
             continue
-        out.append(t)
+        out.append((t, status))
     return out
 
 
@@ -119,14 +120,18 @@ def stop_leftover(row: dict) -> None:
         pass
 
 
-def run_local(store: Store, trial: Trial, root: Path, time_limit_s: float) -> dict:
-    stop_leftover(store.get(trial.id))
+def run_local(store: Store, trial: Trial, root: Path, time_limit_s: float, seen: str) -> dict | None:
+    """The trial's row once it ends; None when another live sweep on the same store has it (or
+    ended it since this one planned: ``seen`` is the status then)."""
+    leftover = store.get(trial.id)
+    if not store.claim(trial.id, seen):
+        return None
+    stop_leftover(leftover)
     folder, config_path = prepare_trial(trial, root)
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
     started = time.time()
     with open(folder / "stdout.json", "w") as out, open(folder / "stderr.log", "w") as err:
         proc = subprocess.Popen(trial_command(config_path), stdout=out, stderr=err, env=env, start_new_session=True)
-        store.mark_running(trial.id)
         store.upsert({"id": trial.id, "pid": proc.pid})
         try:
             rc = proc.wait(timeout=time_limit_s)
@@ -242,11 +247,14 @@ def run_study(store: Store, spec: StudySpec, opts: Options, on_event=None) -> di
 
         run_slurm(store, pending, root, spec.time_limit_s, opts, on_event, counts)
         return summary(store, spec)
-    for trial in pending:
+    for trial, seen in pending:
         if on_event:
             on_event("start", trial, None, counts)
         began = time.time()
-        row = run_local(store, trial, root, spec.time_limit_s)
+        row = run_local(store, trial, root, spec.time_limit_s, seen)
+        if row is None:  # another sweep on this store is running it
+            counts["to_run"] -= 1
+            continue
         counts["durations"].append(time.time() - began)
         counts["done"] += 1
         counts["failed"] += row["status"] != "ok"

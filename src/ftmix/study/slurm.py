@@ -69,18 +69,28 @@ def state(job: str) -> tuple[str, int | None]:
     return "UNKNOWN", None
 
 
-def run_slurm(store, trials: list[Trial], root: Path, time_limit_s: float, opts, on_event, counts) -> None:
+def run_slurm(store, trials: list[tuple[Trial, str]], root: Path, time_limit_s: float, opts, on_event,
+              counts) -> None:
     waiting, running = list(trials), {}
     while waiting or running:
         while waiting and len(running) < opts.max_jobs:
-            trial = waiting.pop(0)
+            trial, seen = waiting.pop(0)
+            previous = (store.get(trial.id) or {}).get("slurm_job")
+            if not store.claim(trial.id, seen):  # another sweep on this store has it
+                counts["to_run"] -= 1
+                continue
+            if previous and seen == "running" and state(previous)[0] in ACTIVE:
+                # a killed sweep's job still queued or running on the cluster: follow it, do not submit again
+                running[previous] = (trial, root / trial.id, time.time())
+                continue
             folder, config_path = prepare_trial(trial, root)
             job = submit(sbatch_script(trial, folder, config_path, time_limit_s, opts.sbatch_args))
-            store.mark_running(trial.id)
             store.upsert({"id": trial.id, "slurm_job": job})
             running[job] = (trial, folder, time.time())
             if on_event:
                 on_event("start", trial, None, counts)
+        if not running:
+            break
         time.sleep(opts.poll_s)
         for job, (trial, folder, began) in list(running.items()):
             st, code = state(job)

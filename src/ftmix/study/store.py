@@ -6,6 +6,7 @@ and a re-run resumes. A file that is not an ftmix study database is refused, nev
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ COLUMNS = {
     "id": "TEXT PRIMARY KEY", "study": "TEXT", "tag": "TEXT", "repeat": "INTEGER", "trial_key": "TEXT",
     "config": "TEXT",  # the trial's train keys (JSON)
     "source": "TEXT",  # run | import:run.json | import:published
-    "status": "TEXT", "pid": "INTEGER", "slurm_job": "TEXT", "started": "REAL", "finished": "REAL", "runs": "INTEGER DEFAULT 0", "error": "TEXT",
+    "status": "TEXT", "pid": "INTEGER", "owner": "INTEGER", "slurm_job": "TEXT", "started": "REAL", "finished": "REAL", "runs": "INTEGER DEFAULT 0", "error": "TEXT",
     "label": "TEXT",  # the mixture that ran (or was predicted)
     "inputs": "TEXT",  # what calibration needs to predict again: model config, mixture, GPU, effective batch
     "peak_gb": "REAL", "peak_what": "TEXT",  # gpu_allocated | twin_device | reserved | device_total
@@ -62,6 +63,9 @@ class Store:
             raise FtmixError(f"{self.path} is a study database of format version {meta.get('version')}; "
                              f"this ftmix reads version {VERSION}")
         self.db.execute("SELECT count(*) FROM trials").fetchone()  # a damaged table fails here, not mid-sweep
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(trials)")}
+        for name in [c for c in COLUMNS if c not in have]:  # a store from an earlier ftmix of this version
+            self.db.execute(f'ALTER TABLE trials ADD COLUMN "{name}" {COLUMNS[name]}')
         return False
 
     def _create(self) -> None:
@@ -109,10 +113,23 @@ class Store:
     def studies(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT study FROM trials ORDER BY rowid")]
 
-    def mark_running(self, trial_id: str) -> None:
+    def claim(self, trial_id: str, seen: str) -> bool:
+        """Take a trial for this sweep, atomically. ``seen``: its status when this sweep planned it.
+        False when another live sweep is running it, or has ended it since: two sweeps on one
+        database share the work instead of running a trial twice."""
+        me = os.getpid()
         with self.transaction():
-            self.db.execute("UPDATE trials SET status='running', started=?, runs=runs+1, error=NULL WHERE id=?",
-                            (time.time(), trial_id))
+            row = self.db.execute("SELECT status, owner FROM trials WHERE id=?", (trial_id,)).fetchone()
+            if row is None:
+                return False
+            if row["status"] == "running":
+                if row["owner"] not in (None, me) and alive(row["owner"]):
+                    return False
+            elif row["status"] != seen:
+                return False
+            self.db.execute("UPDATE trials SET status='running', owner=?, started=?, runs=runs+1, error=NULL "
+                            "WHERE id=?", (me, time.time(), trial_id))
+        return True
 
     def close(self) -> None:
         self.db.close()
@@ -131,6 +148,18 @@ class _Transaction:
     def __exit__(self, kind, exc, tb):
         self.db.execute("ROLLBACK" if kind else "COMMIT")
         return False
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _decode(row: sqlite3.Row) -> dict:
