@@ -262,6 +262,15 @@ def report_cmd(
     if json_out:
         return print_json({k: result[k] for k in ("db", "figures", "markdown")} | {"scatter": {
             k: {x: v[x] for x in ("median", "worst", "n")} for k, v in result["scatter"].items()}})
+    table = Table(title=f"figures from {db}")
+    for col in ("study", "figure", "files"):
+        table.add_column(col)
     for fig in result["figures"]:
-        console.print(f"{fig['study']} ({fig['kind']}): {', '.join(fig['files'])}")
-    console.print(f"report: {result['markdown']}")
+        table.add_row(fig["study"], fig["kind"], "\n".join(Path(f).name for f in fig["files"]))
+    console.print(table)
+    for what in ("memory", "time"):
+        d = result["scatter"][what]
+        if d["n"]:
+            console.print(f"predicted vs measured {what}: median error {_pct(d['median'])}, worst {_pct(d['worst'])} "
+                          f"over {d['n']} trials")
+    console.print(f"report: {result['markdown']} (figures and report.json beside it)")
