@@ -70,3 +70,16 @@ def test_a_key_value_override_changes_the_base_not_the_grid(tmp_path):
     assert all(t.config["max_steps"] == 5 for t in expand(merge_base(spec, {"max_steps": 5})))
     with pytest.raises(FtmixError, match="seq_len vary"):
         merge_base(spec, {"seq_len": 64})
+
+
+def test_the_form_follows_the_machine_unless_named(monkeypatch):
+    import ftmix.plan.host as host
+    from ftmix.study.spec import resolve_form
+
+    monkeypatch.setattr(host, "has_nvidia_gpu", lambda: True)
+    assert resolve_form("auto") == "gpu" and load_spec("context").name == "context"
+    monkeypatch.setattr(host, "has_nvidia_gpu", lambda: False)
+    assert resolve_form("auto") == "cpu" and load_spec("context").name == "context-cpu"
+    assert load_spec("context:gpu").name == "context"
+    with pytest.raises(FtmixError, match="--form"):
+        resolve_form("tpu")
