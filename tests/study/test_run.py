@@ -194,3 +194,14 @@ def test_two_sweeps_on_one_database_share_the_trials_and_run_each_once(spec_file
     trials = rows(db)
     assert [r["status"] for r in trials] == ["ok"] * 4 and all(r["runs"] == 1 for r in trials)
     assert {r["owner"] for r in trials} == {first.pid, second.pid}  # both did some of the work
+
+
+def test_a_mixture_the_gpu_cannot_take_is_recorded_invalid_and_the_rest_goes_on(tmp_path):
+    db = tmp_path / "s.sqlite"
+    v100 = as_json(study("run", "context:gpu", "--db", db, "--gpu", "v100-32gb", "--predict-only", "--json"))
+    assert v100["by_status"] == {"invalid": 3, "predicted": 3}
+    invalid = [r for r in v100["rows"] if r["status"] == "invalid"]
+    assert all("FlashAttention-2" in r["error"] and r["predicted_step_s"] is None for r in invalid)
+    a100 = as_json(study("run", "context:gpu", "--db", db, "--gpu", "a100-80gb", "--predict-only", "--json"))
+    assert a100["by_status"] == {"predicted": 6}  # planned again for the other GPU
+    assert {r["id"] for r in a100["rows"]} == {r["id"] for r in v100["rows"]}

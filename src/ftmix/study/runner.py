@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftmix.errors import FtmixError
 from ftmix.study.spec import StudySpec, Trial, expand
 from ftmix.study.store import Store
 
@@ -45,26 +46,34 @@ def work_dir(store: Store, spec: StudySpec, opts: Options) -> Path:
     return Path(root) / spec.name
 
 
+PLANNED = ("pending", "predicted", "predicted_oom", "invalid")  # statuses of trials that have not run
+
+
 def plan_trials(store: Store, spec: StudySpec, opts: Options) -> list[Trial]:
-    """Every trial in the store (new ones pending) with its prediction."""
+    """Every trial in the store with its prediction: new ones pending, or ``invalid`` (never run)
+    when the GPU cannot take the mixture (FA2 on a V100). A trial that ran keeps the predictions
+    made for it; one that has not is predicted again when asked for another GPU."""
     from ftmix.study.predict import predict
 
     trials = expand(spec)
     for t in trials:
         known = store.get(t.id)
-        if known is not None and known.get("predicted_peak_gb") is not None:
+        gpu = t.config.get("gpu") or opts.gpu
+        if known is not None and (known["status"] not in PLANNED or known.get("gpu") == gpu):
             continue
         row = {"id": t.id, "study": t.study, "tag": t.tag, "repeat": t.repeat, "trial_key": t.key, "config": t.config,
-               "source": "run", "status": "pending"}
-        predicted = predict(t.config, opts.gpu)
-        row.update(label=predicted.get("label"), inputs=predicted.get("inputs"),
-                   predicted_peak_gb=predicted.get("predicted_peak_gb"),
-                   predicted_step_s=predicted.get("predicted_step_s"), predicted_fits=predicted.get("predicted_fits"),
-                   gpu=t.config.get("gpu") or opts.gpu)
+               "source": "run", "status": "pending", "gpu": gpu, "error": None, "label": None, "inputs": None,
+               "predicted_peak_gb": None, "predicted_step_s": None, "predicted_fits": None}
+        try:
+            predicted = predict(t.config, opts.gpu)
+            row.update({k: predicted.get(k) for k in ("label", "inputs", "predicted_peak_gb", "predicted_step_s",
+                                                       "predicted_fits")})
+        except FtmixError as exc:
+            row.update(status="invalid", error=str(exc))
         if known is None:
             store.plan_trial(row)
-        else:
-            store.upsert({k: v for k, v in row.items() if k not in ("status", "source")})
+        else:  # re-planned for another GPU: back to pending (or invalid); predict-only sets its status again
+            store.upsert({k: v for k, v in row.items() if k != "source"})
     return trials
 
 
@@ -75,8 +84,10 @@ def to_run(store: Store, trials: list[Trial], opts: Options) -> list[tuple[Trial
     for t in trials:
         row = store.get(t.id)
         status = row["status"]
+        if status == "invalid":
+            continue
         if opts.predict_only:
-            if status in ("pending", "predicted", "predicted_oom"):
+            if status in PLANNED:
                 store.upsert({"id": t.id, "status": _predicted_status(row)})
             continue
         if status in finished:

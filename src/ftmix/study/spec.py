@@ -108,16 +108,30 @@ def expand(spec: StudySpec) -> list[Trial]:
         config = {**spec.base, **varied}
         tag = config.pop(TAG, None)
         try:
-            TrainConfig(**config)
+            cfg = TrainConfig(**config)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(x) for x in err["loc"]) or "config"
             raise FtmixError(f"study {spec.name}: trial {_short(varied)}: {where}: "
                              f"{err['msg'].removeprefix('Value error, ')}") from None
+        _check_mixture(spec.name, varied, cfg)
         for repeat in range(spec.repeats):
             trials.append(Trial(id=trial_id(spec.name, config, repeat), study=spec.name, repeat=repeat,
                                 config=config, tag=None if tag is None else str(tag), varied=shown))
     return trials
+
+
+def _check_mixture(study: str, varied: dict, cfg) -> None:
+    """A mixture no GPU could run (zero: 7, offload all below stage 3) is the spec's error; one a
+    particular GPU cannot (FA2 on a V100) is left to the trial (``invalid``)."""
+    from ftmix.mixture import check_flags, check_mixture, mixture_from_flags
+
+    try:
+        flags = cfg.mixture_flags()
+        check_flags(flags)
+        check_mixture(mixture_from_flags(None, **flags))
+    except FtmixError as exc:
+        raise FtmixError(f"study {study}: trial {_short(varied)}: {exc}") from None
 
 
 def preset_path(name: str, form: str) -> Path:

@@ -16,7 +16,7 @@ from ftmix.errors import FtmixError
 FORMAT = "ftmix-study"
 VERSION = "1"
 # outcomes that end a trial; "running" and "pending" are re-run by the next `study run`
-FINISHED = ("ok", "oom", "error", "timeout", "predicted_oom", "predicted")
+FINISHED = ("ok", "oom", "error", "timeout", "predicted_oom", "predicted", "invalid")
 COLUMNS = {
     "id": "TEXT PRIMARY KEY", "study": "TEXT", "tag": "TEXT", "repeat": "INTEGER", "trial_key": "TEXT",
     "config": "TEXT",  # the trial's train keys (JSON)
