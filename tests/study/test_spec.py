@@ -83,3 +83,17 @@ def test_the_form_follows_the_machine_unless_named(monkeypatch):
     assert load_spec("context:gpu").name == "context"
     with pytest.raises(FtmixError, match="--form"):
         resolve_form("tpu")
+
+
+def test_this_machines_gpu_is_read_without_torch(monkeypatch, tmp_path):
+    """`study run` without --gpu predicts for the GPU nvidia-smi reports (here a stand-in)."""
+    import ftmix.plan.host as host
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/bash\necho "NVIDIA H200, 143771"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:" + __import__("os").environ["PATH"])
+    monkeypatch.setattr(host, "has_nvidia_gpu", lambda: True)
+    assert host.detected_gpu_name() == "h200-141gb"
+    smi.write_text('#!/bin/bash\necho "NVIDIA B200, 183359"\n')
+    assert host.detected_gpu_name() is None  # not in the catalog: memory-only predictions

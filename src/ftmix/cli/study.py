@@ -35,7 +35,7 @@ def run_cmd(
     overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...", help="Changes to the spec's base (ftmix train's keys).")] = None,
     db: Db = "study.sqlite",
     form: Annotated[str, typer.Option("--form", metavar="auto|gpu|cpu", help="A preset's form: gpu (the study's models) or cpu (tiny random-init Llamas). Default: gpu where this machine has an NVIDIA GPU.")] = "auto",
-    gpu: o.Gpu = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="Catalog GPU the predictions are for (see `ftmix gpus`). Default: this machine's (nvidia-smi), else none: memory only.")] = None,
     only_fitting: Annotated[bool, typer.Option("--only-fitting", help="Do not run trials the planner predicts will not fit; record them as predicted_oom.")] = False,
     predict_only: Annotated[bool, typer.Option("--predict-only", help="Run nothing: every trial gets ftmix's predictions (peak memory, step time, fits).")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run trials that ended in oom, error or timeout again.")] = False,
@@ -60,6 +60,10 @@ def run_cmd(
         from ftmix.catalog import load_gpu
 
         load_gpu(gpu)
+    else:  # predictions for this machine's GPU, as train makes them
+        from ftmix.plan.host import detected_gpu_name
+
+        gpu = detected_gpu_name()
     parsed = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
