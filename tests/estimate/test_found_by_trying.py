@@ -150,3 +150,21 @@ def test_padding_makes_sdpa_repeat_grouped_kv():
     packed = estimate(spec, Mixture(attn="sdpa", seq_len=2048, packing=True)).breakdown["activations"]
     fa2 = estimate(spec, Mixture(attn="fa2", seq_len=2048)).breakdown["activations"]
     assert packed == fa2 < padded
+
+
+def test_falcon_weight_copies_are_not_in_autocasts_cache():
+    """FalconLinear multiplies by weight.T (a view): autocast caches leaf casts only, so with GC a
+    full fine-tuning's forward holds no cache of base-weight copies (a real tiny Falcon peaked in
+    the backward at 0.874 GB; the estimate with the cache said 0.934, now 0.872). Llama's nn.Linear
+    casts the weight itself, and its second micro step's forward holds them all (measured, exact)."""
+    from ftmix.catalog import load_model
+    from ftmix.estimate import activations as act
+    from ftmix.mixture import Mixture
+
+    m = Mixture(zero=0, offload="none", lora=0, gc=True, seq_len=256)
+    falcon = load_model("falcon-180b")
+    llama = load_model("llama-2-7b")
+    assert act.autocast_cache(falcon, m) == 0.0
+    assert act.autocast_cache(llama, m) == llama.layers * act.autocast_copies_per_layer(llama, m) > 0
+    lora = Mixture(zero=0, offload="none", lora=8, gc=True, seq_len=256)  # PEFT's adapters are nn.Linear
+    assert act.autocast_cache(falcon, lora) == falcon.layers * act.autocast_copies_per_layer(falcon, lora)
