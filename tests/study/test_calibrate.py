@@ -101,3 +101,29 @@ def test_a_step_time_measured_on_a_cpu_is_not_fitted_to_a_gpu_model():
     cpu = dict(row, id="cpu", device="cpu", step_s=100.0)
     obs, _ = observations([row, cpu])
     assert obs[0].step_s == row["step_s"] and obs[1].step_s is None and obs[1].peak_bytes == obs[0].peak_bytes
+
+
+@pytest.mark.timeout(900)
+def test_train_predicts_with_the_calibration_for_its_gpu(tmp_path):
+    from tests.study.conftest import TINY_BASE
+    from tests.train.conftest import run_train_cli, yaml_args
+
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(calibrate(synthetic_rows(), every=4, prior=1e-4)))
+    flags = yaml_args(dict(TINY_BASE, output_dir=str(tmp_path / "run"), gpu="a100-80gb"))
+    wrong = run_train_cli(flags + ["--gpu", "v100-32gb", "--calibration", str(path)], timeout=300)
+    assert wrong.returncode == 2 and "--calibration-any-gpu" in wrong.stderr  # refused before anything loads
+    proc = run_train_cli(flags + ["--calibration", str(path)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predicted = json.loads((tmp_path / "run" / "run.json").read_text())["predicted"]
+    assert predicted["calibration"] == [f"calibrated by {path} (fitted on a100-80gb)"]
+    spec_m = json.loads((tmp_path / "run" / "run.json").read_text())["mixture"]
+    from ftmix.catalog import load_gpu, spec_from_hf_config
+    from ftmix.plan.constants import calibration_for
+    from ftmix.study.predict import model_config
+
+    spec = spec_from_hf_config(model_config(dict(TINY_BASE)))
+    expected = step_time(spec, load_gpu("a100-80gb"), Mixture(**spec_m), TINY_BASE["effective_batch"],
+                         calibration_for(str(path), "a100-80gb").runtime).total
+    assert predicted["step_time_s"] == pytest.approx(expected, rel=1e-3)
+    assert expected > step_time(spec, load_gpu("a100-80gb"), Mixture(**spec_m), TINY_BASE["effective_batch"]).total
