@@ -56,3 +56,19 @@ def proc_bytes(path: str, key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def json_lines(text: str, path) -> list[dict]:
+    """JSON Lines: one object per non-blank line; the first bad line is one FtmixError naming it."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FtmixError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise FtmixError(f"{path}:{n}: each line must be a JSON object")
+        rows.append(row)
+    return rows

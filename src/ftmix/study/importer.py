@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftmix.catalog import load_gpu, match_gpu
 from ftmix.errors import FtmixError
-from ftmix.files import read_text
+from ftmix.files import json_lines, read_text
 from ftmix.mixture import Mixture
 from ftmix.study.store import Store
 
@@ -67,17 +67,7 @@ def _parse(path, text: str) -> tuple[str, list[dict]]:
             raise FtmixError(f"{path}: a JSON object that is neither an ftmix run.json nor a published row")
         lines = [whole]
     else:
-        lines = []
-        for n, line in enumerate(stripped.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FtmixError(f"{path}:{n}: not JSON ({exc.msg}); expected a run.json or JSON Lines") from None
-            if not isinstance(value, dict):
-                raise FtmixError(f"{path}:{n}: each line must be a JSON object")
-            lines.append(value)
+        lines = json_lines(stripped, path)
     if lines and "environment" in lines[0]:
         env = lines[0]["environment"]
         return "gpu_groundtruth", [dict(r, _environment=env) for r in lines[1:]]

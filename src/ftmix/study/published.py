@@ -8,13 +8,13 @@ setup is not clearly one ftmix models is listed as not represented, never guesse
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu, spec_from_hf_config
 from ftmix.errors import FtmixError
+from ftmix.files import json_lines
 from ftmix.mixture import Mixture, check_mixture
 
 GIB = 2**30
@@ -58,21 +58,14 @@ class NotRepresented(Exception):
 
 
 def load_rows(path: str | Path) -> list[dict]:
-    rows = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise FtmixError(f"cannot read {path}: {exc}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FtmixError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise FtmixError(f"{path}:{n}: a row must be a JSON object with an id")
-        rows.append(row)
+    rows = json_lines(text, path)
+    for n, row in enumerate(rows, 1):
+        if "id" not in row:
+            raise FtmixError(f"{path}: row {n} has no id")
     return rows
 
 

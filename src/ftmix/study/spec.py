@@ -17,7 +17,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftmix.errors import FtmixError
+from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
 
 PRESETS = ("mixtures", "context", "matrix")
@@ -110,10 +110,7 @@ def expand(spec: StudySpec) -> list[Trial]:
         try:
             cfg = TrainConfig(**config)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"]) or "config"
-            raise FtmixError(f"study {spec.name}: trial {_short(varied)}: {where}: "
-                             f"{err['msg'].removeprefix('Value error, ')}") from None
+            raise FtmixError(f"study {spec.name}: trial {_short(varied)}: {first_problem(exc)}") from None
         _check_mixture(spec.name, varied, cfg)
         for repeat in range(spec.repeats):
             trials.append(Trial(id=trial_id(spec.name, config, repeat), study=spec.name, repeat=repeat,
@@ -169,9 +166,7 @@ def load_spec(ref: str, form: str = "auto") -> StudySpec:
     try:
         return StudySpec(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "spec"
-        raise FtmixError(f"study spec {path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise FtmixError(f"study spec {path}: {first_problem(exc, 'spec')}") from None
 
 
 def merge_base(spec: StudySpec, overrides: Optional[dict]) -> StudySpec:
@@ -185,5 +180,4 @@ def merge_base(spec: StudySpec, overrides: Optional[dict]) -> StudySpec:
     try:
         return StudySpec(**{**spec.model_dump(), "base": {**spec.base, **overrides}})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise FtmixError(f"override: {err['msg'].removeprefix('Value error, ')}") from None
+        raise FtmixError(f"override: {first_problem(exc, 'base')}") from None

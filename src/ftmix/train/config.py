@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ftmix.errors import FtmixError
+from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
 from ftmix.mixture import DEFAULTS
 
@@ -133,6 +133,4 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, fla
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise FtmixError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise FtmixError(first_problem(exc)) from None
