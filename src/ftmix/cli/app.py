@@ -159,41 +159,49 @@ def estimate_cmd(
     packing: o.Packing = None,
     safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
+    sharding: Annotated[str, typer.Option("--sharding", metavar="deepspeed|fsdp2", help="Who shards the model states over --gpus x --nodes: DeepSpeed ZeRO, or torch FSDP2 (fully_shard; --method simulate only: --zero 3 is FULL_SHARD, --zero 2 SHARD_GRAD_OP; defaults --zero 3, no offload; pure 16-bit allowed).")] = "deepspeed",
     calibration: Calibration = None, calibration_any_gpu: AnyGpu = False,
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
     from ftmix.estimate import estimate
     from ftmix.estimate.overheads import with_overheads
+    from ftmix.estimate.sim_input import check_sharding
     from ftmix.mixture import mixture_from_flags
     from ftmix.plan.constants import calibration_for
 
     gpu_spec = load_gpu(gpu) if gpu else None
     cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
     flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
+    sharding = sharding.strip().lower()
+    if sharding == "fsdp2":  # FSDP2's own defaults: FULL_SHARD, nothing offloaded
+        flags = dict(flags, zero=3 if flags["zero"] is None else flags["zero"],
+                     offload="none" if flags["offload"] is None else flags["offload"])
     mix = mixture_from_flags(gpu_spec, **flags)
+    check_sharding(sharding, mix, method, ds_config, gpu_spec)
     if method == "simulate":
-        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config), cal.memory)
+        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding), cal.memory)
     else:
         est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory)
     if json_out:
-        return print_json(dict(est.to_json(), calibration=list(cal.notes)))
+        return print_json(dict(est.to_json(), sharding=sharding, calibration=list(cal.notes)))
     estimate_table(est)
     for note in cal.notes:
         console.print(f"[dim]{note}[/dim]")
 
 
-def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None):
+def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None,
+              sharding: str = "deepspeed"):
     """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
     from ftmix.estimate.sim_input import simulation_config
 
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
-    config, name = simulation_config(model, mix, gpu_spec)
+    config, name = simulation_config(model, mix, gpu_spec, sharding)
     with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
         from ftmix.measure.simulate import simulate
 
-        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config)
+        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding)
 
 
 @app.command("calibrate-arch")

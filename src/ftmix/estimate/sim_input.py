@@ -13,9 +13,10 @@ from ftmix.files import read_json
 from ftmix.mixture import Mixture, check_mixture
 
 
-def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None) -> tuple[dict, str]:
+def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None, sharding: str = "deepspeed") -> tuple[dict, str]:
     """(config.json dict, model name) for a catalog model or a local config.json (or its folder)."""
-    check_mixture(m, None, gpu)
+    if sharding == "deepspeed":
+        check_mixture(m, None, gpu)
     name = catalog_name(ref)
     if name is not None:
         from importlib import resources
@@ -33,3 +34,26 @@ def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None) -> tuple
     if config.get("auto_map"):
         raise FtmixError(f"model config {path} needs the model's own remote code (auto_map); ftmix runs no remote code")
     return config, ref
+
+
+SHARDINGS = ("deepspeed", "fsdp2")
+
+
+def check_sharding(sharding: str, m: Mixture, method: str, deepspeed: dict | None, gpu: GpuSpec | None = None) -> None:
+    """``--sharding fsdp2`` (torch's ``fully_shard``) is simulated only: its two strategies stand
+    where ZeRO-2 and ZeRO-3 do; offload, DeepSpeed JSON and ZeRO-1 are DeepSpeed's. Pure 16-bit
+    training is allowed (FSDP2 has no master copy of its own, unlike DeepSpeed)."""
+    if sharding not in SHARDINGS:
+        raise FtmixError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
+    if sharding == "deepspeed":
+        return
+    if method != "simulate":
+        raise FtmixError("--sharding fsdp2 needs --method simulate (the analytic method models DeepSpeed's ZeRO)")
+    if deepspeed is not None:
+        raise FtmixError("--sharding fsdp2 takes no --deepspeed config")
+    if m.zero not in (2, 3):
+        raise FtmixError(f"--sharding fsdp2 shards as ZeRO-2 (--zero 2: SHARD_GRAD_OP) or ZeRO-3 (--zero 3: FULL_SHARD); "
+                         f"got --zero {m.zero}")
+    if m.offload != "none":
+        raise FtmixError(f"--sharding fsdp2 is simulated without offload (got --offload {m.offload})")
+    check_mixture(m.with_(zero=0), None, gpu)

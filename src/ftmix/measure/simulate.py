@@ -61,11 +61,18 @@ def _swappable(fake: FakeTensorMode):
 
 
 def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, safety_margin: float = 0.05,
-             deepspeed: dict | None = None) -> Estimate:
+             deepspeed: dict | None = None, sharding: str = "deepspeed") -> Estimate:
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
-    transformers config.json dict), as an Estimate in the analytic method's shape."""
-    check_mixture(m, None, gpu)
+    transformers config.json dict), as an Estimate in the analytic method's shape; with
+    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.measure.fsdp``)."""
+    from ftmix.estimate.sim_input import check_sharding
+
+    check_sharding(sharding, m, "simulate", deepspeed, gpu)
+    if sharding == "deepspeed":
+        check_mixture(m, None, gpu)
     _check_model_type(config)
+    if sharding == "fsdp2":
+        return _fsdp2(config, m, name, gpu, safety_margin)
     if m.zero or m.world > 1:
         return _sharded(config, m, name, gpu, safety_margin, deepspeed)
     return _one_rank(config, m, name, gpu, safety_margin)
@@ -138,6 +145,56 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         finally:
             twin.stop()
     return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
+
+
+def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float) -> Estimate:
+    """Rank 0 of ``m.world`` FSDP2 ranks under a fake process group: the real ``fully_shard`` code
+    at full size (tests/measure/test_fsdp.py: equal to a real gloo run's twin)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from ftmix.measure import fsdp
+    from ftmix.train.model import ModelSource, build_model
+
+    if dist.is_initialized():
+        raise FtmixError("--sharding fsdp2 simulates its own process group; this process already has one")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=m.world)
+    try:
+        mesh = init_device_mesh("cpu", (m.world,))  # before fake mode: the mesh reads its ranks' values
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        twin = DeviceTwin(virtual=True)
+        with warnings.catch_warnings(), fake, _swappable(fake):
+            warnings.simplefilter("ignore")
+            twin.start()
+            try:
+                model = build_model(ModelSource("catalog-config", name, config=dict(config)),
+                                    fsdp.one_process_mixture(m), "cpu").model
+                model.train()
+                layers = fsdp.shard(model, m, mesh)
+                twin.reset_peak()  # built whole, then sharded: see fsdp.shard
+                params = [p for p in model.parameters() if p.requires_grad]
+                optimizer = fsdp.optimizer_for(params)
+                twin.watch_model(model)
+                twin.watch_step(optimizer)
+                try:
+                    fsdp.train_steps(model, optimizer, params, m, twin)
+                except (RuntimeError, NotImplementedError) as exc:
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    raise FtmixError(f"{name} cannot be simulated under FSDP2 with {m.label}: {first}") from None
+                with twin.paused():
+                    twin.mark_model(model)
+                    report = twin.report()
+                    total = sum(p.numel() for p in model.parameters())
+                    trainable = sum(p.numel() for p in params)
+            finally:
+                twin.stop()
+    finally:
+        dist.destroy_process_group()
+    strategy = "FULL_SHARD" if fsdp.reshard_after_forward(m) else "SHARD_GRAD_OP"
+    note = (f"FSDP2 fully_shard ({strategy}, like ZeRO-{m.zero}) over {layers} decoder layers and the root: rank 0 "
+            f"of {m.world}, simulated with a fake process group")
+    return _estimate(report, m, name, gpu, safety_margin, total, trainable, (note,))
 
 
 def _check_model_type(config: dict) -> None:

@@ -24,7 +24,7 @@ import sys
 import weakref
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -41,13 +41,18 @@ ROLES = ("parameter", "fp32 master", "optimizer state", "bucket", "gradient", "d
 _PRIORITY = {r: i for i, r in enumerate(ROLES)}
 
 # Frames the code-site search walks past: torch itself, this module and decorators' wrappers.
+_FSDP = "/torch/distributed/fsdp/_fully_shard/"
 _SKIP = ("/torch/", "/ftmix/measure/", "/contextlib.py", "/functools.py", "<", "deepspeed/utils/nvtx.py")
 # A storage never marked gets its role from where it was allocated.
-_SITE_ROLES = (("deepspeed/ops/adam", "optimizer state"), ("deepspeed/", "deepspeed buffer"))
-# Sites whose allocations keep their role whatever marks say: ZeRO-3's gathered parameters (autograd
-# also saves them for the backward, but they are the engine's parameters).
+_SITE_ROLES = (("deepspeed/ops/adam", "optimizer state"), ("deepspeed/", "deepspeed buffer"),
+               ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_reduce", "bucket"))
+# Sites whose allocations keep their role whatever marks say: ZeRO-3's and FSDP2's gathered
+# parameters (autograd also saves them for the backward, but they are the engine's parameters).
 _STRONG_SITE_ROLES = (("deepspeed/runtime/zero/partition_parameters", "parameter"),
-                      ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"))
+                      ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"),
+                     # FSDP2's all-gathered (unsharded) parameters
+                     ("torch/distributed/fsdp/_fsdp_param.py", "parameter"),
+                     ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_all_gather", "parameter"))
 
 
 # Functions that allocate gradient reduction buckets: DeepSpeed's (stage_1_and_2 ``setup_buckets``,
@@ -105,7 +110,10 @@ def _site() -> str:
         label = _code_labels.get(code)
         if label is None:
             name = code.co_filename
-            if any(s in name for s in _SKIP):
+            if _FSDP in name:  # FSDP2's own buffers, named by the collective that asks for them
+                label = "" if code.co_name == "allocate" else \
+                    f"torch/distributed/fsdp/{name.rsplit('/', 1)[1]}:{code.co_name}"
+            elif any(s in name for s in _SKIP):
                 label = ""
             else:
                 for root in ("site-packages/", "/src/", "/benchmarks/", "/tests/"):
@@ -130,9 +138,10 @@ class _Dispatch(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         twin = self.twin
-        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        inputs = [_local(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         keys = {t.untyped_storage()._cdata for t in inputs}
-        new = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in keys]
+        new = [t for t in map(_local, tree_leaves(out))
+               if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in keys]
         if new:
             tag = twin._tag_for(kwargs.get("device"), inputs)
             for t in new:
@@ -359,16 +368,34 @@ class DeviceTwin:
             rec.nbytes = t.numel()
 
     def _resized(self, t: torch.Tensor) -> None:
-        rec = self._records.get(t.untyped_storage()._cdata)
+        self._storage_resized(t.untyped_storage())
+
+    def _storage_resized(self, storage) -> None:
+        rec = self._records.get(storage._cdata)
         if rec is None:
             return
-        nbytes = t.untyped_storage().nbytes()
-        delta, rec.nbytes = nbytes - rec.nbytes, nbytes
-        if delta > 0:
+        nbytes = storage.nbytes()
+        before, rec.nbytes = rec.nbytes, nbytes
+        at_peak = rec.tag == DEVICE and rec.seq <= self._peak_seq
+        if nbytes > before:
+            if at_peak and before:  # what it held at the peak stays in the peak's contents
+                self._dead_at_peak.append(replace(rec, nbytes=before))
             self._seq += 1
-            self._add(rec, delta)
+            rec.seq = self._seq  # the grown storage is alive from now on, not at an earlier peak
+            self._add(rec, nbytes - before)
         else:
-            self.live[rec.tag] += delta
+            if at_peak:
+                self._dead_at_peak.append(replace(rec, nbytes=before - nbytes))
+            self.live[rec.tag] -= before - nbytes
+
+    def reset_peak(self) -> None:
+        """Forget the peaks so far (set-up that a real job does elsewhere, e.g. building a model
+        whole before sharding it, where real recipes build it on the meta device)."""
+        self.peak = dict(self.live)
+        self.peak_where = {tag: (self.phase, self.step, self.micro) for tag in self.live}
+        self.phase_peaks = {}
+        self._peak_seq = self._seq
+        self._dead_at_peak.clear()
 
     # --- roles -----------------------------------------------------------------------------
     def mark(self, tensors, role: str, attr: str | None = None) -> int:
@@ -484,6 +511,7 @@ class DeviceTwin:
         self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._saved, lambda t: t))
         self._stack.enter_context(_Placement(self))
         self._stack.enter_context(_Dispatch(self))
+        self._stack.enter_context(_storage_resizes(self))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -551,15 +579,39 @@ def _deepspeed_role(name: str) -> str | None:
     return None
 
 
+def _local(t):
+    """A DTensor's (FSDP2's) bytes are its local shard's; the wrapper's own storage has the global
+    size."""
+    return getattr(t, "_local_tensor", t)
+
+
 def _tensors(obj, depth: int = 0):
     if isinstance(obj, torch.Tensor):
-        yield obj
+        yield _local(obj)
     elif depth < 4 and isinstance(obj, (list, tuple)):
         for x in obj:
             yield from _tensors(x, depth + 1)
     elif depth < 4 and isinstance(obj, dict):
         for x in obj.values():
             yield from _tensors(x, depth + 1)
+
+
+@contextmanager
+def _storage_resizes(twin: DeviceTwin):
+    """``UntypedStorage.resize_`` reaches no dispatch mode; FSDP2 frees and re-allocates its
+    all-gathered parameters with it (``_fsdp_param.py`` ``free_storage``/``alloc_storage``)."""
+    original = torch.UntypedStorage.resize_
+
+    def resize_(storage, size):
+        out = original(storage, size)
+        twin._storage_resized(storage)
+        return out
+
+    torch.UntypedStorage.resize_ = resize_
+    try:
+        yield
+    finally:
+        torch.UntypedStorage.resize_ = original
 
 
 @contextmanager

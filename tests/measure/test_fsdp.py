@@ -1,0 +1,84 @@
+"""`estimate --method simulate --sharding fsdp2`: rank 0 of N FSDP2 ranks under a fake process group
+and fake tensors holds what a real gloo rank of the same job holds, by the device-memory twin
+(issue 10, data-parallel sharding)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ftmix.errors import FtmixError
+from ftmix.measure.simulate import simulate
+from ftmix.mixture import mixture_from_flags
+from tests.measure.test_simulate import CONFIGS
+
+
+def _real(tmp_path, config: dict, m, ranks: int) -> list[dict]:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "mixture.json").write_text(json.dumps(dataclasses.asdict(m)))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    proc = subprocess.run([*torchrun, "-m", "ftmix.measure.fsdp", str(tmp_path / "config.json"),
+                           str(tmp_path / "mixture.json"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def _mixture(zero, lora, gc, precision="bf16", ranks=2, attn="sdpa"):
+    return mixture_from_flags(None, zero=zero, offload="none", lora=lora, gc=gc, attn=attn, precision=precision,
+                              seq_len=128, micro_batch=1, gpus=ranks)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("arch,zero,lora,gc,precision,ranks", [
+    ("llama", 3, 0, False, "bf16", 2), ("llama", 3, 8, True, "bf16", 2), ("qwen3", 2, 0, True, "bf16", 2),
+    ("mistral", 3, 0, False, "bf16-true", 2), ("llama", 3, 0, True, "bf16", 4)])
+def test_fsdp2_simulation_is_a_real_gloo_rank(tmp_path, arch, zero, lora, gc, precision, ranks):
+    m = _mixture(zero, lora, gc, precision, ranks)
+    real = _real(tmp_path, CONFIGS[arch], m, ranks)
+    est = simulate(CONFIGS[arch], m, arch, sharding="fsdp2")
+    measured = real[0]["device_peak_bytes"]
+    assert est.peak == pytest.approx(measured, rel=0.001), (est.peak, measured, est.breakdown, real[0]["device_by_role"])
+    assert sum(est.breakdown.values()) == est.peak
+    assert "FSDP2 fully_shard" in est.notes[-1] and f"rank 0 of {ranks}" in est.notes[-1]
+    # rank 0 holds the largest shards (FSDP2 pads the last rank's): no rank holds more
+    assert all(r["device_peak_bytes"] <= measured * 1.01 for r in real)
+
+
+def test_fsdp2_shards_the_model_states_over_the_ranks():
+    """Full fine-tuning, mixed precision: fp32 parameters, fp32 gradients and two fp32 AdamW states
+    per parameter, each split over the ranks (FSDP2 pads dim 0 to a multiple of the ranks)."""
+    config = CONFIGS["llama"]
+    two = simulate(config, _mixture(3, 0, True, ranks=2), "llama", sharding="fsdp2")
+    four = simulate(config, _mixture(3, 0, True, ranks=4), "llama", sharding="fsdp2")
+    for est, ranks in ((two, 2), (four, 4)):
+        assert est.breakdown["optimizer"] == pytest.approx(8 * est.total_params / ranks, rel=0.01)
+        assert est.breakdown["gradients"] >= 4 * est.total_params / ranks * 0.99
+    assert four.peak < two.peak
+
+
+def test_fsdp2_takes_pure_16_bit_training_that_deepspeed_cannot():
+    m = _mixture(3, 0, False, precision="bf16-true")
+    est = simulate(CONFIGS["llama"], m, "llama", sharding="fsdp2")
+    assert est.breakdown["optimizer"] == pytest.approx(4 * est.total_params / 2, rel=0.01)  # two bf16 states
+    with pytest.raises(FtmixError, match="needs --zero 0"):
+        simulate(CONFIGS["llama"], m, "llama")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sharding", "fsdp2"], "needs --method simulate"),
+    (["--method", "simulate", "--sharding", "fsdp2", "--zero", "1"], "ZeRO-2 (--zero 2: SHARD_GRAD_OP) or ZeRO-3"),
+    (["--method", "simulate", "--sharding", "fsdp2", "--offload", "optimizer"], "without offload"),
+    (["--method", "simulate", "--sharding", "megatron"], "sharding must be one of deepspeed, fsdp2"),
+])
+def test_fsdp2_bad_input_is_one_line_before_torch_loads(args, message):
+    code = ("import sys, runpy; sys.argv = ['ftmix', 'estimate', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('ftmix', run_name='__main__')\n"
+            "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0] and lines[1] == "no torch", proc.stderr
