@@ -82,3 +82,22 @@ def test_fsdp2_bad_input_is_one_line_before_torch_loads(args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and message in lines[0] and lines[1] == "no torch", proc.stderr
+
+
+def test_the_cli_simulates_fsdp2_and_says_so(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS["llama"]))
+    args = ["--model", str(tmp_path / "config.json"), "--method", "simulate", "--sharding", "fsdp2", "--gpus", "4",
+            "--lora", "0", "--seq-len", "128"]
+    run = lambda extra: subprocess.run([sys.executable, "-m", "ftmix", "estimate", *args, *extra],  # noqa: E731
+                                       capture_output=True, text=True, timeout=300,
+                                       env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200"))
+    proc = run(["--json"])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # --sharding fsdp2 defaults to FULL_SHARD (--zero 3) with nothing offloaded
+    assert out["sharding"] == "fsdp2" and out["label"].startswith("FSDP2 FULL_SHARD")
+    assert out["mixture"]["zero"] == 3 and out["mixture"]["offload"] == "none"
+    m = _mixture(3, 0, False, ranks=4)
+    assert out["peak_gb"] == round(simulate(CONFIGS["llama"], m, "llama", sharding="fsdp2").peak / 1e9, 3)
+    table = run([])
+    assert table.returncode == 0 and "FSDP2 FULL_SHARD + full FT" in table.stdout and "rank 0 of 4" in table.stdout

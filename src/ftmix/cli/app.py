@@ -184,7 +184,7 @@ def estimate_cmd(
     else:
         est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory)
     if json_out:
-        return print_json(dict(est.to_json(), sharding=sharding, calibration=list(cal.notes)))
+        return print_json(dict(est.to_json(), calibration=list(cal.notes)))
     estimate_table(est)
     for note in cal.notes:
         console.print(f"[dim]{note}[/dim]")

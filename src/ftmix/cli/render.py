@@ -24,7 +24,7 @@ def gb(x: float) -> str:
 
 def estimate_table(est: Estimate) -> None:
     m = est.mixture
-    title = f"{est.model} · {m.label} · s={m.seq_len} b={m.micro_batch} · {m.world} GPU(s)"
+    title = f"{est.model} · {est.label} · s={m.seq_len} b={m.micro_batch} · {m.world} GPU(s)"
     console.print(f"[bold]{title} · method {est.method}[/bold]", soft_wrap=True)  # one line, never wrapped mid-phrase
     table = Table()
     table.add_column("component")

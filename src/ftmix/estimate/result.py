@@ -22,6 +22,16 @@ class Estimate:
     gpu_memory: float | None = None  # bytes the GPU has
     safety_margin: float = 0.0
     notes: tuple[str, ...] = ()
+    sharding: str = "deepspeed"  # who shards the states over the GPUs: DeepSpeed ZeRO, or torch FSDP2
+
+    @property
+    def label(self) -> str:
+        """The mixture's label, with FSDP2's strategy where it stands in for the ZeRO stage."""
+        label = self.mixture.label
+        if self.sharding == "fsdp2":
+            strategy = "FULL_SHARD" if self.mixture.zero == 3 else "SHARD_GRAD_OP"
+            label = label.replace(self.mixture.engine, f"FSDP2 {strategy}", 1)
+        return label
 
     @property
     def peak(self) -> float:
@@ -52,7 +62,7 @@ class Estimate:
 
     def to_json(self) -> dict:
         return {
-            "method": self.method, "model": self.model, "gpu": self.gpu,
+            "method": self.method, "model": self.model, "gpu": self.gpu, "sharding": self.sharding,
             "peak_gb": round(self.peak / GB, 3),
             "reserved_gb": round(self.reserved / GB, 3),
             "reserved_expandable_segments_gb": round(self.reserved_expandable / GB, 3),
@@ -64,6 +74,6 @@ class Estimate:
             "safety_margin": self.safety_margin,
             "fits": self.fits,
             "total_params": self.total_params, "trainable_params": self.trainable_params,
-            "mixture": self.mixture.to_dict(), "label": self.mixture.label,
+            "mixture": self.mixture.to_dict(), "label": self.label,
             "notes": list(self.notes),
         }

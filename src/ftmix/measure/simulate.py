@@ -18,6 +18,7 @@ activations from the one-rank simulation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 
 import torch
@@ -85,8 +86,6 @@ def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_ma
     engines within 1% on the conformance grid), with the activations of the real model code: the
     simulation of one rank without DeepSpeed adds its difference from the analytic activations of
     that same one-rank mixture (zero for the architectures the analytic method models exactly)."""
-    import dataclasses
-
     from ftmix.catalog import spec_from_hf_config
     from ftmix.estimate.analytic import analytic_estimate
 
@@ -194,7 +193,8 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
     strategy = "FULL_SHARD" if fsdp.reshard_after_forward(m) else "SHARD_GRAD_OP"
     note = (f"FSDP2 fully_shard ({strategy}, like ZeRO-{m.zero}) over {layers} decoder layers and the root: rank 0 "
             f"of {m.world}, simulated with a fake process group")
-    return _estimate(report, m, name, gpu, safety_margin, total, trainable, (note,))
+    return dataclasses.replace(_estimate(report, m, name, gpu, safety_margin, total, trainable, (note,)),
+                               sharding="fsdp2")
 
 
 def _check_model_type(config: dict) -> None:
