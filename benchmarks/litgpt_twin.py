@@ -1,0 +1,170 @@
+"""litgpt's own training step, simulated at full size under fake tensors and counted by the
+device-memory twin: the measured reason why ftmix (which models HF transformers + PEFT + DeepSpeed)
+and litgpt's published LoRA rows differ (issue 8, "a source that cannot reach the goal is explained
+with the measured reason").
+
+For each litgpt row of `shared/data/published-rows.jsonl` that `benchmarks/published.py` maps to a
+LoRA mixture, this builds litgpt's model (`litgpt.lora.GPT` from litgpt's own config of that model,
+LoRA on the row's targets, bf16-true as Fabric's `init_module` makes it), and runs litgpt
+`finetune/lora.py`'s step: `model(input_ids, lm_head_chunk_size=128)`, `chunked_cross_entropy`,
+the loss divided over the accumulation, AdamW (foreach, as on a GPU), two optimizer steps of two
+micro steps, at the row's sequence length and micro batch. The twin gives litgpt's allocated peak;
+beside it: the row's measured figure and ftmix's prediction for the same setup.
+
+litgpt is not a dependency of ftmix; install it apart (pinned, no dependencies pulled):
+
+    .venv/bin/pip install --no-deps --target .litgpt litgpt==0.5.9 lightning==2.6.6 \\
+        lightning-utilities==0.15.3 torchmetrics==1.9.0 jsonargparse==4.53.0
+    PYTHONPATH=.litgpt .venv/bin/python benchmarks/litgpt_twin.py [--only ID,ID]
+
+Writes benchmarks/results/litgpt_twin.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"query": "lora_query", "key": "lora_key", "value": "lora_value", "attn out-proj": "lora_projection",
+           "mlp (all MLP linears)": "lora_mlp", "lm_head": "lora_head"}
+MICRO_STEPS = 2
+
+
+def litgpt_config(row: dict):
+    """litgpt's own config for the row's model (matched on its hub id), with the row's LoRA."""
+    from litgpt.config import configs
+    from litgpt.lora import Config
+
+    org, name = row["model"].split("/", 1)
+    # litgpt keys a config by its hub name, or by its own name where the hub renamed the repository
+    # (meta-llama/Llama-3.1-8B was Meta-Llama-3.1-8B)
+    found = [c for c in configs if c["hf_config"].get("name", "").lower() == name.lower()] or \
+        [c for c in configs if c["name"].lower() == name.lower()]
+    if not found:
+        raise LookupError(f"litgpt has no config for {row['model']}")
+    flags = {flag: False for flag in TARGETS.values()}
+    for target in row["lora_targets"]:
+        flags[TARGETS[target]] = True
+    return Config.from_name(found[0]["name"], lora_r=row["lora_r"], lora_alpha=row["lora_alpha"] or 16,
+                            lora_dropout=0.05, **flags)
+
+
+def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
+    import torch
+    from litgpt.lora import GPT, mark_only_lora_as_trainable
+    from litgpt.utils import chunked_cross_entropy
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ftmix.measure.twin import DeviceTwin
+
+    config = litgpt_config(row)
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    twin = DeviceTwin(virtual=True)
+    with warnings.catch_warnings(), fake:
+        warnings.simplefilter("ignore")
+        twin.start()
+        try:
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)  # Fabric's init_module under bf16-true
+            try:
+                model = GPT(config)
+            finally:
+                torch.set_default_dtype(default)
+            model.max_seq_length = seq_len
+            mark_only_lora_as_trainable(model)
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, foreach=True)
+            twin.watch_model(model)
+            twin.watch_step(optimizer)
+            for step in (1, 2):
+                twin.begin_step(step)
+                for _ in range(MICRO_STEPS):
+                    ids = torch.zeros(micro_batch, seq_len, dtype=torch.long)
+                    logits = model(ids, lm_head_chunk_size=128)
+                    logits[-1] = logits[-1][..., :-1, :]
+                    loss = chunked_cross_entropy(logits, ids[..., 1:])
+                    (loss / MICRO_STEPS).backward()
+                    del logits, loss
+                optimizer.step()
+                optimizer.zero_grad()
+            with twin.paused():
+                twin.mark_model(model)
+                report = twin.report()
+        finally:
+            twin.stop()
+    return report
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="", help="comma list of row ids")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    try:
+        import litgpt  # noqa: F401
+    except ImportError:
+        sys.exit("error: litgpt is not installed; see this script's docstring")
+    published = json.loads((ROOT / "benchmarks" / "results" / "published.json").read_text())
+    rows = {json.loads(line)["id"]: json.loads(line)
+            for line in (ROOT.parent / "shared" / "data" / "published-rows.jsonl").read_text().splitlines() if line}
+    wanted = set(args.only.split(",")) - {""}
+    results = []
+    for p in published["rows"]:
+        row = rows[p["id"]]
+        memory = p.get("memory") or {}
+        if not row["source_group"].startswith("litgpt/") or row["method"] != "lora" or memory.get("error") is None:
+            continue
+        if wanted and p["id"] not in wanted:
+            continue
+        t = time.time()
+        try:
+            report = simulate_litgpt(row, row["seq_len"], row["micro_batch"])
+        except Exception as exc:  # noqa: BLE001 - a row litgpt cannot build is reported, not fatal
+            results.append(dict(id=p["id"], model=row["model"], error=str(exc).splitlines()[0][:200]))
+            print(json.dumps(results[-1]), flush=True)
+            continue
+        litgpt_gb = report["device_peak_bytes"] / 1e9
+        results.append(dict(id=p["id"], model=row["model"], seq_len=row["seq_len"], micro_batch=row["micro_batch"],
+                            lora=f"r{row['lora_r']} {'+'.join(row['lora_targets'])}", measured_gb=memory["measured_gb"],
+                            ftmix_gb=memory["predicted_gb"], litgpt_simulated_gb=round(litgpt_gb, 3),
+                            litgpt_error=round(litgpt_gb / memory["measured_gb"] - 1, 4), ftmix_error=memory["error"],
+                            litgpt_peak_at=report["device_peak_at"],
+                            litgpt_by_role_gb={k: round(v / 1e9, 3) for k, v in report["device_by_role"].items()},
+                            seconds=round(time.time() - t, 1)))
+        print(json.dumps(results[-1]), flush=True)
+    ok = [r for r in results if "litgpt_error" in r]
+    summary = {"n": len(ok), "litgpt_median": round(statistics.median(abs(r["litgpt_error"]) for r in ok), 4) if ok else None,
+               "litgpt_worst": round(max(abs(r["litgpt_error"]) for r in ok), 4) if ok else None,
+               "ftmix_median": round(statistics.median(abs(r["ftmix_error"]) for r in ok), 4) if ok else None,
+               "ftmix_worst": round(max(abs(r["ftmix_error"]) for r in ok), 4) if ok else None}
+    out = Path(args.out)
+    (out / "litgpt_twin.json").write_text(json.dumps({"summary": summary, "rows": results}, indent=1) + "\n")
+    lines = ["# litgpt's own step, simulated, against its published LoRA rows", "",
+             "Written by `benchmarks/litgpt_twin.py` (litgpt 0.5.9 under fake tensors, counted by the device-memory "
+             "twin). GB = 1e9 bytes, `torch.cuda.max_memory_allocated` as litgpt prints it.", "",
+             f"- litgpt simulated vs measured: median {100 * summary['litgpt_median']:.1f}%, worst "
+             f"{100 * summary['litgpt_worst']:.1f}% (n={summary['n']})" if ok else "- no rows",
+             f"- ftmix (HF transformers + PEFT) vs measured: median {100 * summary['ftmix_median']:.1f}%, worst "
+             f"{100 * summary['ftmix_worst']:.1f}%" if ok else "", "",
+             "| id | model | s x b | LoRA | measured | litgpt simulated | error | ftmix | error |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['id']} | {r['model']} | | | error: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['id']} | {r['model']} | {r['seq_len']} x {r['micro_batch']} | {r['lora']} | "
+                     f"{r['measured_gb']} | {r['litgpt_simulated_gb']} | {100 * r['litgpt_error']:+.1f}% | "
+                     f"{r['ftmix_gb']} | {100 * r['ftmix_error']:+.1f}% |")
+    (out / "litgpt_twin.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
