@@ -39,10 +39,18 @@ def test_a_litgpt_row_maps_to_ftmix_flags():
     (dict(row_type="max_context_at_budget"), "longest context"),
     (dict(lora_targets=["query", "lm_head"]), "output head"),
     (dict(precision="bf16-mixed (fp32 weights)"), "fp32 base"),
+    (dict(method_detail="LoRA use_dora"), "DoRA"),
+    (dict(method_detail="LoRA optimizer lora-fa", optimizer="lora-fa {'r': 32}"), "LoRA-FA"),
+    (dict(method_detail="LoRA bd-lora"), "BD-LoRA"),
 ])
 def test_what_ftmix_cannot_represent_is_named(change, why):
     with pytest.raises(NotRepresented, match=why):
         represent(dict(LITGPT, **change))
+
+
+def test_lora_variants_that_train_the_same_tensors_stay_represented():
+    for detail in ("LoRA use_rslora", "LoRA MiCA init/variant (experiment name)", "LoRA plain"):
+        assert represent(dict(LITGPT, method_detail=detail)).mixture.lora == 8
 
 
 def test_units_and_counters_as_published():

@@ -83,6 +83,8 @@ def represent(row: dict) -> PublishedRow:
         raise NotRepresented("QLoRA / quantized base weights")
     if method not in ("lora", "full"):
         raise NotRepresented(f"method {row.get('method')!r}")
+    if method == "lora":
+        _plain_lora(row)
     engine = _text(row.get("engine"))
     if "fsdp" in engine:
         raise NotRepresented("FSDP")
@@ -111,6 +113,21 @@ def represent(row: dict) -> PublishedRow:
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
         raise NotRepresented("no memory or per-step speed figure")
     return out
+
+
+# LoRA variants that train other tensors than PEFT's plain LoRA (and so hold other bytes): DoRA adds a
+# magnitude vector per layer and a weight norm in every forward, LoRA-FA freezes A and trains B
+# only, BD-LoRA makes the factors block-diagonal. rsLoRA (a scale) and initialisations (PiSSA,
+# MiCA) train the same tensors and stay represented.
+LORA_VARIANTS = (("dora", "DoRA (weight-decomposed LoRA)"), ("lora-fa", "LoRA-FA (A frozen, B trained)"),
+                 ("bd-lora", "BD-LoRA (block-diagonal factors)"))
+
+
+def _plain_lora(row: dict) -> None:
+    said = f"{_text(row.get('method_detail'))} {_text(row.get('optimizer'))}"
+    for key, name in LORA_VARIANTS:
+        if key in said:
+            raise NotRepresented(f"LoRA variant {name}")
 
 
 def _spec(row: dict) -> tuple[ModelSpec, dict]:
