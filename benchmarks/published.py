@@ -185,8 +185,13 @@ def markdown(report: dict) -> str:
                   "| id | measured GB | litgpt simulated | error | ftmix (HF) | error |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for r in litgpt["rows"]:
             if "litgpt_error" in r:
-                lines.append(f"| {r['id']} | {r['measured_gb']} | {r['litgpt_simulated_gb']} | {_pct(r['litgpt_error'])} | "
-                             f"{r['ftmix_gb']} | {_pct(r['ftmix_error'])} |")
+                apart = " (below its model states: not averaged)" if "below_model_states_gb" in r else ""
+                lines.append(f"| {r['id']}{apart} | {r['measured_gb']} | {r['litgpt_simulated_gb']} | "
+                             f"{_pct(r['litgpt_error'])} | {r['ftmix_gb']} | {_pct(r['ftmix_error'])} |")
+            elif r.get("measured_gb") == "OOM":
+                lines.append(f"| {r['id']} | OOM on {r['gpu_gb']} GB | {r['litgpt_simulated_gb']} | "
+                             f"{'fits (wrong)' if r['litgpt_fits'] else 'does not fit'} | - | "
+                             f"{'fits (wrong)' if r['ftmix_fits'] else 'does not fit'} |")
     lines += ["", "## Not represented (the roadmap)", "", "| missing feature | rows |", "| --- | ---: |"]
     for why, n in report["not_represented_by_feature"].items():
         lines.append(f"| {why} | {n} |")
