@@ -32,8 +32,9 @@ def reshard_after_forward(m: Mixture) -> bool:
 
 
 def one_process_mixture(m: Mixture) -> Mixture:
-    """The mixture ``build_model`` gets: fp32 weights for mixed precision (FSDP2 shards the fp32
-    masters and casts on all-gather), as at --zero 0 without DeepSpeed."""
+    """The mixture ``build_model`` gets, as at --zero 0 without DeepSpeed: for mixed-precision full
+    fine-tuning fp32 weights (FSDP2 shards the fp32 masters and casts on all-gather); for LoRA a
+    16-bit frozen base with PEFT's fp32 adapters."""
     return m.with_(zero=0, offload="none", gpus=1, nodes=1)
 
 
