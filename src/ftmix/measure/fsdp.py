@@ -1,7 +1,7 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``): the per-rank peak of N ranks, simulated in one
 process on this machine with a fake process group, and measured on real ranks with gloo.
 
-Both run the same code (``shard`` and ``train_steps``); only the process group and the tensors
+Both run the same code (``shard``, then ``simulate.measure_steps``); only the process group and the tensors
 differ. Under ``torch.testing._internal.distributed.fake_pg`` every collective returns at once
 with the right shapes, so rank 0 of an N-rank job runs alone under fake tensors: its sharded
 parameters, gradients and AdamW states, the all-gathered layers and the reduce-scatter inputs are
@@ -21,8 +21,6 @@ from __future__ import annotations
 import torch
 
 from ftmix.mixture import Mixture
-
-MICRO_STEPS = 2
 
 
 def reshard_after_forward(m: Mixture) -> bool:
@@ -72,30 +70,6 @@ def optimizer_for(params):
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 
-def train_steps(model, optimizer, params, m: Mixture, twin, steps: int = 2, ids=None) -> None:
-    """``steps`` optimizer steps of MICRO_STEPS micro steps; FSDP2 reduce-scatters every backward."""
-    for step in range(1, steps + 1):
-        twin.begin_step(step)
-        for _ in range(MICRO_STEPS):
-            batch = ids if ids is not None else torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
-            mask = None
-            if not m.packing:
-                # a padded row: transformers drops an all-ones mask (a data-dependent check that a
-                # fake tensor cannot answer, so under fake tensors the mask always stays)
-                mask = torch.ones_like(batch)
-                mask[:, -1] = 0
-            loss = model(input_ids=batch, attention_mask=mask, labels=batch).loss / MICRO_STEPS
-            loss.backward()
-            del loss
-        twin.set_phase("optimizer step")
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with twin.paused():
-            twin.mark_optimizer(optimizer)
-        twin.set_phase("between steps")
-
-
 def measure_real(config: dict, m: Mixture) -> dict:
     """One real rank of a gloo job started by torchrun: the device-memory twin's report of the same
     steps the simulation runs (the check of the simulation; tiny models only)."""
@@ -104,6 +78,7 @@ def measure_real(config: dict, m: Mixture) -> dict:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    from ftmix.measure.simulate import measure_steps
     from ftmix.measure.twin import DeviceTwin
     from ftmix.train.model import ModelSource, build_model
 
@@ -116,18 +91,11 @@ def measure_real(config: dict, m: Mixture) -> dict:
             warnings.simplefilter("ignore")
             model = build_model(ModelSource("catalog-config", "fsdp2-check", config=dict(config)),
                                 one_process_mixture(m), "cpu").model
-            model.train()
             shard(model, m, mesh)
             twin.reset_peak()
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = optimizer_for(params)
-            twin.watch_model(model)
-            twin.watch_step(optimizer)
+            optimizer = optimizer_for([p for p in model.parameters() if p.requires_grad])
             ids = torch.randint(0, config["vocab_size"], (m.micro_batch, m.seq_len))
-            train_steps(model, optimizer, params, m, twin, ids=ids)
-            with twin.paused():
-                twin.mark_model(model)
-                report = twin.report()
+            report = measure_steps(model, optimizer, m, twin, "the FSDP2 check failed", autocast=False, ids=ids)[0]
         return dict(report, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         dist.destroy_process_group()
@@ -140,5 +108,6 @@ if __name__ == "__main__":  # torchrun --nproc-per-node N -m ftmix.measure.fsdp 
     from pathlib import Path
 
     config_path, mixture_path, out = sys.argv[1:4]
-    result = measure_real(json.loads(Path(config_path).read_text()), Mixture(**json.loads(Path(mixture_path).read_text())))
+    mixture = Mixture(**json.loads(Path(mixture_path).read_text()))
+    result = measure_real(json.loads(Path(config_path).read_text()), mixture)
     Path(out, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))

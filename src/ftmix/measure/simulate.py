@@ -122,28 +122,32 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         warnings.simplefilter("ignore")
         twin.start()
         try:
-            built = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu")
-            model = built.model
-            model.train()
+            model = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu").model
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
-            twin.watch_model(model)
-            twin.watch_step(optimizer)
-            try:
-                _steps(model, optimizer, params, m, twin)
-            except (RuntimeError, NotImplementedError) as exc:
-                # an op without a fake-tensor (meta) kernel for these dtypes, e.g. grouped_mm of
-                # fp32 experts in mixed-precision full fine-tuning
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise FtmixError(f"{name} cannot be simulated with {m.label}: {first}") from None
-            with twin.paused():
-                twin.mark_model(model)
-                report = twin.report()
-                total = sum(p.numel() for p in model.parameters())
-                trainable = sum(p.numel() for p in params)
+            cannot = f"{name} cannot be simulated with {m.label}"
+            report, total, trainable = measure_steps(model, optimizer, m, twin, cannot)
         finally:
             twin.stop()
     return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
+
+
+def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, autocast: bool = True, ids=None):
+    """Run the steps under the twin: (its report, all parameters, trainable parameters). An op
+    without a fake-tensor (meta) kernel for these dtypes (grouped_mm of fp32 experts in
+    mixed-precision full fine-tuning) is one FtmixError starting with ``cannot``."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    twin.watch_model(model)
+    twin.watch_step(optimizer)
+    try:
+        run_steps(model, optimizer, params, m, twin, autocast, ids)
+    except (RuntimeError, NotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise FtmixError(f"{cannot}: {first}") from None
+    with twin.paused():
+        twin.mark_model(model)
+        return twin.report(), sum(p.numel() for p in model.parameters()), sum(p.numel() for p in params)
 
 
 def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float) -> Estimate:
@@ -169,23 +173,12 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
             try:
                 model = build_model(ModelSource("catalog-config", name, config=dict(config)),
                                     fsdp.one_process_mixture(m), "cpu").model
-                model.train()
                 layers = fsdp.shard(model, m, mesh)
                 twin.reset_peak()  # built whole, then sharded: see fsdp.shard
-                params = [p for p in model.parameters() if p.requires_grad]
-                optimizer = fsdp.optimizer_for(params)
-                twin.watch_model(model)
-                twin.watch_step(optimizer)
-                try:
-                    fsdp.train_steps(model, optimizer, params, m, twin)
-                except (RuntimeError, NotImplementedError) as exc:
-                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                    raise FtmixError(f"{name} cannot be simulated under FSDP2 with {m.label}: {first}") from None
-                with twin.paused():
-                    twin.mark_model(model)
-                    report = twin.report()
-                    total = sum(p.numel() for p in model.parameters())
-                    trainable = sum(p.numel() for p in params)
+                optimizer = fsdp.optimizer_for([p for p in model.parameters() if p.requires_grad])
+                report, total, trainable = measure_steps(model, optimizer, m, twin,
+                                                    f"{name} cannot be simulated under FSDP2 with {m.label}",
+                                                    autocast=False)
             finally:
                 twin.stop()
     finally:
@@ -210,17 +203,25 @@ def _version() -> str:
     return transformers.__version__
 
 
-def _steps(model, optimizer, params, m: Mixture, twin: DeviceTwin) -> None:
-    mixed = m.precision in ("bf16", "fp16")
+def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: bool = True, ids=None) -> None:
+    """STEPS optimizer steps of MICRO_STEPS micro steps each, the loss divided over them, clipping to
+    1.0, ``zero_grad(set_to_none=True)``. ``autocast``: HF Trainer's mixed precision (FSDP2 casts
+    through its policy instead). ``ids``: real token ids (checks on real tensors), else zeros."""
+    mixed = autocast and m.precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
     for step in range(1, STEPS + 1):
         twin.begin_step(step)
         for _ in range(MICRO_STEPS):
-            ids = torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
-            # padded rows carry a mask (SDPA then repeats grouped K/V); packed rows none
-            mask = None if m.packing else torch.ones(m.micro_batch, m.seq_len, dtype=torch.long)
+            batch = ids if ids is not None else torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
+            mask = None  # packed rows carry none
+            if not m.packing:
+                # padded rows carry a mask (SDPA then repeats grouped K/V); one padded token, as real
+                # data has: transformers drops an all-ones mask (a data-dependent check that a fake
+                # tensor cannot answer, so under fake tensors the mask always stays)
+                mask = torch.ones_like(batch)
+                mask[:, -1] = 0
             with torch.autocast("cpu", dtype=dtype, enabled=mixed):
-                loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss / MICRO_STEPS
+                loss = model(input_ids=batch, attention_mask=mask, labels=batch).loss / MICRO_STEPS
             loss.backward()
             del loss
         twin.set_phase("optimizer step")
