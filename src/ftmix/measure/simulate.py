@@ -61,6 +61,20 @@ def _swappable(fake: FakeTensorMode):
         torch.utils.swap_tensors = original
 
 
+@contextlib.contextmanager
+def _fake_twin():
+    """Fake tensors (PEFT's swaps allowed) and the device-memory twin counting them; warnings off."""
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    twin = DeviceTwin(virtual=True)
+    with warnings.catch_warnings(), fake, _swappable(fake):
+        warnings.simplefilter("ignore")
+        twin.start()
+        try:
+            yield twin
+        finally:
+            twin.stop()
+
+
 def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, safety_margin: float = 0.05,
              deepspeed: dict | None = None, sharding: str = "deepspeed") -> Estimate:
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
@@ -116,19 +130,12 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         # log-sum-exp, K/V at their own width): unpadded rows, as FA2's varlen path runs them
         m = m.with_(attn="sdpa", packing=True)
         notes = ("fa2 simulated as SDPA on unpadded rows (the same saved tensors)",)
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
-    twin = DeviceTwin(virtual=True)
-    with warnings.catch_warnings(), fake, _swappable(fake):
-        warnings.simplefilter("ignore")
-        twin.start()
-        try:
-            model = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu").model
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
-            cannot = f"{name} cannot be simulated with {m.label}"
-            report, total, trainable = measure_steps(model, optimizer, m, twin, cannot)
-        finally:
-            twin.stop()
+    with _fake_twin() as twin:
+        model = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu").model
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        cannot = f"{name} cannot be simulated with {m.label}"
+        report, total, trainable = measure_steps(model, optimizer, m, twin, cannot)
     return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
 
 
@@ -165,22 +172,14 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=m.world)
     try:
         mesh = init_device_mesh("cpu", (m.world,))  # before fake mode: the mesh reads its ranks' values
-        fake = FakeTensorMode(allow_non_fake_inputs=True)
-        twin = DeviceTwin(virtual=True)
-        with warnings.catch_warnings(), fake, _swappable(fake):
-            warnings.simplefilter("ignore")
-            twin.start()
-            try:
-                model = build_model(ModelSource("catalog-config", name, config=dict(config)),
-                                    fsdp.one_process_mixture(m), "cpu").model
-                layers = fsdp.shard(model, m, mesh)
-                twin.reset_peak()  # built whole, then sharded: see fsdp.shard
-                optimizer = fsdp.optimizer_for([p for p in model.parameters() if p.requires_grad])
-                report, total, trainable = measure_steps(model, optimizer, m, twin,
-                                                    f"{name} cannot be simulated under FSDP2 with {m.label}",
-                                                    autocast=False)
-            finally:
-                twin.stop()
+        with _fake_twin() as twin:
+            model = build_model(ModelSource("catalog-config", name, config=dict(config)),
+                                fsdp.one_process_mixture(m), "cpu").model
+            layers = fsdp.shard(model, m, mesh)
+            twin.reset_peak()  # built whole, then sharded: see fsdp.shard
+            optimizer = fsdp.optimizer_for([p for p in model.parameters() if p.requires_grad])
+            cannot = f"{name} cannot be simulated under FSDP2 with {m.label}"
+            report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, autocast=False)
     finally:
         dist.destroy_process_group()
     strategy = "FULL_SHARD" if fsdp.reshard_after_forward(m) else "SHARD_GRAD_OP"
