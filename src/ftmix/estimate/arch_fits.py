@@ -105,6 +105,9 @@ def apply(est, model: ModelSpec):
     extra, note = correction(model, est.mixture)
     if note is None:
         return est
+    if not any(est.breakdown.get(k) for k in ("activations", "loss_head", "gc_recompute", "backward_working")):
+        # the peak holds no activations (the optimizer step): a fit of activation terms cannot move it
+        return dataclasses.replace(est, notes=est.notes + (note + "; not applied: the peak holds no activations",))
     breakdown = dict(est.breakdown)
     breakdown["activations"] = max(0.0, breakdown.get("activations", 0.0) + extra)
     return dataclasses.replace(est, breakdown=breakdown, notes=est.notes + (note,))
