@@ -56,11 +56,14 @@ def all_cases(grid: str = "standard") -> list[dict]:
     return cases
 
 
-def run_case(case: dict, workdir: Path, deepspeed_config: str | None = None, seq_len: int = 128) -> dict:
-    """One real run; returns the comparison of the estimate with the twin."""
+def run_case(case: dict, workdir: Path, deepspeed_config: str | None = None, seq_len: int = 128,
+             effective_batch: int | None = None) -> dict:
+    """One real run; returns the comparison of the estimate with the twin. ``effective_batch``
+    defaults to two micro steps per optimizer step (gradients kept between them); the ranks'
+    number of samples is one micro step each (no accumulation)."""
     out = workdir / case_name(**case).replace(" ", "_")
     flags = ["--random-init", f"model_overrides={json.dumps(SHAPES[case['shape']])}", "max_rows=8",
-             "--seq-len", str(seq_len), f"effective_batch={2 * case['ranks']}", "--max-steps", "2",
+             "--seq-len", str(seq_len), f"effective_batch={effective_batch or 2 * case['ranks']}", "--max-steps", "2",
              "--output-dir", str(out), "--zero", str(case["zero"]), "--offload", case["offload"],
              "--lora", str(case["lora"]), "--gc" if case["gc"] else "--no-gc", "--attn", case["attn"],
              "--nproc", str(case["ranks"]), "--precision", "bf16", "--json", "lr=0.001"]

@@ -188,7 +188,7 @@ def run_row(row: Row, device: str, steps: int, tiny: bool, gpu_name: str | None)
             torch.cuda.empty_cache()
     if not tiny:
         spec = load_model(row.model)
-        est = estimate(spec, m)
+        est = estimate(spec, m, grad_accum=1)  # one micro step per optimizer step (step() above)
         out["estimate_peak_gb"] = round(est.peak / 1e9, 3)
         if out.get("status") == "ok" and device == "cuda":
             out["estimate_error"] = round(est.peak / out["max_allocated"] - 1, 4)

@@ -65,3 +65,25 @@ def test_deepspeed_default_buckets(tmp_path):
     assert buffers["predicted"] == pytest.approx(2 * 2 * 500_000_000, rel=0.001)
     assert buffers["measured"] == pytest.approx(buffers["predicted"], rel=0.001)
     assert abs(row["error"]) <= 0.01
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("shape,gc,attn,where", [
+    ("gqa-untied", False, "sdpa", "backward of the loss head"),
+    ("mha-tied", True, "sdpa", "end of the backward (the tied embedding"),
+    ("gqa-untied", True, "eager", "backward of the bottom decoder layer"),
+])
+def test_without_accumulation_the_estimate_matches_the_trainer(tmp_path, shape, gc, attn, where):
+    """One micro step per optimizer step (effective batch = micro batch): HF Trainer sets the
+    gradients to None after each step, so the forward and the loss head's backward hold none; the
+    estimate (grad_accum=1, as `ftmix train` asks for it) equals the twin within 1%."""
+    import conformance
+
+    case = dict(shape=shape, zero=0, offload="none", lora=0, gc=gc, attn=attn, ranks=1)
+    row = conformance.run_case(case, tmp_path, effective_batch=1)
+    assert isinstance(row["error"], float), row["error"]
+    assert abs(row["error"]) <= 0.01, (row["measured_bytes"], row["predicted_bytes"], row["components"])
+    assert row["predicted_peak_at"][0].startswith(f"peak at: {where}"), row["predicted_peak_at"]
+    grads = row["components"]["gradients and DeepSpeed buffers"]
+    if where == "backward of the loss head":
+        assert grads["measured"] == 0 and grads["predicted"] == 0

@@ -118,3 +118,29 @@ def test_deepspeed_json_errors_are_one_line(cli, tmp_path):
     ds.write_text("{not json")
     proc = cli("estimate", "--deepspeed", str(ds))
     assert proc.returncode == 2 and proc.stderr.startswith("error: DeepSpeed config") and "not valid JSON" in proc.stderr
+
+
+def test_grad_accum_one_drops_the_gradients_from_the_forward(ftmix):
+    """--grad-accum 1 on one GPU without DeepSpeed: the forward runs without gradients (full
+    fine-tuning peaks lower by about its gradients); DeepSpeed's stages keep their buffers."""
+    full = ["estimate", "--model", "llama-2-7b", "--zero", "0", "--offload", "none", "--lora", "0",
+            "--precision", "bf16-true", "--seq-len", "2048", "--micro-batch", "2", "--json"]
+    code, out, err = ftmix(*full)
+    kept = json.loads(out)
+    code, out, err = ftmix(*full, "--grad-accum", "1")
+    one = json.loads(out)
+    assert code == 0 and kept["grad_accum"] is None and one["grad_accum"] == 1
+    assert one["breakdown_gb"]["gradients"] == 0 and kept["breakdown_gb"]["gradients"] == pytest.approx(13.48, abs=0.01)
+    assert kept["peak_gb"] - one["peak_gb"] == pytest.approx(13.48, abs=0.01)
+    assert any(n.startswith("gradients: none before the backward") for n in one["notes"])
+    assert any("--grad-accum 1" in n for n in kept["notes"])
+    zero2 = ["estimate", "--model", "llama-2-7b", "--zero", "2", "--offload", "none", "--lora", "0", "--json"]
+    same = [json.loads(ftmix(*zero2, *extra)[1])["peak_gb"] for extra in ((), ("--grad-accum", "1"))]
+    assert same[0] == same[1]
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_grad_accum_must_be_a_positive_whole_number(ftmix, value):
+    code, out, err = ftmix("estimate", "--model", "llama-2-7b", "--grad-accum", value)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--grad-accum" in lines[0]

@@ -101,3 +101,20 @@ def test_impossible_fixed_flags():
         plan(LLAMA7, V100, dict(attn="fa2"))
     with pytest.raises(FtmixError, match="positions"):
         plan(load_model("falcon-180b"), V100, dict(seq_len=4096))
+
+
+def test_the_plan_estimates_each_candidate_at_its_own_accumulation():
+    """An effective batch of one micro batch on one GPU: no accumulation, so full fine-tuning
+    without DeepSpeed is estimated without gradients in the forward, as `ftmix train` runs it."""
+    from ftmix.estimate import estimate
+    from ftmix.plan.search import candidates
+
+    flags = dict(zero=0, offload="none", lora=0, precision="bf16-true", seq_len=2048, micro_batch=4, gc=False,
+                 attn="fa2")
+    for effective, accum in ((4, 1), (8, 2)):
+        (c,) = candidates(LLAMA7, load_gpu("h100-80gb"), flags, effective_batch=effective)
+        assert c.memory.grad_accum == accum
+        assert c.memory.peak == estimate(LLAMA7, c.mixture, load_gpu("h100-80gb"), grad_accum=accum).peak
+    one = candidates(LLAMA7, load_gpu("h100-80gb"), flags, effective_batch=4)[0].memory.peak
+    two = candidates(LLAMA7, load_gpu("h100-80gb"), flags, effective_batch=8)[0].memory.peak
+    assert two - one == pytest.approx(2 * LLAMA7.total_params, rel=0.01)

@@ -159,6 +159,7 @@ def estimate_cmd(
     packing: o.Packing = None,
     safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
+    grad_accum: o.GradAccum = None,
     sharding: Annotated[str, typer.Option("--sharding", metavar="deepspeed|fsdp2", help="Who shards the model states over --gpus x --nodes: DeepSpeed ZeRO, or torch FSDP2 (fully_shard; --method simulate only: --zero 3 is FULL_SHARD, --zero 2 SHARD_GRAD_OP; defaults --zero 3, no offload; pure 16-bit allowed).")] = "deepspeed",
     calibration: Calibration = None, calibration_any_gpu: AnyGpu = False,
     json_out: o.Json = False,
@@ -179,10 +180,13 @@ def estimate_cmd(
                      offload="none" if flags["offload"] is None else flags["offload"])
     mix = mixture_from_flags(gpu_spec, **flags)
     check_sharding(sharding, mix, method, ds_config, gpu_spec)
+    if grad_accum is not None and grad_accum < 1:
+        raise FtmixError(f"--grad-accum must be 1 or more, got {grad_accum}")
     if method == "simulate":
-        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding), cal.memory)
+        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding, grad_accum),
+                             cal.memory)
     else:
-        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory)
+        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory, grad_accum)
     if json_out:
         return print_json(dict(est.to_json(), calibration=list(cal.notes)))
     estimate_table(est)
@@ -191,7 +195,7 @@ def estimate_cmd(
 
 
 def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None,
-              sharding: str = "deepspeed"):
+              sharding: str = "deepspeed", grad_accum: int | None = None):
     """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
     from ftmix.estimate.sim_input import simulation_config
 
@@ -201,7 +205,7 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict |
     with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
         from ftmix.measure.simulate import simulate
 
-        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding)
+        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding, grad_accum)
 
 
 @app.command("calibrate-arch")

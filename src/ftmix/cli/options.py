@@ -23,6 +23,7 @@ SeqLen = Annotated[Optional[int], typer.Option("--seq-len", metavar="TOKENS", he
 Gpus = Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs per node. Default 1.")]
 Nodes = Annotated[Optional[int], typer.Option("--nodes", metavar="N", help="Nodes. Default 1.")]
 Packing = Annotated[Optional[bool], typer.Option("--packing/--padding", help="Packed rows (no padding mask) or rows padded to --seq-len. Default padding.")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", metavar="N", help="Micro steps per optimizer step. 1 on one GPU without DeepSpeed: the gradients are set to None after each step, so the forward runs without them (full fine-tuning peaks lower). Default: unknown, counted as kept between micro steps.")]
 DeepSpeed = Annotated[Optional[str], typer.Option("--deepspeed", metavar="FILE", help="Your DeepSpeed JSON: its stage, offload, precision and bucket sizes (HF \"auto\" values too) drive the estimate.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 Model = Annotated[str, typer.Option("--model", metavar="NAME|PATH", help="Catalog name or its hub id (see `ftmix models`), or a config.json (or its folder).")]

@@ -20,19 +20,23 @@ METHODS = ("analytic", "paper")
 
 def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: str = "analytic",
              safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None,
-             overheads: MemoryOverheads | None = None) -> Estimate:
+             overheads: MemoryOverheads | None = None, grad_accum: int | None = None) -> Estimate:
     """``deepspeed``: the user's own DeepSpeed config, whose bucket settings the analytic method
     uses (its stage, offload and precision must already be in ``m``: ``mixture.engine
-    .flags_from_deepspeed``). ``overheads``: calibrated allocator slack and CUDA context."""
+    .flags_from_deepspeed``). ``overheads``: calibrated allocator slack and CUDA context.
+    ``grad_accum``: micro steps per optimizer step (None: unknown, the gradients counted as kept
+    between micro steps)."""
     check_mixture(m, model, gpu)
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
+    if grad_accum is not None and (isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1):
+        raise FtmixError(f"gradient accumulation must be a whole number of micro steps >= 1, got {grad_accum!r}")
     memory = None if gpu is None else float(gpu.memory_bytes)
     name = None if gpu is None else gpu.name
     if method == "paper":
         return with_overheads(paper_estimate(model, m, memory, name, safety_margin), overheads)
     if method == "analytic":
-        est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed), model)
+        est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed, grad_accum), model)
         return with_overheads(est, overheads)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 

@@ -5,7 +5,8 @@ The backward peak is the larger of two moments (measured on CPU with a live-byte
 activations.py): the loss head's backward, when every layer's activations (or, with GC, every
 checkpoint) are still stored; and one layer's backward, when the loss head is freed but, with GC,
 that layer has been recomputed. Gradients are counted whole during the backward (gradient
-accumulation keeps them between micro steps). The optimizer step's fp32 gradient partition comes
+accumulation keeps them between micro steps); without accumulation a plain loop (no DeepSpeed, one
+GPU) has none before the backward makes them. The optimizer step's fp32 gradient partition comes
 when the activations are gone.
 """
 
@@ -20,10 +21,16 @@ from ftmix.estimate.states import model_states, total_with_adapters, trainable_p
 from ftmix.mixture import Mixture, resolve_targets
 
 
-def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0) -> tuple[dict[str, float], str, float]:
-    """Bytes of activations at the backward peak, by component, where the peak falls, and the
-    reduction buckets alive then: stage 2 allocates them at the first gradient, after the loss
-    head's backward; stage 1 (with accumulation) and stage 3 hold them throughout."""
+def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
+                    absent: float = 0.0) -> tuple[dict[str, float], str, float, float]:
+    """Bytes of activations at the backward peak, by component, where the peak falls, the
+    reduction buckets alive then (stage 2 allocates them at the first gradient, after the loss
+    head's backward; stage 1 with accumulation and stage 3 hold them throughout), and the
+    gradient bytes not yet made then. ``absent``: gradient bytes that exist only once the backward
+    has made them (no accumulation, ``fresh_gradients``): the last forward, the loss head's and the
+    output head's backward come before them; a decoder layer's backward holds those of the layers
+    above it, the larger of the top layer's and the bottom layer's moment (measured: real tiny runs
+    and full-size simulations, tests/benchmarks/test_conformance.py, tests/measure/test_simulate.py)."""
     tokens = m.tokens
     layer = act.layer_activations(model, m)
     per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
@@ -50,18 +57,52 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0) -> tuple
     # fine-tuning + GC + eager at s = 4096 (simulated, 32 layers)
     cache = act.autocast_cache(model, m) if m.zero == 0 else 0.0
     last_forward = act.layer_forward_moment(model, m) * tokens + cache if cache else 0.0
-    if last_forward > stored + max(at_loss + buckets_at_loss, layer_moment, head_moment):
+    # the moments before the gradients that ``absent`` counts exist, and a decoder layer's
+    layer_absent, layer_freed, layer_where = 0.0, 0.0, "backward of a decoder layer"
+    if absent:
+        # a layer's backward peaks before its own weight gradients, beside those of the layers
+        # above it: at the top layer only the head's; at the bottom all but its own and an untied
+        # embedding's, what the layers above saved freed (autocast's weight copies too)
+        head = act.head_gradient_bytes(model, m) if m.lora == 0 else 0.0
+        embedding = 0.0 if model.tied_embeddings else head
+        layer_grads = max(0.0, absent - head - embedding) / model.layers
+        own = min(absent, head)
+        copies = 0.0 if m.gc else act.autocast_copies_per_layer(model, m)
+        # the head's 16-bit copy under autocast is freed with the head's backward
+        head_copy = act.element_bytes(m) * model.vocab * model.hidden if act.autocast_fp32_weights(m) else 0.0
+        above = (model.layers - 1) * (per_layer * tokens + copies) + head_copy
+        if absent - own <= above + embedding + layer_grads:
+            layer_absent, layer_where = absent - own, "backward of the top decoder layer (most gradients still to come)"
+        else:
+            layer_absent, layer_freed = embedding + layer_grads, above
+            layer_where = "backward of the bottom decoder layer (the layers above it freed)"
+    layer_moment -= layer_absent + layer_freed
+    early = max(at_loss + buckets_at_loss, head_moment) - absent
+    if last_forward - absent > stored + max(early, layer_moment):
         parts["activations"] = last_forward
-        return parts, "forward of the last decoder layer (autocast's cache holds every layer's 16-bit weights)", 0.0
-    if at_loss + buckets_at_loss >= max(layer_moment, head_moment):
+        return (parts, "forward of the last decoder layer (autocast's cache holds every layer's 16-bit weights)",
+                0.0, absent)
+    if at_loss + buckets_at_loss - absent >= max(layer_moment, head_moment - absent):
         parts["loss_head"] = at_loss
-        return parts, "backward of the loss head (fp32 logits)", buckets_at_loss
-    if head_moment >= layer_moment:
+        return parts, "backward of the loss head (fp32 logits)", buckets_at_loss, absent
+    if head_moment - absent >= layer_moment:
         parts["backward_working"] = head_moment - buckets
-        return parts, "backward of the output head (its weight gradient)", buckets
-    parts["activations"] = stored - freed
+        return parts, "backward of the output head (its weight gradient)", buckets, absent
+    parts["activations"] = stored - freed - layer_freed
     parts["gc_recompute"], parts["backward_working"] = recompute, working
-    return parts, "backward of a decoder layer", buckets
+    return parts, layer_where, buckets, layer_absent
+
+
+def fresh_gradients(m: Mixture, gradients: float, grad_accum: int | None) -> float:
+    """Gradient bytes that exist only from the backward on. Without accumulation (one micro step
+    per optimizer step) a plain loop on one GPU sets them to None after each step
+    (``optimizer.zero_grad(set_to_none=True)``, HF Trainer's ``model.zero_grad()``), so the
+    forward and the loss head's backward run without them (measured: ``ftmix train`` and the
+    fake-tensor simulation). DeepSpeed's engines keep their own gradient buffers and DDP its
+    buckets, so those keep the whole figure; so does an unknown accumulation (``None``)."""
+    if grad_accum != 1 or m.zero != 0 or m.world != 1:
+        return 0.0
+    return gradients
 
 
 def _freed_before_first_gradient(model: ModelSpec, m: Mixture, layer) -> float:
@@ -85,16 +126,24 @@ def _freed_before_first_gradient(model: ModelSpec, m: Mixture, layer) -> float:
 
 
 def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None, gpu: str | None = None,
-                      safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None) -> Estimate:
+                      safety_margin: float = SAFETY_MARGIN, deepspeed: dict | None = None,
+                      grad_accum: int | None = None) -> Estimate:
+    """``grad_accum``: micro steps per optimizer step; ``None`` (unknown) counts the gradients kept
+    between micro steps, the larger peak."""
     states = model_states(model, m, deepspeed)
     breakdown = {"parameters": states.parameters, "gradients": states.gradients, "optimizer": states.optimizer}
-    acts, where, buckets = activation_peak(model, m, states.reduce_buckets)
-    backward = sum(acts.values()) + buckets + states.gathered
+    fresh = fresh_gradients(m, states.gradients, grad_accum)
+    acts, where, buckets, absent = activation_peak(model, m, states.reduce_buckets, fresh)
+    backward = sum(acts.values()) + buckets + states.gathered - absent
     # at the step the stage-1/2 buckets are released and stage 3 has re-partitioned its parameters
     step_buckets = states.reduce_buckets if m.zero == 3 else 0.0
     # the backward's end: activations gone, buckets reducing, offload's fp64 gradient norms (a tied
     # head's waiting gradient reduced by then)
     epilogue = states.reduce_buckets + states.norm_temp - states.tied_wait
+    # without accumulation the tied embedding's gradient arrives at the backward's very end, beside
+    # the output head's, and is summed out of place: two more V x h gradients (simulated)
+    tied_sum = 2 * act.head_gradient_bytes(model, m) if fresh and model.tied_embeddings and m.lora == 0 else 0.0
+    epilogue += tied_sum
     # stage 3 on N ranks: the first step's second micro step re-gathers every parameter through one
     # all-gather buffer (states.forward_gathered) before the optimizer has made its Adam moments
     # (8 of the ADAM_K bytes); with eager attention's fp32 scores it can top the backward
@@ -109,11 +158,14 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                          gathered_params=states.forward_gathered, **acts, optimizer_step=0.0)
         where = "forward of a decoder layer (stage 3: parameters re-gathered through one all-gather buffer)"
     elif backward >= max(step, epilogue):
-        breakdown.update(zero_buffers=buckets, gathered_params=states.gathered, **acts, optimizer_step=0.0)
+        breakdown.update(gradients=states.gradients - absent, zero_buffers=buckets, gathered_params=states.gathered,
+                         **acts, optimizer_step=0.0)
     elif epilogue > step:
         breakdown.update(gradients=states.gradients - states.tied_wait, zero_buffers=states.reduce_buckets,
                          gathered_params=0.0, **{k: 0.0 for k in acts}, optimizer_step=states.norm_temp)
-        where = "end of the backward (gradient norms in fp64 for the offloaded optimizer)"
+        breakdown["backward_working"] = tied_sum
+        where = ("end of the backward (the tied embedding's gradient summed into the head's)" if tied_sum else
+                 "end of the backward (gradient norms in fp64 for the offloaded optimizer)")
     else:
         breakdown.update(gradients=states.gradients - states.tied_wait, zero_buffers=step_buckets,
                          gathered_params=0.0, **{k: 0.0 for k in acts}, optimizer_step=states.optimizer_temp)
@@ -124,7 +176,8 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
                     gpu_memory=gpu_memory, safety_margin=safety_margin,
-                    notes=(f"peak at: {where}", data_note(m)) + engine_note(m))
+                    notes=(f"peak at: {where}", data_note(m)) + engine_note(m) + gradient_note(m, grad_accum, fresh),
+                    grad_accum=grad_accum)
 
 
 def runtime_overheads(breakdown: dict[str, float], m: Mixture) -> dict[str, float]:
@@ -142,6 +195,15 @@ def engine_note(m: Mixture) -> tuple[str, ...]:
         return ("--zero 0 full fine-tuning, as `ftmix train` runs it (HF Trainer, no DeepSpeed): fp32 weights, "
                 "gradients and AdamW states (16 B per parameter) and autocast's 16-bit weight copies; "
                 "--precision bf16-true halves the states",)
+    return ()
+
+
+def gradient_note(m: Mixture, grad_accum: int | None, fresh: float) -> tuple[str, ...]:
+    if grad_accum is None:
+        return ("gradients: kept between micro steps (gradient accumulation); --grad-accum 1 on one GPU "
+                "without DeepSpeed peaks lower",) if m.zero == 0 and m.world == 1 and m.lora == 0 else ()
+    if fresh:
+        return ("gradients: none before the backward (no accumulation: set to None after each step)",)
     return ()
 
 

@@ -23,6 +23,7 @@ class Estimate:
     safety_margin: float = 0.0
     notes: tuple[str, ...] = ()
     sharding: str = "deepspeed"  # who shards the states over the GPUs: DeepSpeed ZeRO, or torch FSDP2
+    grad_accum: int | None = None  # micro steps per optimizer step; None: unknown, gradients kept between them
 
     @property
     def label(self) -> str:
@@ -63,6 +64,7 @@ class Estimate:
     def to_json(self) -> dict:
         return {
             "method": self.method, "model": self.model, "gpu": self.gpu, "sharding": self.sharding,
+            "grad_accum": self.grad_accum,
             "peak_gb": round(self.peak / GB, 3),
             "reserved_gb": round(self.reserved / GB, 3),
             "reserved_expandable_segments_gb": round(self.reserved_expandable / GB, 3),

@@ -3,7 +3,7 @@ full size on a CPU, by running the real code under fake tensors (no weights, no 
 
 The model is built by ``ftmix.train.model.build_model`` (what ``ftmix train`` runs: attention
 kernel, non-reentrant GC, PEFT LoRA with its dtypes), then two optimizer steps of two micro steps
-each run as HF Trainer runs them at ``--zero 0``: autocast for mixed precision, the loss divided over
+each (one with ``grad_accum=1``) run as HF Trainer runs them at ``--zero 0``: autocast for mixed precision, the loss divided over
 the accumulation, gradient clipping to 1.0, fused AdamW, ``zero_grad(set_to_none=True)``. The
 device-memory twin (``ftmix.measure.twin``) counts every tensor, so the peak, its phase and the
 breakdown by role are those of a real run (tests/measure/test_simulate.py compares with the twin
@@ -76,21 +76,27 @@ def _fake_twin():
 
 
 def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, safety_margin: float = 0.05,
-             deepspeed: dict | None = None, sharding: str = "deepspeed") -> Estimate:
+             deepspeed: dict | None = None, sharding: str = "deepspeed", grad_accum: int | None = None) -> Estimate:
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
     transformers config.json dict), as an Estimate in the analytic method's shape; with
-    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.measure.fsdp``)."""
+    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.measure.fsdp``).
+    ``grad_accum=1`` runs one micro step per optimizer step (the gradients set to None between
+    steps); anything else two (kept between micro steps). DeepSpeed's stages keep their own
+    gradient buffers either way."""
     from ftmix.estimate.sim_input import check_sharding
 
     check_sharding(sharding, m, "simulate", deepspeed, gpu)
     if sharding == "deepspeed":
         check_mixture(m, None, gpu)
     _check_model_type(config)
+    micro_steps = 1 if grad_accum == 1 else MICRO_STEPS
     if sharding == "fsdp2":
-        return _fsdp2(config, m, name, gpu, safety_margin)
-    if m.zero or m.world > 1:
-        return _sharded(config, m, name, gpu, safety_margin, deepspeed)
-    return _one_rank(config, m, name, gpu, safety_margin)
+        est = _fsdp2(config, m, name, gpu, safety_margin, micro_steps)
+    elif m.zero or m.world > 1:
+        est = _sharded(config, m, name, gpu, safety_margin, deepspeed)
+    else:
+        est = _one_rank(config, m, name, gpu, safety_margin, micro_steps)
+    return dataclasses.replace(est, grad_accum=grad_accum)
 
 
 def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
@@ -121,7 +127,8 @@ def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_ma
                                overheads=runtime_overheads(breakdown, m), notes=est.notes + (note,))
 
 
-def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float) -> Estimate:
+def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
+              micro_steps: int = MICRO_STEPS) -> Estimate:
     from ftmix.train.model import ModelSource, build_model
 
     notes = ()
@@ -135,11 +142,12 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
         cannot = f"{name} cannot be simulated with {m.label}"
-        report, total, trainable = measure_steps(model, optimizer, m, twin, cannot)
+        report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, micro_steps=micro_steps)
     return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
 
 
-def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, autocast: bool = True, ids=None):
+def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, autocast: bool = True, ids=None,
+                  micro_steps: int = MICRO_STEPS):
     """Run the steps under the twin: (its report, all parameters, trainable parameters). An op
     without a fake-tensor (meta) kernel for these dtypes (grouped_mm of fp32 experts in
     mixed-precision full fine-tuning) is one FtmixError starting with ``cannot``."""
@@ -148,7 +156,7 @@ def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, a
     twin.watch_model(model)
     twin.watch_step(optimizer)
     try:
-        run_steps(model, optimizer, params, m, twin, autocast, ids)
+        run_steps(model, optimizer, params, m, twin, autocast, ids, micro_steps)
     except (RuntimeError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise FtmixError(f"{cannot}: {first}") from None
@@ -157,7 +165,8 @@ def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, a
         return twin.report(), sum(p.numel() for p in model.parameters()), sum(p.numel() for p in params)
 
 
-def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float) -> Estimate:
+def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
+           micro_steps: int = MICRO_STEPS) -> Estimate:
     """Rank 0 of ``m.world`` FSDP2 ranks under a fake process group: the real ``fully_shard`` code
     at full size (tests/measure/test_fsdp.py: equal to a real gloo run's twin)."""
     import torch.distributed as dist
@@ -179,7 +188,8 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
             twin.reset_peak()  # built whole, then sharded: see fsdp.shard
             optimizer = fsdp.optimizer_for([p for p in model.parameters() if p.requires_grad])
             cannot = f"{name} cannot be simulated under FSDP2 with {m.label}"
-            report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, autocast=False)
+            report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, autocast=False,
+                                                     micro_steps=micro_steps)
     finally:
         dist.destroy_process_group()
     strategy = "FULL_SHARD" if fsdp.reshard_after_forward(m) else "SHARD_GRAD_OP"
@@ -202,15 +212,16 @@ def _version() -> str:
     return transformers.__version__
 
 
-def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: bool = True, ids=None) -> None:
-    """STEPS optimizer steps of MICRO_STEPS micro steps each, the loss divided over them, clipping to
+def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: bool = True, ids=None,
+              micro_steps: int = MICRO_STEPS) -> None:
+    """STEPS optimizer steps of ``micro_steps`` micro steps each, the loss divided over them, clipping to
     1.0, ``zero_grad(set_to_none=True)``. ``autocast``: HF Trainer's mixed precision (FSDP2 casts
     through its policy instead). ``ids``: real token ids (checks on real tensors), else zeros."""
     mixed = autocast and m.precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
     for step in range(1, STEPS + 1):
         twin.begin_step(step)
-        for _ in range(MICRO_STEPS):
+        for _ in range(micro_steps):
             batch = ids if ids is not None else torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
             mask = None  # packed rows carry none
             if not m.packing:
@@ -220,7 +231,7 @@ def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: 
                 mask = torch.ones_like(batch)
                 mask[:, -1] = 0
             with torch.autocast("cpu", dtype=dtype, enabled=mixed):
-                loss = model(input_ids=batch, attention_mask=mask, labels=batch).loss / MICRO_STEPS
+                loss = model(input_ids=batch, attention_mask=mask, labels=batch).loss / micro_steps
             loss.backward()
             del loss
         twin.set_phase("optimizer step")

@@ -111,7 +111,8 @@ def candidates(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool =
     for option in _options(gpu, flags, search_batch, effective_batch):
         try:
             m = mixture_from_flags(gpu, **option)
-            mem = estimate(model, m, gpu, "analytic", safety_margin, deepspeed, overheads)
+            accum = grad_accum(effective_batch, m.micro_batch, m.world)
+            mem = estimate(model, m, gpu, "analytic", safety_margin, deepspeed, overheads, accum)
         except FtmixError as exc:  # an impossible combination of open dimensions: skip it
             first_error = first_error or exc
             continue

@@ -47,11 +47,12 @@ class Observation:
     memory_what: str  # allocated | reserved | device_total
     peak_bytes: float | None
     step_s: float | None
+    grad_accum: int | None = None  # micro steps per optimizer step, where the trial recorded it
     _base: object = None  # the estimate with default overheads, computed once
 
     def base_estimate(self):
         if self._base is None:
-            self._base = estimate(self.spec, self.mixture, self.gpu)
+            self._base = estimate(self.spec, self.mixture, self.gpu, grad_accum=self.grad_accum)
         return self._base
 
 
@@ -81,8 +82,12 @@ def observations(rows: list[dict], gpu: str | None = None) -> tuple[list[Observa
         if peak is None and step is None:
             continue
         out.append(Observation(r["id"], r.get("source") or "run", spec, m, g, int(inputs.get("effective_batch") or 8),
-                               what or "allocated", peak, step))
+                               what or "allocated", peak, step, _accum(inputs.get("grad_accum"))))
     return out, skipped
+
+
+def _accum(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def predicted_peak(o: Observation, mem: MemoryOverheads) -> float:

@@ -117,11 +117,11 @@ def _from_groundtruth(row: dict) -> dict | str:
         mix["precision"] = "bf16-true"
     m = Mixture(**mix)
     spec = load_model(row["model"])
-    est = estimate(spec, m, gpu)
+    est = estimate(spec, m, gpu, grad_accum=1)  # its step(): one micro step per optimizer step
     out = {"id": _ident("gt-", gpu.name, row["model"], mix, row.get("variant")), "study": "gpu_groundtruth",
            "source": "import:gpu_groundtruth", "trial_key": f"{row['model']} {m.label} ({row.get('variant')})",
            "label": m.label, "gpu": gpu.name, "device": "cuda", "versions": {k: env.get(k) for k in ("torch", "transformers", "peft")},
-           "inputs": inputs_of(model_config({"model": row["model"]}), m, gpu, m.micro_batch * m.world),
+           "inputs": inputs_of(model_config({"model": row["model"]}), m, gpu, m.micro_batch * m.world, grad_accum=1),
            "predicted_peak_gb": est.peak / 1e9, "predicted_fits": None if est.fits is None else int(est.fits),
            "predicted_step_s": step_time(spec, gpu, m, m.micro_batch * m.world).total, "record": row}
     if row.get("status") == "OOM":
@@ -134,7 +134,7 @@ def _from_published(raw: dict) -> dict | str:
     from ftmix.estimate import estimate
     from ftmix.plan import step_time
     from ftmix.study.predict import inputs_of
-    from ftmix.study.published import NotRepresented, represent
+    from ftmix.study.published import NotRepresented, model_states_floor, represent
 
     try:
         row = represent(raw)
@@ -144,12 +144,13 @@ def _from_published(raw: dict) -> dict | str:
         return f"not a valid setup for ftmix: {exc}"
     m, gpu = row.mixture, row.gpu
     per_step = m.micro_batch * m.world  # the published speeds are per micro step
-    est = estimate(row.spec, m, gpu)
+    est = estimate(row.spec, m, gpu, grad_accum=row.grad_accum)
     what = row.memory_what or "allocated"
     predicted = {"allocated": est.peak, "reserved": est.reserved, "device_total": est.device_total}[what]
     out = {"id": "pub-" + raw["id"], "study": "published", "source": "import:published", "tag": row.source,
            "trial_key": f"{raw['id']}: {m.label}", "label": m.label, "gpu": gpu.name if gpu else None,
-           "inputs": inputs_of(row.hf_config, m, gpu, per_step, what), "predicted_peak_gb": predicted / 1e9,
+           "inputs": inputs_of(row.hf_config, m, gpu, per_step, what, row.grad_accum),
+           "predicted_peak_gb": predicted / 1e9,
            "predicted_fits": None if est.fits is None else int(est.fits), "record": raw,
            "versions": {"software": raw.get("software")}}
     if gpu is not None:
@@ -159,7 +160,7 @@ def _from_published(raw: dict) -> dict | str:
     out.update(status="ok", peak_gb=None if row.memory_bytes is None else row.memory_bytes / 1e9,
                peak_what=None if row.memory_bytes is None else what)
     if row.memory_bytes is not None:
-        floor = sum(est.breakdown[k] for k in ("parameters", "gradients", "optimizer"))
+        floor = model_states_floor(row)
         if row.memory_bytes < floor:  # a figure below the states its stated setup must hold: another setup
             out.update(status="excluded", error=f"measured {row.memory_bytes / 1e9:.2f} GB, below the "
                                                 f"{floor / 1e9:.2f} GB of model states its stated setup holds")

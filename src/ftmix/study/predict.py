@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu
 from ftmix.errors import FtmixError
-from ftmix.mixture import Mixture, check_mixture, mixture_from_flags
+from ftmix.mixture import Mixture, check_mixture, grad_accum, mixture_from_flags
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 
 
@@ -69,17 +69,19 @@ def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DE
                 out.update(predicted_peak_gb=round(fastest.memory.peak / 1e9, 4), mixture=fastest.mixture.to_dict())
             return out
         m = result.best.mixture
-    est = estimate(spec, m, gpu)
+    accum = grad_accum(effective_batch, m.micro_batch, m.world)  # as ftmix train runs it
+    est = estimate(spec, m, gpu, grad_accum=accum)
     out = {"label": m.label, "mixture": m.to_dict(), "predicted_peak_gb": round(est.peak / 1e9, 6),
            "predicted_fits": None if est.fits is None else int(est.fits),
-           "inputs": inputs_of(model_config(config), m, gpu, effective_batch)}
+           "inputs": inputs_of(model_config(config), m, gpu, effective_batch, grad_accum=accum)}
     if gpu is not None:
         out["predicted_step_s"] = round(step_time(spec, gpu, m, effective_batch, constants).total, 6)
     return out
 
 
 def inputs_of(hf_config: dict | None, m: Mixture, gpu: GpuSpec | None, effective_batch: int,
-              memory_what: str = "allocated") -> dict:
-    """What calibration needs to predict a trial again with other constants."""
+              memory_what: str = "allocated", grad_accum: int | None = None) -> dict:
+    """What calibration needs to predict a trial again with other constants. ``grad_accum``: micro
+    steps per optimizer step where known (the memory estimate depends on it)."""
     return {"model_config": hf_config, "mixture": m.to_dict(), "gpu": None if gpu is None else gpu.name,
-            "effective_batch": effective_batch, "memory_what": memory_what}
+            "effective_batch": effective_batch, "memory_what": memory_what, "grad_accum": grad_accum}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu, spec_from_hf_config
 from ftmix.errors import FtmixError
+from ftmix.estimate.states import model_states
 from ftmix.files import json_lines
 from ftmix.mixture import Mixture, check_mixture
 
@@ -49,6 +50,7 @@ class PublishedRow:
     memory_bytes: float | None = None
     speed: tuple[str, float] | None = None  # ("tokens_per_s" | "s_per_micro_step", value)
     effective_batch: int = 1
+    grad_accum: int | None = None  # micro steps per optimizer step, where the row states it
     notes: list[str] = field(default_factory=list)
     hf_config: dict = field(default_factory=dict)  # the config.json the spec was built from
 
@@ -107,12 +109,27 @@ def represent(row: dict) -> PublishedRow:
     out = PublishedRow(id=row["id"], source=row.get("source_group", "?"), trust=row.get("trust", "low"),
                        row_type=rtype, spec=spec, mixture=mixture, gpu=gpu, notes=notes,
                        effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world),
-                       hf_config=hf_config)
+                       grad_accum=_grad_accum(row), hf_config=hf_config)
     _memory(row, out)
     _speed(row, out)
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
         raise NotRepresented("no memory or per-step speed figure")
     return out
+
+
+def model_states_floor(row: PublishedRow) -> float:
+    """Bytes of parameters, gradients and optimizer states that the row's setup holds at once at its
+    optimizer step: a measured figure below them measured another setup than the row states."""
+    states = model_states(row.spec, row.mixture)
+    return states.parameters + states.gradients + states.optimizer
+
+
+def _grad_accum(row: dict) -> int | None:
+    """The row's micro steps per optimizer step; None where it does not say (or says nonsense)."""
+    value = row.get("grad_accum")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
 
 
 # LoRA variants that train other tensors than PEFT's plain LoRA (and so hold other bytes): DoRA adds a

@@ -102,7 +102,7 @@ def check_host_memory(spec: ModelSpec, m: Mixture, cfg: TrainConfig) -> None:
     available = available_ram_bytes()
     if available is None:
         return
-    est = estimate(spec, m)
+    est = estimate(spec, m, grad_accum=grad_accum(cfg.effective_batch, m.micro_batch, m.world))
     # mixed-precision full fine-tuning without DeepSpeed keeps fp32 weights in the model
     need = m.world * (est.peak + RUNTIME_BYTES_PER_RANK) + est.cpu_bytes
     if need > available:

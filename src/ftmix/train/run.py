@@ -306,7 +306,8 @@ def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_d
         cal = calibration_for(calibration[0], gpu.name if gpu else None, calibration[1])
     except FtmixError as exc:
         cal = Calibration(notes=(f"not calibrated: {exc}",))
-    est = estimate(spec, m, gpu, deepspeed=user_ds, overheads=cal.memory)
+    est = estimate(spec, m, gpu, deepspeed=user_ds, overheads=cal.memory,
+                   grad_accum=grad_accum(effective_batch, m.micro_batch, m.world))
     out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4), "peak_bytes": round(est.peak),
            "cpu_bytes": round(est.cpu_bytes), "breakdown_bytes": {k: round(v) for k, v in est.breakdown.items()}}
     if gpu is not None:
