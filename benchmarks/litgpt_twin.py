@@ -27,7 +27,6 @@ import json
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,57 +61,40 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
     from litgpt.lora import GPT, mark_only_lora_as_trainable
     from litgpt.utils import chunked_cross_entropy
 
+    from framework_twin import twin_steps
+
     full = row["method"] == "full"  # finetune/full.py: the plain GPT, every parameter trained
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from ftmix.measure.twin import DeviceTwin
-
     config = litgpt_config(row)
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
-    twin = DeviceTwin(virtual=True)
-    with warnings.catch_warnings(), fake:
-        warnings.simplefilter("ignore")
-        twin.start()
-        try:
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.bfloat16)  # Fabric's init_module under bf16-true
-            try:
-                if full:
-                    from litgpt.model import GPT as FullGPT
 
-                    model = FullGPT(config)
-                else:
-                    model = GPT(config)
-            finally:
-                torch.set_default_dtype(default)
-            model.max_seq_length = seq_len
-            if not full:
-                mark_only_lora_as_trainable(model)
-            model.train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, foreach=True)
-            twin.watch_model(model)
-            twin.watch_step(optimizer)
-            for step in (1, 2):
-                twin.begin_step(step)
-                for _ in range(MICRO_STEPS):
-                    ids = torch.zeros(micro_batch, seq_len, dtype=torch.long)
-                    if full:  # finetune/full.py: whole logits, the loss in chunks
-                        logits = model(ids)
-                        loss = chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
-                    else:  # finetune/lora.py: the head in chunks of 128 tokens too
-                        logits = model(ids, lm_head_chunk_size=128)
-                        logits[-1] = logits[-1][..., :-1, :]
-                        loss = chunked_cross_entropy(logits, ids[..., 1:])
-                    (loss / MICRO_STEPS).backward()
-                    del logits, loss
-                optimizer.step()
-                optimizer.zero_grad()
-            with twin.paused():
-                twin.mark_model(model)
-                report = twin.report()
+    def make():
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # Fabric's init_module under bf16-true
+        try:
+            if full:
+                from litgpt.model import GPT as FullGPT
+
+                model = FullGPT(config)
+            else:
+                model = GPT(config)
         finally:
-            twin.stop()
-    return report
+            torch.set_default_dtype(default)
+        model.max_seq_length = seq_len
+        if not full:
+            mark_only_lora_as_trainable(model)
+        model.train()
+        return model, torch.optim.AdamW(model.parameters(), lr=2e-4, foreach=True)
+
+    def forward_loss(model, loop):
+        ids = torch.zeros(micro_batch, seq_len, dtype=torch.long)
+        # the fit loop's ``logits`` variable: kept through the backward and the next forward
+        if full:  # finetune/full.py: whole logits, the loss in chunks
+            loop["logits"] = model(ids)
+            return chunked_cross_entropy(loop["logits"][..., :-1, :], ids[..., 1:])
+        loop["logits"] = model(ids, lm_head_chunk_size=128)  # finetune/lora.py: the head in chunks of 128 tokens too
+        loop["logits"][-1] = loop["logits"][-1][..., :-1, :]
+        return chunked_cross_entropy(loop["logits"], ids[..., 1:])
+
+    return twin_steps(make, forward_loss, MICRO_STEPS)
 
 
 def main() -> None:
