@@ -8,6 +8,12 @@ import warnings
 from typing import Callable
 
 
+def micro_steps(row: dict) -> int:
+    """Micro steps per simulated optimizer step: one where the row's loop accumulates no
+    gradients (they are set to None before each forward), else two (kept between them)."""
+    return 1 if row.get("grad_accum") == 1 else 2
+
+
 def twin_steps(make: Callable, forward_loss: Callable, micro_steps: int = 2, steps: int = 2) -> dict:
     """``make()`` builds (model, optimizer) under fake tensors; ``forward_loss(model, loop)`` runs
     one micro step's forward and returns its loss, keeping in the dict ``loop`` what the

@@ -8,7 +8,8 @@ LoRA mixture, this builds litgpt's model (`litgpt.lora.GPT` from litgpt's own co
 LoRA on the row's targets, bf16-true as Fabric's `init_module` makes it), and runs litgpt
 `finetune/lora.py`'s step: `model(input_ids, lm_head_chunk_size=128)`, `chunked_cross_entropy`,
 the loss divided over the accumulation, AdamW (foreach, as on a GPU), two optimizer steps of two
-micro steps, at the row's sequence length and micro batch. The twin gives litgpt's allocated peak;
+micro steps (one where the row accumulates nothing), the loop's `logits` kept through the backward
+and the next forward, at the row's sequence length and micro batch. The twin gives litgpt's allocated peak;
 beside it: the row's measured figure and ftmix's prediction for the same setup.
 
 litgpt is not a dependency of ftmix; install it apart (pinned, no dependencies pulled):
@@ -32,7 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"query": "lora_query", "key": "lora_key", "value": "lora_value", "attn out-proj": "lora_projection",
            "mlp (all MLP linears)": "lora_mlp", "lm_head": "lora_head"}
-MICRO_STEPS = 2
 
 
 def litgpt_config(row: dict):
@@ -61,7 +61,7 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
     from litgpt.lora import GPT, mark_only_lora_as_trainable
     from litgpt.utils import chunked_cross_entropy
 
-    from framework_twin import twin_steps
+    from framework_twin import micro_steps, twin_steps
 
     full = row["method"] == "full"  # finetune/full.py: the plain GPT, every parameter trained
     config = litgpt_config(row)
@@ -94,7 +94,7 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
         loop["logits"][-1] = loop["logits"][-1][..., :-1, :]
         return chunked_cross_entropy(loop["logits"], ids[..., 1:])
 
-    return twin_steps(make, forward_loss, MICRO_STEPS)
+    return twin_steps(make, forward_loss, micro_steps(row))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ non-reentrant), `logits = model(ids)` (the head's output `.float()`), the shift
 `logits[..., :-1, :].contiguous()`, `CrossEntropyLoss` over `logits.transpose(1, 2)` (the loop's
 `logits` variable alive through the backward and the next forward, as in the recipe), the loss
 divided over the accumulation, AdamW (foreach, as on a GPU) on the adapters, two optimizer steps of
-two micro steps, every row `seq_len` tokens (a batch padded to its longest sample is at most
+two micro steps (one where the row accumulates nothing), every row `seq_len` tokens (a batch padded to its longest sample is at most
 that). The twin gives torchtune's allocated peak; beside it the row's figure (reserved or
 unstated) and ftmix's predictions of allocated and reserved.
 
@@ -38,7 +38,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILDERS = {"meta-llama/Llama-2-7b-hf": "torchtune.models.llama2:lora_llama2_7b",
             "meta-llama/Meta-Llama-3-8B": "torchtune.models.llama3:lora_llama3_8b"}
-MICRO_STEPS = 2
 
 
 def build(row: dict):
@@ -56,7 +55,7 @@ def simulate_torchtune(row: dict, seq_len: int, micro_batch: int) -> dict:
     from torchtune import modules, utils
     from torchtune.modules.peft.peft_utils import get_adapter_params, set_trainable_params
 
-    from framework_twin import twin_steps
+    from framework_twin import micro_steps, twin_steps
 
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -77,7 +76,7 @@ def simulate_torchtune(row: dict, seq_len: int, micro_batch: int) -> dict:
         loop["logits"] = loop["logits"][..., :-1, :].contiguous().transpose(1, 2)
         return loss_fn(loop["logits"], ids[..., 1:].contiguous())
 
-    return twin_steps(make, forward_loss, MICRO_STEPS)
+    return twin_steps(make, forward_loss, micro_steps(row))
 
 
 def main() -> None:
