@@ -30,6 +30,7 @@ from ftmix.estimate.overheads import RANGES as MEMORY_RANGES
 from ftmix.mixture import Mixture
 from ftmix.plan.constants import DEFAULT, RANGES, RuntimeConstants
 from ftmix.plan.runtime import step_time
+from ftmix.study.published import accumulation
 
 FORMAT = "ftmix-calibration"
 PRIOR = 0.01  # weight of sum log(c / default)^2 against the mean squared log error
@@ -82,12 +83,8 @@ def observations(rows: list[dict], gpu: str | None = None) -> tuple[list[Observa
         if peak is None and step is None:
             continue
         out.append(Observation(r["id"], r.get("source") or "run", spec, m, g, int(inputs.get("effective_batch") or 8),
-                               what or "allocated", peak, step, _accum(inputs.get("grad_accum"))))
+                               what or "allocated", peak, step, accumulation(inputs.get("grad_accum"))))
     return out, skipped
-
-
-def _accum(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def predicted_peak(o: Observation, mem: MemoryOverheads) -> float:

@@ -109,7 +109,7 @@ def represent(row: dict) -> PublishedRow:
     out = PublishedRow(id=row["id"], source=row.get("source_group", "?"), trust=row.get("trust", "low"),
                        row_type=rtype, spec=spec, mixture=mixture, gpu=gpu, notes=notes,
                        effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world),
-                       grad_accum=_grad_accum(row), hf_config=hf_config)
+                       grad_accum=accumulation(row.get("grad_accum")), hf_config=hf_config)
     _memory(row, out)
     _speed(row, out)
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
@@ -124,9 +124,9 @@ def model_states_floor(row: PublishedRow) -> float:
     return states.parameters + states.gradients + states.optimizer
 
 
-def _grad_accum(row: dict) -> int | None:
-    """The row's micro steps per optimizer step; None where it does not say (or says nonsense)."""
-    value = row.get("grad_accum")
+def accumulation(value) -> int | None:
+    """Micro steps per optimizer step as a record states them; None where it does not say (or says
+    nonsense): the estimate then counts the gradients as kept between micro steps."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return None
     return value
