@@ -89,7 +89,7 @@ class ModelStates:
     gathered: float  # stage 3: 16-bit parameters gathered in full during forward and backward
     norm_temp: float  # stages 1/2 with offload: the fp64 copy of a gradient taken for its norm
     forward_gathered: float  # stage 3 on N ranks: gathered copies + all-gather buffer in a forward
-    tied_wait: float  # stage 2, tied head: its whole gradient, counted in gradients during the backward
+    tied_wait: float  # stage 2, tied head: its whole gradient, waiting during the backward (booked as a temporary)
     cpu_parameters: float
     cpu_optimizer: float
 
