@@ -1,10 +1,13 @@
-"""benchmarks/published.py explains a source that misses the goal with the measured reason: for
-litgpt, its own code simulated at each row's setup (benchmarks/litgpt_twin.py's committed result)."""
+"""benchmarks/published.py: the report's shape, and a source that misses the goal explained with
+the measured reason: its own framework's code simulated at each row's setup (litgpt_twin.py's and
+torchtune_twin.py's committed results)."""
 
 import json
 import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 ROWS = Path(__file__).resolve().parent / "data" / "litgpt_rows.jsonl"  # three published litgpt rows, as in shared/data
@@ -71,3 +74,38 @@ def test_the_torchtune_rows_are_explained_by_torchtunes_own_code(tmp_path):
     assert "## Why the torchtune rows miss, measured" in md
     assert all(f"| {r['id']} | {r['measured_gb']} ({r['measured_what']}) | {r['torchtune_allocated_gb']} |" in md
                for r in torchtune["rows"])
+
+
+def test_the_published_report_has_the_shape_the_issue_asks_for(tmp_path):
+    """benchmarks/published.py's JSON: ``overall`` memory and runtime as fractions with n, per
+    source, per row (predicted vs measured), OOM rows checked as "does not fit", and the rows it
+    cannot represent with the missing feature; the markdown carries the same tables."""
+    import published
+
+    rows = tmp_path / "rows.jsonl"
+    fixture = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+    # an OOM row (litgpt) and a row with a step time (PEFT), as in shared/data
+    oom, timed = [json.loads(line) for line in (ROWS.parent / "report_rows.jsonl").read_text().splitlines()]
+    qlora = dict(fixture[0], id="made-up-qlora", method="qlora", quantization="bitsandbytes NF4")
+    rows.write_text("\n".join(json.dumps(r) for r in fixture + [oom, timed, qlora]) + "\n")
+    report = published.main(["--rows", str(rows), "--out", str(tmp_path)])
+    assert set(report) >= {"overall", "by_source", "rows", "not_represented"}
+    for quantity in ("memory", "runtime"):
+        assert set(report["overall"][quantity]) == {"median", "worst", "n"}
+    memory = report["overall"]["memory"]
+    errors = [abs(r["memory"]["error"]) for r in report["rows"] if "memory" in r]
+    assert memory["n"] == len(errors) == 4 and memory["worst"] == round(max(errors), 4) < 1  # a fraction
+    assert report["overall"]["runtime"]["n"] == 1 and report["by_source"]["peft/method_comparison"]["runtime"]["n"] == 1
+    assert report["by_source"]["litgpt/config_hub"]["memory"]["n"] == 2
+    for r in report["rows"]:
+        if "memory" in r:
+            # errors are fractions of the measured figure (the GB shown are rounded to 3 places)
+            assert r["memory"]["error"] == pytest.approx(r["memory"]["predicted_gb"] / r["memory"]["measured_gb"] - 1,
+                                                         abs=2e-4)
+    (checked,) = [r for r in report["rows"] if "oom" in r]
+    assert checked["id"] == oom["id"] and checked["oom"]["ok"] and not checked["oom"]["predicted_fits"]
+    assert report["goal"]["oom_rows_predicted_to_fit"] == []
+    assert report["not_represented"] == [{"id": "made-up-qlora", "source": fixture[0]["source_group"],
+                                          "trust": fixture[0]["trust"], "why": "QLoRA / quantized base weights"}]
+    md = (tmp_path / "published.md").read_text()
+    assert "## By source" in md and "| QLoRA / quantized base weights | 1 |" in md

@@ -45,3 +45,22 @@ def test_yaml_config_and_json_summary(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["mixture"]["lora"] == 4 and summary["measured"]["steps"] == 3
     assert summary["engine"]["trainable_params"] == 2 * 4 * (64 + 64 + 64 + TINY["hidden_size"] // 2)
+
+
+def test_the_console_puts_the_twin_beside_the_estimate(tmp_path):
+    """On CPU the readable summary shows the twin's device peak and host bytes next to estimate's
+    prediction for the same mixture, with the error; the run record has the same numbers."""
+    import json
+
+    proc = run_train_cli(yaml_args(tiny_flags(tmp_path / "run", zero=0, lora=8, max_steps=2)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "measured vs predicted" in proc.stdout
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    device = record["comparison"]["device peak per GPU, twin (GB)"]
+    assert device["measured"] > 0 and abs(device["error"]) <= 0.01
+    line = next(x for x in proc.stdout.splitlines() if "device peak per GPU, twin (GB)" in x)
+    assert f"{device['measured']:.4g}" in line and f"{device['predicted']:.4g}" in line
+    assert f"{100 * device['error']:+.1f}%" in line
+    assert "host memory per node, twin (GB)" in proc.stdout
+    # no CUDA here: its counters are absent, not shown as zero
+    assert "peak memory allocated per GPU (GB)" not in proc.stdout

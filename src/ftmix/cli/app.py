@@ -165,7 +165,7 @@ def estimate_cmd(
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
-    from ftmix.estimate import estimate
+    from ftmix.estimate import check_grad_accum, estimate
     from ftmix.estimate.overheads import with_overheads
     from ftmix.estimate.sim_input import check_sharding
     from ftmix.mixture import mixture_from_flags
@@ -180,8 +180,7 @@ def estimate_cmd(
                      offload="none" if flags["offload"] is None else flags["offload"])
     mix = mixture_from_flags(gpu_spec, **flags)
     check_sharding(sharding, mix, method, ds_config, gpu_spec)
-    if grad_accum is not None and grad_accum < 1:
-        raise FtmixError(f"--grad-accum must be 1 or more, got {grad_accum}")
+    check_grad_accum(grad_accum)  # before torch loads for --method simulate
     if method == "simulate":
         est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding, grad_accum),
                              cal.memory)

@@ -29,8 +29,7 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     check_mixture(m, model, gpu)
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
-    if grad_accum is not None and (isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1):
-        raise FtmixError(f"gradient accumulation must be a whole number of micro steps >= 1, got {grad_accum!r}")
+    check_grad_accum(grad_accum)
     memory = None if gpu is None else float(gpu.memory_bytes)
     name = None if gpu is None else gpu.name
     if method == "paper":
@@ -41,4 +40,10 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
-__all__ = ["Estimate", "METHODS", "MemoryOverheads", "estimate"]
+def check_grad_accum(grad_accum) -> None:
+    """None (not said) or a whole number of micro steps, 1 or more."""
+    if grad_accum is not None and (isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1):
+        raise FtmixError(f"--grad-accum must be a whole number of micro steps, 1 or more; got {grad_accum!r}")
+
+
+__all__ = ["Estimate", "METHODS", "MemoryOverheads", "check_grad_accum", "estimate"]
