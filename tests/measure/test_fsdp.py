@@ -23,7 +23,7 @@ def _real(tmp_path, config: dict, m, ranks: int) -> list[dict]:
     proc = subprocess.run([*torchrun, "-m", "ftmix.measure.fsdp", str(tmp_path / "config.json"),
                            str(tmp_path / "mixture.json"), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 

@@ -96,7 +96,9 @@ def measure_real(config: dict, m: Mixture) -> dict:
             optimizer = optimizer_for([p for p in model.parameters() if p.requires_grad])
             ids = torch.randint(0, config["vocab_size"], (m.micro_batch, m.seq_len))
             report = measure_steps(model, optimizer, m, twin, "the FSDP2 check failed", autocast=False, ids=ids)[0]
-        return dict(report, rank=dist.get_rank(), world=dist.get_world_size())
+        result = dict(report, rank=dist.get_rank(), world=dist.get_world_size())
+        dist.barrier()  # no rank tears gloo down while its peer is still in a collective
+        return result
     finally:
         dist.destroy_process_group()
 
@@ -111,3 +113,10 @@ if __name__ == "__main__":  # torchrun --nproc-per-node N -m ftmix.measure.fsdp 
     mixture = Mixture(**json.loads(Path(mixture_path).read_text()))
     result = measure_real(json.loads(Path(config_path).read_text()), mixture)
     Path(out, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
+    # The report is written: skip interpreter finalization. FSDP2's state and the device mesh still
+    # hold the gloo group, and tearing its worker threads down while the interpreter dies can abort
+    # the process (pytorch/pytorch#179291). One CI run aborted so ("terminate called without an
+    # active exception"); 70 runs here did not.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
