@@ -57,3 +57,30 @@ def test_users_own_deepspeed_json(tiny, tmp_path):
     assert buffers["measured"] == pytest.approx(buffers["predicted"], rel=0.01)
     with pytest.raises(FtmixError, match="contradicts"):
         launch(load_config(None, [], tiny(zero=2, lora=8, max_steps=2, deepspeed_config=str(ds))))
+
+
+
+def test_a_finished_rank_leaves_its_process_group(tmp_path):
+    """The worker destroys the group itself once training returns, rather than leaving gloo's
+    threads to interpreter finalization (which can abort a finished run: pytorch/pytorch#179291).
+    In a fresh process: an in-process DeepSpeed run of another test may hold this one's group."""
+    import subprocess
+
+    (tmp_path / "c.json").write_text(json.dumps({}))
+    code = f"""
+import sys
+import torch.distributed as dist
+from ftmix.train import worker
+
+def fake_train(cfg):
+    dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+    print("inside", dist.is_initialized())
+
+worker.train = fake_train
+sys.argv = ["worker", "{tmp_path / 'c.json'}", "--local_rank=0"]
+worker.main()
+print("after", dist.is_initialized())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["inside", "True", "after", "False"]

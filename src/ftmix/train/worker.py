@@ -13,6 +13,7 @@ def main() -> None:
     cfg = TrainConfig(**json.loads(open(args[0]).read()))
     try:
         train(cfg)
+        _leave_process_group()
     except FtmixError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
@@ -23,6 +24,16 @@ def main() -> None:
             raise
         sys.stderr.write(f"error: {str(exc).strip().splitlines()[0]}\n")
         sys.exit(3)
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is whole, as accelerate's ``end_training``
+    does: left to interpreter finalization, gloo's worker threads can abort a finished run
+    (pytorch/pytorch#179291)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
