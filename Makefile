@@ -39,7 +39,7 @@ demo: $(STAMP)
 	find $(TORCH_EXTENSIONS_DIR) -name lock -delete 2>/dev/null || true
 	# 48 of the 60 dialogues, two epochs (12 steps) at lr 1e-3; the other 12 are held out and
 	# scored before and after (ROUGE, eval loss): docs/train.md, "The demo"
-	$(BIN)/ftmix train max_rows=48 epochs=2 lr=1e-3 --eval --output-dir runs/demo
+	$(BIN)/ftmix train max_rows=48 epochs=2 lr=1e-3 --eval --output-dir runs/demo --overwrite
 	# a small real study: the mixtures preset's CPU form (a-e x ZeRO-1/2/3, 2 ranks each, ~4 min),
 	# each trial an isolated `ftmix train`; rerunning resumes from the database; then its figures
 	$(BIN)/ftmix study run mixtures:cpu --db runs/demo-study.sqlite

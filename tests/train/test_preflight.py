@@ -164,6 +164,8 @@ def test_interrupted_run_says_how_to_resume_and_resume_counts_its_own_steps(tmp_
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; last checkpoint:" in err and "--resume" in err
     assert len(list(out.glob("checkpoint-*"))) <= 2  # keep_last
+    saved = json.loads(next(out.glob("checkpoint-*/ftmix_checkpoint.json")).read_text())
+    assert (saved["zero"], saved["lora"], saved["mixture"]["seq_len"]) == (0, 8, 128)  # what --resume compares
     again = run_train_cli(flags, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr
     last = max(saved_steps())

@@ -445,9 +445,12 @@ def train_cmd(
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", metavar="DIR", help="Where run.json, checkpoints and the final model go. Default runs/ftmix.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", metavar="N", help="Stop after N optimizer steps. Default: one epoch.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", metavar="N", help="Checkpoint every N steps (0: none; the final model is always saved). Default 0.")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint in the output dir.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint in the output dir (same mixture).")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Clear the output dir's earlier run first (a non-empty output dir is refused otherwise).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--learning-rate", "--lr", metavar="LR", help="Peak learning rate. Default 4e-4.")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", metavar="N", help="Passes over the data (max_steps wins when set). Default 1.")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--padding", help="Pack examples into full rows instead of padding each. Default padding.")] = None,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Processes on this machine (GPUs, or CPU ranks). Default 1.")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--gpus", "--nproc", metavar="N", help="Processes on this machine (GPUs, or CPU ranks). Default 1.")] = None,
     launcher: Annotated[Optional[str], typer.Option("--launcher", metavar="torchrun|deepspeed", help="Launcher for several processes. Default torchrun.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
     twin: Annotated[Optional[bool], typer.Option("--twin/--no-twin", help="Count the bytes a GPU run holds on the device and the host (docs/twin.md); on by default.")] = None,
@@ -477,8 +480,9 @@ def train_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress
-    from ftmix.train.launch import launch
+    from ftmix.train.launch import launch, start_fresh
 
+    start_fresh(cfg)
     log = Path(cfg.output_dir) / "train.log"
     terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' output goes to the log
     progress = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
@@ -19,7 +19,7 @@ PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 
     # what to train
     model: str = "smollm2-135m"  # catalog name, hub id, local directory, or a .gguf file
@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     packing: bool = False
     too_long: Literal["truncate", "skip"] = "truncate"
     # optimisation
-    lr: float = Field(default=4e-4, gt=0)
+    lr: float = Field(default=4e-4, gt=0, validation_alias=AliasChoices("lr", "learning_rate"))
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=0, ge=0)
     effective_batch: int = Field(default=8, gt=0)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = -1  # -1: the epochs decide
     seed: int = 42
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     # the mixture (None = the default, as for `ftmix estimate`)
@@ -67,12 +67,13 @@ class TrainConfig(BaseModel):
     output_dir: str = "runs/ftmix"
     save_steps: int = Field(default=0, ge=0)  # 0 = no intermediate checkpoints (the final model is always saved)
     keep_last: Optional[int] = Field(default=None, gt=0)  # checkpoints kept (HF save_total_limit); None = all
-    resume: bool = False
+    resume: bool = False  # continue from the last checkpoint in output_dir (same mixture)
+    overwrite: bool = False  # clear output_dir's earlier run first (else a non-empty output_dir is refused)
     warmup_measure_steps: int = Field(default=1, ge=0)  # steps left out of the median step time
     memory_limit_gb: Optional[float] = Field(default=None, gt=0)  # the twin fails an allocation past it (CPU)
     mixture: Literal["manual", "auto"] = "manual"  # auto: the planner's fastest fitting mixture, OOM fallback
     twin: bool = True  # the device-memory twin: count every tensor a GPU run would hold (docs/twin.md)
-    nproc: int = Field(default=1, gt=0)  # processes on this machine
+    nproc: int = Field(default=1, gt=0, validation_alias=AliasChoices("nproc", "gpus"))  # processes on this machine
     threads: Optional[int] = Field(default=None, gt=0)  # CPU threads per process; None: the cores / nproc
     launcher: Literal["torchrun", "deepspeed"] = "torchrun"
     hostfile: Optional[str] = None  # multi-node with the deepspeed launcher
@@ -87,6 +88,13 @@ class TrainConfig(BaseModel):
     def _template_reads_the_dialogue(cls, value: str) -> str:
         if "{dialogue}" not in value:
             raise ValueError("the prompt template must contain {dialogue}, where each example's dialogue goes")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_to_run(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"{value} is not a number of optimizer steps: give 1 or more (or -1: the epochs decide)")
         return value
 
     def threads_per_process(self) -> int:

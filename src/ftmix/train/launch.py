@@ -68,6 +68,18 @@ def worker_command(cfg: TrainConfig, config_path: Path) -> list[str]:
             "--master_port", port, *module]
 
 
+def start_fresh(cfg: TrainConfig) -> None:
+    """``--overwrite``: empty the run folder (preflight checked it holds only what a run writes)."""
+    out = Path(cfg.output_dir).expanduser()
+    if not (cfg.overwrite and out.is_dir()):
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dict:
     from ftmix.train.record import merge_ranks
 
@@ -97,15 +109,66 @@ def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dic
     config_path.write_text(json.dumps(cfg.model_dump(), indent=1))
     cmd = worker_command(cfg, config_path)
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads_per_process()))
-    try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    except subprocess.TimeoutExpired:
-        raise FtmixError(f"training did not finish within {timeout} s") from None
-    (out / "launcher.log").write_text(proc.stdout or "")
-    if proc.returncode != 0:
-        raise FtmixError(f"{cfg.launcher} exited with {proc.returncode}: {first_rank_error(proc.stdout or '')}"
-                         f" (all ranks' output: {out / 'launcher.log'})")
+    log_path = out / "launcher.log"
+    with open(log_path, "w") as log:
+        returncode = run_ranks(cmd, env, log, timeout)
+    text = log_path.read_text(errors="replace")
+    if returncode != 0:
+        raise FtmixError(f"{cfg.launcher} exited with {returncode}: {first_rank_error(text)}"
+                         f" (all ranks' output: {log_path})")
     return merge_ranks(out)
+
+
+GRACE_S = 30  # after Ctrl-C, how long the ranks get to stop before they are killed
+
+
+def run_ranks(cmd: list[str], env: dict, log, timeout: float | None = None) -> int:
+    """Run the launcher in a process group of its own and wait. Ctrl-C (to this process, or to the
+    terminal's whole group), a time-out or any other exit from here stops every rank: SIGINT to
+    the group, then SIGKILL after ``GRACE_S``, so no rank lives on as an orphan. The launcher also
+    dies with this process (PR_SET_PDEATHSIG) if it is killed outright."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc, signal.SIGTERM)
+        raise FtmixError(f"training did not finish within {timeout} s") from None
+    except BaseException:
+        _stop_group(proc, signal.SIGINT)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen, sig) -> None:
+    import signal
+
+    for s, wait in ((sig, GRACE_S), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        break
+    try:  # the ranks: the launcher may be gone while a rank of its group still runs
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
 
 
 def first_rank_error(log: str) -> str:

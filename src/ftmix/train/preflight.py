@@ -52,7 +52,7 @@ def preflight(cfg: TrainConfig) -> Mixture:
             check_host_memory(spec, m, cfg)
     if cfg.memory_limit_gb and not cfg.twin:
         raise FtmixError("memory_limit_gb is enforced by the device-memory twin: drop --no-twin")
-    _check_checkpoints(cfg)
+    _check_output_dir(cfg, m)
     return m
 
 
@@ -124,12 +124,98 @@ def _check_data(source: str) -> None:
         raise FtmixError(f"data file {path} is empty")
 
 
-def _check_checkpoints(cfg: TrainConfig) -> None:
+RESUME_KEYS = ("model", "model_overrides", "random_init", "gguf_file", "lora", "lora_alpha", "lora_targets", "zero")
+
+
+def _check_output_dir(cfg: TrainConfig, m: Mixture) -> None:
+    """The run folder: a fresh one, an earlier run's with ``--resume`` (the same mixture) or
+    ``--overwrite`` (cleared by the launch, not here). A file or an unwritable place fails now."""
+    out = Path(cfg.output_dir).expanduser()
+    writable_path(out, "--output-dir")
+    if cfg.resume and cfg.overwrite:
+        raise FtmixError("--resume continues the run in --output-dir and --overwrite clears it: choose one")
+    if cfg.overwrite and out.is_dir():
+        foreign = [p.name for p in out.iterdir() if not is_run_file(p.name)]
+        if foreign:
+            raise FtmixError(f"--overwrite clears a run folder, but {cfg.output_dir} also holds "
+                             f"{', '.join(sorted(foreign)[:4])}, which ftmix did not write: not clearing it")
+    if not out.is_dir() or cfg.overwrite:
+        if cfg.resume:
+            raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
+        return
     from ftmix.train.run import last_checkpoint
 
-    last = last_checkpoint(cfg.output_dir)
-    if cfg.resume and last is None:
-        raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
-    if last is not None and not cfg.resume:
-        raise FtmixError(f"{cfg.output_dir} holds checkpoints (last: {Path(last).name}): add --resume to continue "
-                         "from it, or choose another --output-dir")
+    last = last_checkpoint(str(out))
+    if cfg.resume:
+        if last is None:
+            raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
+        _check_resume_matches(Path(last), cfg, m)
+        return
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        what = f"checkpoints (last: {Path(last).name})" if last else "an earlier run (" + ", ".join(held[:4]) + (
+            ", ..." if len(held) > 4 else "") + ")"
+        raise FtmixError(f"{cfg.output_dir} holds {what}: add --resume to continue from its last checkpoint, "
+                         "--overwrite to clear it, or choose another --output-dir")
+
+
+def writable_path(path: Path, what: str) -> None:
+    """A folder that is, or can be made, writable: none of its parts a file, its first existing
+    ancestor writable."""
+    import os
+    import tempfile
+
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise FtmixError(f"{what} {path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise FtmixError(f"{what} {path}: {probe} is a file, not a folder")
+    try:  # access() says yes to root on a read-only file system: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".ftmix-probe-", dir=probe))
+    except OSError as exc:
+        raise FtmixError(f"{what} {path}: {probe} is not writable ({exc.strerror or exc})") from None
+
+
+def _check_resume_matches(checkpoint: Path, cfg: TrainConfig, m: Mixture) -> None:
+    """A checkpoint holds one engine's partitioned states for one set of trainable parameters:
+    resuming it under another stage, world size or LoRA shape fails inside the engine's loader."""
+    saved_path = checkpoint / CHECKPOINT_MIXTURE
+    if not saved_path.is_file():
+        return  # written by ftmix before this file existed: nothing to compare
+    saved = read_json(saved_path, "checkpoint record")
+    asked = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "zero"}
+    asked.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
+                 lora_targets=m.lora_targets if m.lora else None)
+    if m.zero >= 1:
+        asked["world"] = m.world
+    differ = [k for k in asked if k in saved and saved[k] != asked[k]]
+    if differ:
+        was = ", ".join(f"{k}={saved[k]}" for k in differ)
+        now = ", ".join(f"{k}={asked[k]}" for k in differ)
+        raise FtmixError(f"--resume: {checkpoint.name} was saved with {was}; this run asks {now}. Resume with the "
+                         "checkpoint's settings, or start anew with --overwrite or another --output-dir")
+
+
+CHECKPOINT_MIXTURE = "ftmix_checkpoint.json"
+RUN_FILES = ("run.json", "train.log", "launcher.log", "train_config.json", "eval.json", "ranks", "final", "export",
+             "runs")  # "runs": HF Trainer's default logging_dir
+
+
+def is_run_file(name: str) -> bool:
+    """What an ftmix run writes into its folder (``--overwrite`` clears only such a folder)."""
+    return name in RUN_FILES or name.startswith(("checkpoint-", "attempt-")) or name.startswith(".")
+
+
+def checkpoint_record(cfg: TrainConfig, m: Mixture) -> dict:
+    """What ``_check_resume_matches`` compares, written into every checkpoint by the run."""
+    out = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "zero"}
+    out.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
+               lora_targets=m.lora_targets if m.lora else None, mixture=m.to_dict())
+    if m.zero >= 1:
+        out["world"] = m.world
+    return out

@@ -220,6 +220,8 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
                       data_collator=default_data_collator, callbacks=[meter])
     meter.trainer = trainer
+    if prep.rank == 0:
+        trainer.add_callback(checkpoint_callback(cfg, m))
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
     notes = list(prep.built.notes)
@@ -272,6 +274,24 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{prep.rank}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return record
+
+
+def checkpoint_callback(cfg: TrainConfig, m: Mixture):
+    """A callback that writes into each checkpoint the settings a resume must share with it
+    (``--resume`` compares them before anything loads: ``ftmix.train.preflight``)."""
+    from transformers import TrainerCallback
+
+    from ftmix.train.preflight import CHECKPOINT_MIXTURE, checkpoint_record
+
+    record = json.dumps(checkpoint_record(cfg, m), indent=1) + "\n"
+
+    class CheckpointRecord(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / CHECKPOINT_MIXTURE).write_text(record)
+
+    return CheckpointRecord()
 
 
 def _engine_report(trainer, m: Mixture, ds_config) -> dict:
