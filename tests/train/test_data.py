@@ -58,6 +58,8 @@ def test_packing_fills_sequences(tok):
 
 def test_nothing_usable_is_an_error(tok):
     with pytest.raises(FtmixError, match="no usable rows"):
+        tokenize([{"id": 1, "dialogue": " ", "summary": "s"}], tok, 64, "{dialogue}")
+    with pytest.raises(FtmixError, match="cannot tell the data's format"):
         tokenize([{"id": 1}], tok, 64, "{dialogue}")
 
 

@@ -275,14 +275,14 @@ def eval_cmd(
     repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", metavar="P", help="1.0: none.")] = 1.0,
     json_out: o.Json = False,
 ):
-    """ROUGE-1/2/L and eval loss of the run's model on held-out dialogues."""
+    """ROUGE-1/2/L and eval loss of the run's model on held-out rows (any format train reads)."""
     from ftmix.train.evaluate import Generation
 
     run_dir = Path(run).expanduser()
     if not (run_dir / "run.json").is_file():
         raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
     for name, value, low in (("max-new-tokens", max_new_tokens, 1), ("num-beams", num_beams, 1),
-                             ("rows", rows or 1, 1)):
+                             ("rows", 1 if rows is None else rows, 1)):
         if value < low:
             raise FtmixError(f"--{name} must be at least {low}, got {value}")
     if not (temperature >= 0 and temperature < float("inf")) or not (repetition_penalty > 0 and repetition_penalty < float("inf")):
@@ -294,10 +294,11 @@ def eval_cmd(
         result = evaluate(run_dir, data, rows, base, gen)
     if json_out:
         return print_json(result)
-    table = Table(title=f"{result['model']} on {result['rows']} held-out dialogues ({result['held_out']})")
+    table = Table(title=f"{result['model']} on {result['rows']} held-out {result['format']} rows ({result['held_out']})")
     for col in ("ROUGE-1", "ROUGE-2", "ROUGE-L", "eval loss"):
         table.add_column(col, justify="right")
-    table.add_row(*(f"{100 * result[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")), f"{result['eval_loss']:.3f}")
+    table.add_row(*("-" if result[k] is None else f"{100 * result[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")),
+                  f"{result['eval_loss']:.3f}")
     console.print(table)
     for s in result["samples"][:1]:
         console.print(f"[dim]{s['id']}[/dim] reference: {s['reference']}\n  generated: {s['generated']}")
@@ -441,7 +442,7 @@ def train_cmd(
     args: Annotated[Optional[list[str]], typer.Argument(metavar="[CONFIG.yaml] [KEY=VALUE]...", help="An optional YAML config, then key=value overrides (keys below).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="NAME|PATH", help="Catalog name or hub id, a local folder (weights, or only config.json), or a .gguf file. Default smollm2-135m.")] = None,
     random_init: Annotated[Optional[bool], typer.Option("--random-init/--pretrained", help="Random weights of the model's shape (no download). Default pretrained.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", metavar="SOURCE", help="builtin (ftmix's own dialogues), a hub dataset id, or a .jsonl/.json/.csv file with id, dialogue, summary. Default builtin.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="SOURCE", help="builtin (ftmix's own dialogues), a .jsonl/.json/.csv/.parquet file or a folder saved with datasets, or a hub dataset id; alpaca, sharegpt, openai messages, text or dialogue rows (detected; format=NAME, columns={...} to say). Default builtin.")] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", metavar="DIR", help="Where run.json, checkpoints and the final model go. Default runs/ftmix.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", metavar="N", help="Stop after N optimizer steps. Default: one epoch.")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", metavar="N", help="Checkpoint every N steps (0: none; the final model is always saved). Default 0.")] = None,
@@ -473,10 +474,7 @@ def train_cmd(
     cfg = load_config(path, items, flags)
     from ftmix.train.preflight import preflight
 
-    preflight(cfg)  # everything checkable fails here, before any bar is drawn or model built
-    if eval_too and not cfg.max_rows:
-        raise FtmixError("--eval scores rows the run did not train on: set max_rows below the data's row count "
-                         "(the built-in dialogues have 60)")
+    preflight(cfg, eval_rows=eval_too)  # everything checkable fails here, before any bar is drawn or model built
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress

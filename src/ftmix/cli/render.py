@@ -114,15 +114,31 @@ def matrix_table(cells, title: str) -> None:
 def eval_table(evals: dict) -> None:
     """Before/after: the base model and the fine-tuned one on the same held-out rows."""
     before, after = evals["before"], evals["after"]
-    table = Table(title=f"held-out dialogues: {after['rows']} ({after['held_out']})")
+    table = Table(title=f"held-out {after.get('format', 'dialogue')} rows: {after['rows']} ({after['held_out']})")
     for col in ("model", "eval loss", "ROUGE-1", "ROUGE-2", "ROUGE-L"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in (("before (base)", before), ("after (fine-tuned)", after)):
-        table.add_row(name, f"{r['eval_loss']:.3f}", *(f"{100 * r[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")))
+        table.add_row(name, f"{r['eval_loss']:.3f}",
+                      *("-" if r[k] is None else f"{100 * r[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL")))
     console.print(table)
     sample = after["samples"][0] if after["samples"] else None
     if sample:
         console.print(f"[dim]{sample['id']}[/dim] reference: {sample['reference']}\n  fine-tuned: {sample['generated']}")
+
+
+def data_line(data: dict) -> str:
+    """What the data was and how long its rows really are, beside the sequence length used."""
+    skipped = data["skipped_missing"] + data["skipped_empty"] + data["skipped_too_long"]
+    how = data.get("format") or "dialogue"
+    if data.get("format") and data["format"] != "text":
+        how += ", " + ("the tokenizer's chat template" if data.get("chat_template") else "no chat template")
+        how += ", loss on " + ("every token" if data.get("train_on_prompt") else "the responses only")
+    line = (f"data ({how}): {data['used']} of {data['rows']} rows used ({data['truncated']} truncated, "
+            f"{skipped} skipped), {data['sequences']} sequences")
+    if data.get("tokens_max") is not None:
+        line += (f"; row tokens max {data['tokens_max']}, p95 {data['tokens_p95']}, mean {data['tokens_mean']:g} "
+                 f"at seq-len {data['seq_len']}")
+    return line
 
 
 def train_summary(record: dict) -> None:
@@ -131,9 +147,7 @@ def train_summary(record: dict) -> None:
                   f"{' (' + record['gpu'] + ')' if record.get('gpu') else ''}: engine {eng['name']}, "
                   f"ZeRO stage {eng['zero_stage']}, optimizer {eng['optimizer']}, "
                   f"{eng['trainable_params']:,} trainable parameters, {meas['ranks']} rank(s)")
-    console.print(f"data: {data['used']} of {data['rows']} rows used ({data['truncated']} truncated, "
-                  f"{data['skipped_missing'] + data['skipped_empty'] + data['skipped_too_long']} skipped), "
-                  f"{data['sequences']} sequences")
+    console.print(data_line(data))
     for note in record.get("notes") or []:
         console.print(f"[yellow]{note}[/yellow]")
     table = Table(title="measured vs predicted")

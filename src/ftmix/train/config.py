@@ -27,8 +27,13 @@ class TrainConfig(BaseModel):
     random_init: bool = False  # random weights of the real shape (no download)
     model_overrides: dict = Field(default_factory=dict)  # config.json keys, e.g. tiny test shapes
     tokenizer: Optional[str] = None  # default: the model's; "train" = BPE trained on the data
-    # data (SAMSum format: id, dialogue, summary)
-    data: str = "builtin"  # "builtin", a hub dataset id, or a .jsonl/.json/.csv file
+    # data: alpaca, sharegpt, openai messages, text or dialogue rows (ftmix.train.formats)
+    data: str = "builtin"  # "builtin", a .jsonl/.json/.csv/.parquet file, a datasets folder, or a hub dataset id
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "text", "dialogue"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)  # LLaMA-Factory's dataset_info "columns"
+    tags: dict[str, str] = Field(default_factory=dict)  # and "tags" (conversations' keys and role names)
+    chat_template: Optional[bool] = None  # None: the tokenizer's chat template when it has one
+    train_on_prompt: bool = False  # False: the loss on the responses only (completion-only)
     split: str = "train"
     max_rows: Optional[int] = Field(default=None, gt=0)
     template: str = PROMPT

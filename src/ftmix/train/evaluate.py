@@ -1,11 +1,13 @@
-"""``ftmix eval --run DIR``: how good the fine-tuned model is on dialogues it did not train on.
+"""``ftmix eval --run DIR``: how good the fine-tuned model is on rows it did not train on.
 
-Held-out rows: the run's own data past the rows it trained on (``max_rows``), or ``--data``. For
-each row the model generates a summary from the run's prompt template (greedy by default; the
-generation settings are flags) and ROUGE-1/2/L F1 is taken against the reference with Google's
-``rouge-score`` (Porter stemming, as the SAMSum and DialogSum papers report it). The eval loss is
-the mean cross-entropy on the reference summary tokens, computed on the same tokenized rows as
-training (``ftmix.train.data.tokenize``). ``--base`` evaluates the base model without the
+Held-out rows: the run's own data past the rows it trained on (``max_rows``), or ``--data`` in any
+format training reads (``ftmix.train.formats``). For each row the model generates the response to
+the row's prompt, rendered as in training (the chat template, or the plain or dialogue prompt;
+greedy by default; the generation settings are flags) and ROUGE-1/2/L F1 is taken against the
+row's last response with Google's ``rouge-score`` (Porter stemming, as the SAMSum and DialogSum
+papers report it); a dialogue's summary is its first generated line. Plain text rows have no
+response: eval loss only. The eval loss is the mean cross-entropy on the response tokens (every
+token for text), computed on the same tokenized rows as training (``ftmix.train.data.tokenize``). ``--base`` evaluates the base model without the
 fine-tuning, for the before/after comparison. Results go to ``DIR/eval.json`` and into
 ``run.json`` under ``eval``.
 """
@@ -52,16 +54,25 @@ def held_out_rows(record: dict, data: str | None, rows: int | None) -> tuple[lis
 
 def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, base: bool = False,
              gen: Generation = Generation()) -> dict:
+    from ftmix.train.data import data_format
+    from ftmix.train.formats import read_row
+
+    record = read_json(run_dir / "run.json", "run record")
+    cfg = record["config"]
+    found, where = held_out_rows(record, data, rows)  # bad data fails before torch loads
+    fmt = data_format(found, cfg.get("format", "auto"), cfg.get("columns"), cfg.get("tags"))
+    template = cfg.get("template") or "{dialogue}"
+    examples = [e for e, _ in (read_row(r, fmt, template, i) for i, r in enumerate(found)) if e is not None]
+    if not examples:
+        raise FtmixError(f"no usable held-out rows in {where} ({fmt.name} format)")
+
     import torch
     import transformers
-    from rouge_score import rouge_scorer
 
     from ftmix.train.data import tokenize
     from ftmix.train.export import final_folder, rebuild_base
 
-    record = read_json(run_dir / "run.json", "run record")
     final = final_folder(run_dir, record)
-    examples, where = held_out_rows(record, data, rows)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(final))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -75,10 +86,10 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32)
     model.eval()
-    cfg = record["config"]
-    template = cfg.get("template") or "{dialogue}"
+    chat = bool((record.get("data") or {}).get("chat_template"))
     seq_len = int(record["mixture"]["seq_len"])
-    sequences, _ = tokenize(examples, tokenizer, seq_len, template, "truncate")
+    sequences, _ = tokenize(found, tokenizer, seq_len, template, "truncate", fmt=fmt, chat_template=chat,
+                            train_on_prompt=bool(cfg.get("train_on_prompt")))
     losses = []
     with torch.no_grad():
         for seq in sequences:
@@ -86,6 +97,24 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
             labels = torch.tensor([seq["labels"]])
             mask = torch.tensor([seq["attention_mask"]])
             losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+    scores, samples = _rouge(model, tokenizer, examples, fmt, chat, seq_len, gen)
+    result = {"model": "base (not fine-tuned)" if base else "fine-tuned", "rows": len(examples), "held_out": where,
+              "format": fmt.name, "eval_loss": round(statistics.fmean(losses), 4) if losses else None,
+              **{key: (round(statistics.fmean(v), 4) if v else None) for key, v in scores.items()},
+              "generation": gen.__dict__, "samples": samples}
+    if not any(scores.values()):
+        result["note"] = "plain text rows have no response to score: eval loss only"
+    _record(run_dir, record, result)
+    return result
+
+
+def _rouge(model, tokenizer, examples, fmt, chat: bool, seq_len: int, gen: Generation) -> tuple[dict, list]:
+    """ROUGE-1/2/L F1 of each generated response against the row's own."""
+    import torch
+    from rouge_score import rouge_scorer
+
+    from ftmix.train.data import generation_prompt
+
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores, samples = {"rouge1": [], "rouge2": [], "rougeL": []}, []
     kwargs = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
@@ -96,22 +125,22 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
     else:
         kwargs.update(do_sample=False)
     with torch.no_grad():
-        for row in examples:
-            prompt = template.replace("{dialogue}", row["dialogue"])
-            ids = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=seq_len).input_ids
+        for example in examples:
+            if example.messages is None:
+                continue
+            prompt = generation_prompt(example, fmt, tokenizer, chat)
+            ids = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=seq_len,
+                            add_special_tokens=not chat).input_ids
             out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)[0][ids.shape[1]:]
-            text = tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0]
-            got = scorer.score(row["summary"], text)
+            text = tokenizer.decode(out, skip_special_tokens=True).strip()
+            if fmt.name == "dialogue":
+                text = text.split("\n")[0]
+            got = scorer.score(example.response, text)
             for key in scores:
                 scores[key].append(got[key].fmeasure)
             if len(samples) < 3:
-                samples.append({"id": row.get("id"), "reference": row["summary"], "generated": text})
-    result = {"model": "base (not fine-tuned)" if base else "fine-tuned", "rows": len(examples), "held_out": where,
-              "eval_loss": round(statistics.fmean(losses), 4) if losses else None,
-              **{key: round(statistics.fmean(v), 4) for key, v in scores.items()},
-              "generation": gen.__dict__, "samples": samples}
-    _record(run_dir, record, result)
-    return result
+                samples.append({"id": example.id, "reference": example.response, "generated": text})
+    return scores, samples
 
 
 def _record(run_dir: Path, record: dict, result: dict) -> None:

@@ -27,7 +27,7 @@ def on_cpu(cfg: TrainConfig) -> bool:
     return cfg.device == "cpu" or (cfg.device == "auto" and not has_nvidia_gpu())
 
 
-def preflight(cfg: TrainConfig) -> Mixture:
+def preflight(cfg: TrainConfig, eval_rows: bool = False) -> Mixture:
     """The run's mixture, once everything checkable without loading is checked."""
     flags = cfg.mixture_flags()
     check_flags(flags)
@@ -44,7 +44,7 @@ def preflight(cfg: TrainConfig) -> Mixture:
         raise FtmixError(f"--precision {m.precision} needs a CUDA GPU (fp16 training on CPU is not supported by "
                          "torch's autocast and loss scaling); use bf16 on CPU")
     grad_accum(cfg.effective_batch, m.micro_batch, m.world)
-    _check_data(cfg.data)
+    check_data(cfg, eval_rows)
     spec = model_spec(cfg)
     if spec is not None:
         check_mixture(m, spec, gpu)
@@ -112,16 +112,17 @@ def check_host_memory(spec: ModelSpec, m: Mixture, cfg: TrainConfig) -> None:
                          "with a tiny shape")
 
 
-def _check_data(source: str) -> None:
-    if source == "builtin":
-        return
-    path = Path(source).expanduser()
-    if not path.exists():
-        return  # a hub dataset id: datasets says what is wrong with it
-    if path.is_dir() or path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise FtmixError(f"data file {path} must be .jsonl, .json or .csv")
-    if path.stat().st_size == 0 or not path.read_bytes().strip():
-        raise FtmixError(f"data file {path} is empty")
+def check_data(cfg: TrainConfig, eval_rows: bool = False):
+    """The data read and its format resolved (a bad file, format or column mapping fails here);
+    with ``eval_rows``, rows must be left past ``max_rows`` for ``--eval``. Returns the format."""
+    from ftmix.train.data import data_format, load_records
+
+    rows = load_records(cfg.data, cfg.split)
+    fmt = data_format(rows[:cfg.max_rows] if cfg.max_rows else rows, cfg.format, cfg.columns, cfg.tags)
+    if eval_rows and len(rows) <= (cfg.max_rows or len(rows)):
+        raise FtmixError(f"--eval scores rows the run did not train on, but max_rows={cfg.max_rows or 'all'} takes "
+                         f"all {len(rows)} rows of {cfg.data}: set max_rows below {len(rows)}")
+    return fmt
 
 
 RESUME_KEYS = ("model", "model_overrides", "random_init", "gguf_file", "lora", "lora_alpha", "lora_targets", "zero")

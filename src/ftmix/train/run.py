@@ -96,7 +96,7 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     import torch
     import transformers
 
-    from ftmix.train.data import load_records, tokenize
+    from ftmix.train.data import data_format, load_records, tokenize
     from ftmix.train.measure import cpu_rss_bytes
     from ftmix.train.model import build_model, load_tokenizer, resolve_source
 
@@ -118,7 +118,9 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
     vocab_limit = int((source.config or {}).get("vocab_size", 1 << 30))
     tokenizer = load_tokenizer(source, rows, cfg.tokenizer, vocab_limit)
-    sequences, report = tokenize(rows, tokenizer, m.seq_len, cfg.template, cfg.too_long, cfg.packing)
+    fmt = data_format(rows, cfg.format, cfg.columns, cfg.tags)
+    sequences, report = tokenize(rows, tokenizer, m.seq_len, cfg.template, cfg.too_long, cfg.packing, fmt,
+                                 cfg.chat_template, cfg.train_on_prompt)
     rss_before_model = cpu_rss_bytes()
     if twin is not None:
         twin.start()
