@@ -3,8 +3,11 @@ UTF-8, malformed JSON) instead of a traceback, before anything heavy loads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from ftmix.errors import FtmixError
@@ -72,3 +75,26 @@ def json_lines(text: str, path) -> list[dict]:
             raise FtmixError(f"{path}:{n}: each line must be a JSON object")
         rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def engine_output_to(log: Path):
+    """Point file descriptors 1 and 2 at a log file for a while: what the engines print (DeepSpeed's
+    op builds and config notes, HF's and torch's warnings, blank lines) is there, not on the screen."""
+    if str(log) != os.devnull:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -73,7 +73,7 @@ def test_a_key_value_override_changes_the_base_not_the_grid(tmp_path):
 
 
 def test_the_form_follows_the_machine_unless_named(monkeypatch):
-    import ftmix.plan.host as host
+    from ftmix.plan import host
     from ftmix.study.spec import resolve_form
 
     monkeypatch.setattr(host, "has_nvidia_gpu", lambda: True)
@@ -87,7 +87,7 @@ def test_the_form_follows_the_machine_unless_named(monkeypatch):
 
 def test_this_machines_gpu_is_read_without_torch(monkeypatch, tmp_path):
     """`study run` without --gpu predicts for the GPU nvidia-smi reports (here a stand-in)."""
-    import ftmix.plan.host as host
+    from ftmix.plan import host
 
     smi = tmp_path / "nvidia-smi"
     smi.write_text('#!/bin/bash\necho "NVIDIA H200, 143771"\n')

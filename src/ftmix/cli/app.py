@@ -3,7 +3,6 @@ line and exit code 2."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -17,6 +16,7 @@ from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
 from ftmix.cli.render import console, estimate_table, matrix_table, plan_report, print_json
 from ftmix.errors import FtmixError
+from ftmix.files import engine_output_to
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose, predict and run the fastest fine-tuning optimization mixture that fits your GPUs.")
@@ -37,24 +37,10 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def mixture_flags(values: dict) -> dict:
-    """The mixture keys among a command's parameters (None where the flag was not given); flags
-    that a mixture would silently drop are an error."""
-    from ftmix.mixture import DEFAULTS, check_flags
+    """The mixture keys among a command's parameters (None where the flag was not given)."""
+    from ftmix.mixture import DEFAULTS
 
-    flags = {k: values[k] for k in DEFAULTS if k in values}
-    check_flags(flags)
-    return flags
-
-
-def with_deepspeed(flags: dict, path: str | None) -> tuple[dict, dict | None]:
-    """The mixture flags with what a DeepSpeed config fixes (stage, offload, precision), and the
-    config; a flag that contradicts the file is an error."""
-    if not path:
-        return flags, None
-    from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
-
-    config = read_deepspeed_config(path)
-    return apply_deepspeed(flags, config, path), config
+    return {k: values[k] for k in DEFAULTS if k in values}
 
 
 OOM_EXIT = 3  # `ftmix train`: the run ran out of memory (as `plan`'s 3: nothing fits)
@@ -82,24 +68,6 @@ Margin = Annotated[float, typer.Option("--safety-margin", metavar="FRACTION", he
 CpuRam = Annotated[str, typer.Option("--cpu-ram", metavar="GB|none|auto", help="Host RAM per node in GB that offload may use: a number, "
                                      "none (no limit), or auto (this machine's RAM when it has an NVIDIA GPU, else none).")]
 NOTHING_FITS = 3  # plan's exit code when no mixture fits (scripts can tell it from success and from bad input)
-
-
-def cpu_ram_bytes(value: str) -> float | None:
-    """``--cpu-ram``: GB per node, ``none``, or ``auto``."""
-    text = value.strip().lower()
-    if text == "none":
-        return None
-    if text == "auto":
-        from ftmix.plan.host import local_cpu_ram
-
-        return local_cpu_ram()
-    try:
-        gb = float(text)
-    except ValueError:
-        raise FtmixError(f"--cpu-ram: {value!r} is not a number of GB, none or auto") from None
-    if not gb > 0 or gb == float("inf"):
-        raise FtmixError(f"--cpu-ram must be a positive number of GB, got {value}")
-    return gb * 1e9
 
 
 @app.command("models")
@@ -165,46 +133,17 @@ def estimate_cmd(
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
-    from ftmix.estimate import check_grad_accum, estimate
-    from ftmix.estimate.overheads import with_overheads
-    from ftmix.estimate.sim_input import check_sharding
-    from ftmix.mixture import mixture_from_flags
-    from ftmix.plan.constants import calibration_for
+    from ftmix import api
 
-    gpu_spec = load_gpu(gpu) if gpu else None
-    cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
-    flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
-    sharding = sharding.strip().lower()
-    if sharding == "fsdp2":  # FSDP2's own defaults: FULL_SHARD, nothing offloaded
-        flags = dict(flags, zero=3 if flags["zero"] is None else flags["zero"],
-                     offload="none" if flags["offload"] is None else flags["offload"])
-    mix = mixture_from_flags(gpu_spec, **flags)
-    check_sharding(sharding, mix, method, ds_config, gpu_spec)
-    check_grad_accum(grad_accum)  # before torch loads for --method simulate
-    if method == "simulate":
-        est = with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding, grad_accum),
-                             cal.memory)
-    else:
-        est = estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory, grad_accum)
+    est = api.estimate(model, gpu, method=method, sharding=sharding, deepspeed=deepspeed, grad_accum=grad_accum,
+                       safety_margin=safety_margin, calibration=calibration, calibration_any_gpu=calibration_any_gpu,
+                       **mixture_flags(locals()))
+    notes = api.calibration_notes(calibration, gpu, calibration_any_gpu)
     if json_out:
-        return print_json(dict(est.to_json(), calibration=list(cal.notes)))
+        return print_json(dict(est.to_json(), calibration=notes))
     estimate_table(est)
-    for note in cal.notes:
+    for note in notes:
         console.print(f"[dim]{note}[/dim]")
-
-
-def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None,
-              sharding: str = "deepspeed", grad_accum: int | None = None):
-    """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
-    from ftmix.estimate.sim_input import simulation_config
-
-    if not 0 <= safety_margin < 1:
-        raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
-    config, name = simulation_config(model, mix, gpu_spec, sharding)
-    with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
-        from ftmix.measure.simulate import simulate
-
-        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding, grad_accum)
 
 
 @app.command("calibrate-arch")
@@ -221,7 +160,9 @@ def calibrate_arch_cmd(
     from ftmix.estimate.sim_input import simulation_config
     from ftmix.mixture import mixture_from_flags
 
-    lengths = tuple(_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens"))
+    from ftmix.api import positive_int, split_list
+
+    lengths = tuple(positive_int(x, "seq-lens") for x in split_list(seq_lens, "seq-lens"))
     if len(set(lengths)) < 2:
         raise FtmixError(f"--seq-lens takes two or more different lengths, got {seq_lens!r}")
     path = Path(out).expanduser() if out else user_fits_path()
@@ -276,22 +217,10 @@ def eval_cmd(
     json_out: o.Json = False,
 ):
     """ROUGE-1/2/L and eval loss of the run's model on held-out rows (any format train reads)."""
-    from ftmix.train.evaluate import Generation
+    from ftmix import api
 
-    run_dir = Path(run).expanduser()
-    if not (run_dir / "run.json").is_file():
-        raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
-    for name, value, low in (("max-new-tokens", max_new_tokens, 1), ("num-beams", num_beams, 1),
-                             ("rows", 1 if rows is None else rows, 1)):
-        if value < low:
-            raise FtmixError(f"--{name} must be at least {low}, got {value}")
-    if not (temperature >= 0 and temperature < float("inf")) or not (repetition_penalty > 0 and repetition_penalty < float("inf")):
-        raise FtmixError("--temperature must be >= 0 and --repetition-penalty > 0")
-    gen = Generation(max_new_tokens, num_beams, temperature, repetition_penalty)
-    with engine_output_to(run_dir / "eval.log"):
-        from ftmix.train.evaluate import evaluate
-
-        result = evaluate(run_dir, data, rows, base, gen)
+    result = api.evaluate(run, data, rows, base, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                          temperature=temperature, repetition_penalty=repetition_penalty)
     if json_out:
         return print_json(result)
     table = Table(title=f"{result['model']} on {result['rows']} held-out {result['format']} rows ({result['held_out']})")
@@ -352,19 +281,17 @@ def plan_cmd(
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
     Exit code 3 when nothing fits."""
-    from ftmix.plan import plan
-    from ftmix.plan.constants import calibration_for
+    from ftmix import api
 
-    spec, gpu_spec = load_model(model), load_gpu(gpu)
-    cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
-    flags, ds_config = with_deepspeed(mixture_flags(locals()), deepspeed)
-    result = plan(spec, gpu_spec, flags, search_batch, effective_batch, cal.runtime, safety_margin,
-                  deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
+    result = api.plan(model, gpu, search_batch=search_batch, effective_batch=effective_batch, deepspeed=deepspeed,
+                      cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
+                      calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
+    notes = api.calibration_notes(calibration, gpu, calibration_any_gpu)
     if json_out:
-        print_json(dict(result.to_json(), calibration=list(cal.notes)))
+        print_json(dict(result.to_json(), calibration=notes))
     else:
         plan_report(result)
-        for note in cal.notes:
+        for note in notes:
             console.print(f"[dim]{note}[/dim]")
     return NOTHING_FITS if result.best is None else 0
 
@@ -384,21 +311,15 @@ def matrix_cmd(
     json_out: o.Json = False,
 ):
     """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
-    from ftmix.plan import matrix
-    from ftmix.plan.constants import calibration_for
-    from ftmix.plan.matrix import write_png
-
-    from ftmix.plan.matrix import png_path
+    from ftmix import api
+    from ftmix.plan.matrix import png_path, write_png
 
     png = str(png_path(png)) if png else None  # a bad path fails now, not after the work
-    specs = [load_model(name) for name in _split(models, "models")]
-    lengths = [_positive_int(x, "seq-lens") for x in _split(seq_lens, "seq-lens")]
+    cells = api.matrix(models, gpu, seq_lens, search_batch=search_batch, effective_batch=effective_batch,
+                       cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
+                       calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
     gpu_spec = load_gpu(gpu)
-    cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
-    flags = mixture_flags(locals())
-    cells = matrix(specs, gpu_spec, lengths, flags, search_batch=search_batch, effective_batch=effective_batch,
-                   constants=cal.runtime, safety_margin=safety_margin, cpu_ram=cpu_ram_bytes(cpu_ram),
-                   overheads=cal.memory)
+    notes = api.calibration_notes(calibration, gpu, calibration_any_gpu)
     world = (gpus or 1) * (nodes or 1)
     title = f"fastest fitting mixture on {world} x {gpu_spec.name}"
     if not json_out:
@@ -407,26 +328,9 @@ def matrix_cmd(
         write_png(cells, png, title)
     if json_out:
         return print_json({"gpu": gpu_spec.name, "gpus": world, "cells": [c.to_json() for c in cells], "png": png,
-                           "calibration": list(cal.notes)})
+                           "calibration": notes})
     if png:
         console.print(f"heatmap written to {png}")
-
-
-def _split(text: str, what: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise FtmixError(f"--{what} is empty")
-    return items
-
-
-def _positive_int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise FtmixError(f"--{what}: {text!r} is not an integer") from None
-    if value <= 0:
-        raise FtmixError(f"--{what}: {value} must be positive")
-    return value
 
 
 def _train_keys() -> str:
@@ -465,36 +369,26 @@ def train_cmd(
     json_out: o.Json = False,
 ):
     """Fine-tune for real with a mixture (Transformers + PEFT + DeepSpeed) and record what it costs."""
+    from ftmix import api
     from ftmix.cli.render import eval_table, train_summary
-    from ftmix.train.config import TrainConfig, load_config
+    from ftmix.train.config import TrainConfig
 
     items = list(args or [])
     path = items.pop(0) if items and "=" not in items[0] else None
-    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
-    cfg = load_config(path, items, flags)
-    from ftmix.train.preflight import preflight
-
-    preflight(cfg, eval_rows=eval_too)  # everything checkable fails here, before any bar is drawn or model built
+    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and v is not None}
+    cfg = api.check_train(path, eval=eval_too, overrides=items, **flags)  # everything checkable fails here
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from ftmix.cli.render import LazyProgress
-    from ftmix.train.launch import launch, start_fresh
 
-    start_fresh(cfg)
-    log = Path(cfg.output_dir) / "train.log"
+    log = api.train_log(cfg)
     terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' output goes to the log
     progress = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[info]}"), file=terminal)
     try:
-        with engine_output_to(log):  # DeepSpeed, HF and torch chatter: the log; stdout is for ftmix's result
-            if cfg.nproc > 1 or cfg.nnodes > 1:
-                progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
-            if cfg.mixture == "auto":
-                from ftmix.train.auto import run_auto
-
-                record = run_auto(cfg, launch, progress)
-            else:
-                record = launch(cfg, progress)
+        if cfg.nproc > 1 or cfg.nnodes > 1:
+            progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
+        record = api.run_checked(cfg, eval=eval_too, progress=progress)
     except Exception as exc:  # noqa: BLE001 - CUDA's, the twin's and a rank's out-of-memory, whatever their type
         from ftmix.train.auto import is_oom
 
@@ -517,42 +411,13 @@ def train_cmd(
     finally:
         progress.stop()
         terminal.close()
-    evals = None
-    if eval_too:
-        with engine_output_to(log):
-            from ftmix.train.evaluate import evaluate
-
-            run_dir = Path(cfg.output_dir)
-            evals = {"before": evaluate(run_dir, base=True), "after": evaluate(run_dir)}
+    evals = record.get("eval") if eval_too else None
     if json_out:
         return print_json(dict(_summary(record), **({"eval": evals} if evals else {})))
     train_summary(record)
     if evals:
         eval_table(evals)
     console.print(f"[dim]engine output: {log}[/dim]")
-
-
-@contextlib.contextmanager
-def engine_output_to(log: Path):
-    """Point file descriptors 1 and 2 at a log file for a while: what the engines print (DeepSpeed's
-    op builds and config notes, HF's and torch's warnings, blank lines) is there, not on the screen."""
-    if str(log) != os.devnull:
-        log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "a") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _summary(record: dict) -> dict:

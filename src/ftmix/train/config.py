@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
@@ -19,7 +19,7 @@ PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # what to train
     model: str = "smollm2-135m"  # catalog name, hub id, local directory, or a .gguf file
@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     packing: bool = False
     too_long: Literal["truncate", "skip"] = "truncate"
     # optimisation
-    lr: float = Field(default=4e-4, gt=0, validation_alias=AliasChoices("lr", "learning_rate"))
+    lr: float = Field(default=4e-4, gt=0)  # also spelled learning_rate (HF's name)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
     memory_limit_gb: Optional[float] = Field(default=None, gt=0)  # the twin fails an allocation past it (CPU)
     mixture: Literal["manual", "auto"] = "manual"  # auto: the planner's fastest fitting mixture, OOM fallback
     twin: bool = True  # the device-memory twin: count every tensor a GPU run would hold (docs/twin.md)
-    nproc: int = Field(default=1, gt=0, validation_alias=AliasChoices("nproc", "gpus"))  # processes on this machine
+    nproc: int = Field(default=1, gt=0)  # processes on this machine; also spelled gpus
     threads: Optional[int] = Field(default=None, gt=0)  # CPU threads per process; None: the cores / nproc
     launcher: Literal["torchrun", "deepspeed"] = "torchrun"
     hostfile: Optional[str] = None  # multi-node with the deepspeed launcher
@@ -115,6 +115,19 @@ class TrainConfig(BaseModel):
         return flags
 
 
+ALIASES = {"learning_rate": "lr", "gpus": "nproc"}  # the names HF and the other commands use
+
+
+def _canonical(data: dict) -> dict:
+    """Keys as TrainConfig names them; of two spellings of one key, the later given wins."""
+    out = {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        out.pop(name, None)
+        out[name] = value
+    return out
+
+
 def _parse_value(text: str):
     value = yaml.safe_load(text)
     return text if value is None and text not in ("null", "~", "") else value
@@ -130,19 +143,19 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, fla
             raise FtmixError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise FtmixError(f"config {path} must be a mapping of keys to values")
-        data.update(loaded or {})
+        data.update(_canonical(loaded or {}))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise FtmixError(f"override {item!r} is not key=value")
-        key = key.strip().replace("-", "_")
+        key = ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
         field = TrainConfig.model_fields.get(key)
         # text keys take the text as written ("template=Dialogue: {dialogue}" is not YAML's mapping)
         value = value if field is not None and field.annotation is str else _parse_value(value.strip())
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             value = {**data[key], **value}  # model_overrides=... adds to the YAML's, key by key
         data[key] = value
-    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    data.update(_canonical({k: v for k, v in (flags or {}).items() if v is not None}))
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
