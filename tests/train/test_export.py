@@ -134,7 +134,7 @@ def test_a_gguf_base_exports_as_a_normal_transformers_folder(tmp_path):
     from ftmix.train.export import rebuild_base
 
     out = tmp_path / "run"
-    args = [f"output_dir={out}", "max_rows=8", "seq_len=64", "effective_batch=2", "max_steps=1", "lr=0.01",
+    args = [f"output_dir={out}", "max_rows=8", "seq_len=128", "effective_batch=2", "max_steps=1", "lr=0.01",
             "--zero", "0", "--lora", "8"]
     proc = run_train_cli(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

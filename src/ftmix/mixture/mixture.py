@@ -125,12 +125,22 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     return Mixture(**values)
 
 
+MAX_GPUS_PER_NODE = 16  # the largest single servers (HGX/DGX: 8; some PCIe servers: 10-16)
+MIN_SEQ_LEN = 2
+
+
 def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | None = None) -> Mixture:
     """Reject impossible mixtures with one clear FtmixError; return the mixture unchanged."""
     for key in ("micro_batch", "seq_len", "gpus", "nodes"):
         value = getattr(m, key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise FtmixError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    if m.gpus > MAX_GPUS_PER_NODE:
+        raise FtmixError(f"gpus {m.gpus} per node: a node holds at most {MAX_GPUS_PER_NODE} GPUs; give the rest as "
+                         f"--nodes (for example --gpus 8 --nodes {math.ceil(m.gpus / 8)})")
+    if m.seq_len < MIN_SEQ_LEN:
+        raise FtmixError(f"seq-len {m.seq_len} is too short to train on: a sequence needs at least {MIN_SEQ_LEN} "
+                         "tokens (each predicts the next)")
     alpha = m.lora_alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise FtmixError(f"lora-alpha must be a positive number, got {alpha!r}")

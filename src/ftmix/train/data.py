@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ftmix.errors import FtmixError
 from ftmix.train.formats import DataFormat, Example, read_row, resolve
+from ftmix.train.hub import check_reachable
 
 IGNORE = -100
 FIELDS = ("id", "dialogue", "summary")
@@ -77,7 +77,7 @@ def load_records(source: str, split: str = "train", max_rows: int | None = None)
             kind = check_data_file(path)
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
         elif _looks_like_hub_id(source):
-            _check_hub_reachable(source)
+            check_reachable(f"data {source!r}")
             ds = datasets.load_dataset(source, split=split)
         else:
             raise FtmixError(f"data {source!r} is neither a file, a folder nor a dataset id (org/name)")
@@ -131,23 +131,6 @@ def _looks_like_hub_id(source: str) -> bool:
     parts = source.split("/")
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not source.endswith(
         tuple(SUFFIXES))
-
-
-def _check_hub_reachable(source: str, timeout_s: float = 3.0) -> None:
-    """Offline (HF_HUB_OFFLINE) datasets answers from its cache at once; online, a hub that
-    cannot be reached is said in seconds rather than after datasets' retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError:
-        raise FtmixError(f"data {source!r} is not a local file or folder, and the hub ({host}) cannot be reached; "
-                         "download it elsewhere and give the file, or set HF_HUB_OFFLINE=1 to use datasets' "
-                         "cache") from None
 
 
 def _check_json(path: Path, text: str) -> None:

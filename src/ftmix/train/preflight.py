@@ -16,7 +16,8 @@ from ftmix.files import read_json
 from ftmix.mixture import Mixture, check_flags, check_mixture, grad_accum, mixture_from_flags
 from ftmix.plan.host import has_nvidia_gpu
 from ftmix.train.config import TrainConfig
-from ftmix.train.model import catalog_config, config_path
+from ftmix.train.hub import check_model
+from ftmix.train.model import catalog_config, config_path, resolve_source
 
 # what ftmix keeps out of a run's host memory budget: the interpreter, torch, transformers and
 # DeepSpeed loaded (measured: ~1.2 GB resident per rank on CPU before the model is built)
@@ -60,12 +61,22 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
     """The shape to be built, when it is known without downloading: a catalog model (with
     ``model_overrides``) or a local config.json. Unknown override keys are refused."""
     base = catalog_config(cfg.model)
+    if base is not None and not cfg.random_init:
+        source = resolve_source(cfg.model, False, cfg.gguf_file)
+        if source.kind == "pretrained":
+            check_model(source.ref)
     if base is None:
         path = config_path(cfg.model)
         if path is None:
-            if "/" not in cfg.model and not Path(cfg.model).expanduser().exists():
-                raise FtmixError(f"unknown model {cfg.model!r}; known: {', '.join(model_names())}, a local folder, "
-                                 "a .gguf file or a hub id (org/name)")
+            local = Path(cfg.model).expanduser()
+            if not local.exists():
+                if cfg.model.startswith(("/", ".", "~")) or local.suffix in (".json", ".gguf", ".safetensors"):
+                    raise FtmixError(f"model {cfg.model}: no such file or folder")
+                if "/" not in cfg.model or cfg.model.count("/") > 1:
+                    raise FtmixError(f"unknown model {cfg.model!r}; known: {', '.join(model_names())}, a local "
+                                     "folder, a .gguf file or a hub id (org/name)")
+                if not cfg.gguf_file:
+                    check_model(cfg.model)
             if cfg.model_overrides:
                 raise FtmixError("model_overrides need a catalog model or a local config.json to apply to")
             return None
