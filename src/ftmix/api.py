@@ -198,15 +198,15 @@ def evaluate(run: str, data: str | None = None, rows: int | None = None, base: b
     """ROUGE-1/2/L and eval loss on held-out rows: ``ftmix eval``."""
     from ftmix.train.evaluate import Generation
 
-    run_dir = Path(run).expanduser()
-    if not (run_dir / "run.json").is_file():
-        raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
     for name, value, low in (("max-new-tokens", max_new_tokens, 1), ("num-beams", num_beams, 1),
                              ("rows", 1 if rows is None else rows, 1)):
         if value < low:
             raise FtmixError(f"--{name} must be at least {low}, got {value}")
     if not 0 <= temperature < float("inf") or not 0 < repetition_penalty < float("inf"):
         raise FtmixError("--temperature must be >= 0 and --repetition-penalty > 0")
+    run_dir = Path(run).expanduser()
+    if not (run_dir / "run.json").is_file():
+        raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
     from ftmix.files import engine_output_to
 
     with engine_output_to(run_dir / "eval.log"):

@@ -98,3 +98,24 @@ def engine_output_to(log: Path):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def writable_path(path: str | Path, what: str) -> None:
+    """A folder that is, or can be made, writable: none of its parts a file, its first existing
+    ancestor writable."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FtmixError(f"{what} {path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise FtmixError(f"{what} {path}: {probe} is a file, not a folder")
+    try:  # access() says yes to root on a read-only file system: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".ftmix-probe-", dir=probe))
+    except OSError as exc:
+        raise FtmixError(f"{what} {path}: {probe} is not writable ({exc.strerror or exc})") from None

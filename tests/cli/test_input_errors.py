@@ -203,3 +203,41 @@ def test_an_unknown_architecture_takes_its_own_layer_names_as_lora_targets(cli, 
     assert cli(*args, check_json=True)["trainable_params"] == named["trainable_params"]  # PEFT's default for gpt2
     wrong = cli(*args, "--lora-targets", "q_proj")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and wrong.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["export", "report", "calibrate"])
+def test_an_output_path_under_a_file_is_one_line_before_work(ftmix, tmp_path, command):
+    """Issue 19, defect 3: export --out, study report --out, study calibrate --out under a file."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "final").mkdir()
+    (run / "final" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"config": {}, "mixture": {"lora": 8}}))
+    db = tmp_path / "s.sqlite"
+    from ftmix.study.store import Store
+
+    Store(str(db)).close()
+    args = {"export": ("export", "--run", str(run), "--out", str(blocker / "e")),
+            "report": ("study", "report", "--db", str(db), "--out", str(blocker / "r")),
+            "calibrate": ("study", "calibrate", "--db", str(db), "--out", str(blocker / "cal.json"))}[command]
+    line = _one_error(*ftmix(*args))
+    assert "--out" in line and "is a file" in line
+
+
+@pytest.mark.parametrize("args,needle", [(("estimate", "--gpus", "100000"), "at most 16 GPUs"),
+                                         (("plan", "--seq-len", "1"), "too short"),
+                                         (("train", "--max-steps", "0"), "max_steps"),
+                                         (("train", "--max-steps", "-3"), "max_steps"),
+                                         (("eval", "--run", ".", "--rows", "0"), "--rows must be at least 1"),
+                                         (("train", "--model", "/missing/config.json"), "no such file or folder"),
+                                         (("train", "--model", "someone/not-cached", "--output-dir", "/tmp/ftmix-x"),
+                                          "not in the local hub cache")])
+def test_validation_found_by_a_new_user(ftmix, args, needle):
+    """Issue 19, defect 14."""
+    import time
+
+    start = time.perf_counter()
+    line = _one_error(*ftmix(*args))
+    assert needle in line and time.perf_counter() - start < 10

@@ -75,6 +75,11 @@ def test_malformed_measurement_files_are_one_error(tmp_path):
     other.write_text('{"hello": 1}')
     proc = study("import", other, "--db", tmp_path / "s.sqlite")
     assert proc.returncode == 2 and "neither an ftmix run.json nor a published row" in proc.stderr
+    # issue 19, defect 14: training data is not a measurement file (it was imported as 60 rows, exit 0)
+    from ftmix.train.data import builtin_path
+
+    proc = study("import", builtin_path(), "--db", tmp_path / "s.sqlite")
+    assert proc.returncode == 2 and "not published measurements" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 @pytest.mark.timeout(900)

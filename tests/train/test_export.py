@@ -51,6 +51,23 @@ def test_merged_model_generates_what_the_adapter_does(lora_run, tmp_path):
         delta = (merged(ids).logits - rebuild_base(record).float()(ids).logits).abs().max().item()
     assert delta > 1e-4
     assert (out / "merged" / "model.safetensors").is_file()
+    # issue 19, defect 15: the adapter names a base that loads (a random init is written beside it)
+    from peft import AutoPeftModelForCausalLM
+
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == result["base"] == str((out / "base").resolve())
+    assert "random init" in result["note"]
+    auto = AutoPeftModelForCausalLM.from_pretrained(result["adapter"]).float().eval()
+    assert _greedy(auto, tokenizer) == tokens
+
+
+def test_merge_of_a_full_fine_tuning_run_says_what_it_does(tmp_path):
+    out = tmp_path / "run"
+    proc = run_train_cli(yaml_args(tiny_flags(out, zero=0, lora=0, max_steps=1)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = run_cli("export", "--run", str(out), "--merge", "--out", str(tmp_path / "e"), "--json", check_json=True)
+    assert result["kind"] == "transformers model (full fine-tuning)" and "nothing to merge" in result["note"]
+    assert (tmp_path / "e" / "model" / "config.json").is_file()
 
 
 def test_export_refuses_before_loading_anything(lora_run, tmp_path):
@@ -148,3 +165,7 @@ def test_a_gguf_base_exports_as_a_normal_transformers_folder(tmp_path):
     wrapped = PeftModel.from_pretrained(rebuild_base(json.loads((out / "run.json").read_text())).float(),
                                         result["adapter"])
     assert _greedy(merged.eval(), tokenizer, 8) == _greedy(wrapped.eval(), tokenizer, 8)
+    # the adapter's base is the de-quantized GGUF written as a transformers folder, and says so
+    assert "de-quantized" in result["note"] and (tmp_path / "e" / "base" / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "e" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "e" / "base").resolve())

@@ -258,12 +258,15 @@ def export_cmd(
     table.add_column("path")
     table.add_column("loads with")
     if "adapter" in result:
-        table.add_row("LoRA adapter (PEFT)", result["adapter"], "PeftModel.from_pretrained(base, path)")
+        table.add_row("LoRA adapter (PEFT)", result["adapter"], "AutoPeftModelForCausalLM.from_pretrained(path)")
+        table.add_row("its base", result["base"], "AutoModelForCausalLM.from_pretrained(path)")
     if "merged" in result:
         table.add_row(f"merged model ({dtype}, safetensors)", result["merged"], "AutoModelForCausalLM.from_pretrained(path)")
     if "model" in result:
         table.add_row("fine-tuned model", result["model"], "AutoModelForCausalLM.from_pretrained(path)")
     console.print(table)
+    if result.get("note"):
+        console.print(f"[dim]{result['note']}[/dim]")
 
 
 @app.command("plan")

@@ -207,9 +207,12 @@ def calibrate_cmd(
         from ftmix.catalog import load_gpu
 
         gpu = load_gpu(gpu).name
+    from ftmix.files import writable_path
+
     target = Path(out).expanduser()
     if target.is_dir() or not target.parent.exists():
         raise FtmixError(f"--out {out}: {'is a folder' if target.is_dir() else f'folder {target.parent} does not exist'}")
+    writable_path(target.parent, f"--out {out}: folder")
     store = Store(db, create=False)
     try:
         rows = store.trials(study_name)
@@ -255,9 +258,11 @@ def report_cmd(
     json_out: o.Json = False,
 ):
     """The study's figures and a markdown report with the tables behind them."""
+    from ftmix.files import writable_path
     from ftmix.study.report import report
     from ftmix.study.store import Store
 
+    writable_path(out, "--out")
     store = Store(db, create=False)
     try:
         result = report(store, out, study_name)

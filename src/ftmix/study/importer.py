@@ -63,7 +63,7 @@ def _parse(path, text: str) -> tuple[str, list[dict]]:
     if isinstance(whole, dict):
         if "measured" in whole and "mixture" in whole:
             return "run.json", [whole]
-        if "id" not in whole:
+        if "id" not in whole or not PUBLISHED_KEYS <= set(whole):
             raise FtmixError(f"{path}: a JSON object that is neither an ftmix run.json nor a published row")
         lines = [whole]
     else:
@@ -72,9 +72,17 @@ def _parse(path, text: str) -> tuple[str, list[dict]]:
         env = lines[0]["environment"]
         return "gpu_groundtruth", [dict(r, _environment=env) for r in lines[1:]]
     if all("id" in r for r in lines):
+        missing = sorted(PUBLISHED_KEYS - set(lines[0]))
+        if missing:
+            raise FtmixError(f"{path}: rows with an id but no {', '.join(missing)}: not published measurements "
+                             "(training data? `ftmix train --data` reads that)")
         return "published", lines
     raise FtmixError(f"{path}: JSON Lines that are neither published rows (each with an id) nor "
                      "gpu_groundtruth output (first line {\"environment\": ...})")
+
+
+# what every row of shared/data/published-rows.jsonl carries to be a measurement
+PUBLISHED_KEYS = frozenset({"model", "gpu", "method", "measured", "seq_len"})
 
 
 def _convert(kind: str, row: dict, path) -> dict | str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
 from ftmix.mixture import DEFAULTS
 
 PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
+BUILTIN_TRAIN_ROWS = 48  # of the 60 built-in dialogues; the other 12 are held out for eval
 
 
 class TrainConfig(BaseModel):
@@ -94,6 +95,14 @@ class TrainConfig(BaseModel):
         if "{dialogue}" not in value:
             raise ValueError("the prompt template must contain {dialogue}, where each example's dialogue goes")
         return value
+
+    @model_validator(mode="after")
+    def _keep_builtin_rows_back(self) -> "TrainConfig":
+        """The built-in dialogues keep their last 12 rows back, so that ``ftmix eval --run`` has
+        rows the run never saw (``max_rows=60`` trains on all)."""
+        if self.data == "builtin" and self.max_rows is None:
+            self.max_rows = BUILTIN_TRAIN_ROWS
+        return self
 
     @field_validator("max_steps")
     @classmethod

@@ -9,7 +9,13 @@ tokenizer into ``OUT/adapter``, which ``PeftModel.from_pretrained(base, OUT/adap
 recorded; a GGUF base dequantized by transformers), loads the adapter with PEFT, merges it in fp32
 (``merge_and_unload``) and saves a standard transformers folder (safetensors) in the chosen dtype,
 with the tokenizer: ``AutoModelForCausalLM.from_pretrained(OUT/merged)``. A full fine-tuning run's
-``final/`` is a transformers folder already: export copies it to ``OUT/model``.
+``final/`` is a transformers folder already: export copies it to ``OUT/model`` (``--merge`` has
+nothing to merge and says so).
+
+The adapter names a base that loads: ``adapter_config.json``'s ``base_model_name_or_path`` is the
+hub id or local folder the run loaded; a base no loader can read from that name (a GGUF file,
+which transformers de-quantizes, or a random init) is written as a transformers folder to
+``OUT/base`` and named there, so ``AutoPeftModelForCausalLM.from_pretrained(OUT/adapter)`` works.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftmix.errors import FtmixError
-from ftmix.files import read_json
+from ftmix.files import read_json, writable_path
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -54,9 +60,8 @@ def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> Expor
         raise FtmixError(f"{final} has no {marker}: not the final model of this run")
     if dtype not in DTYPES:
         raise FtmixError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if merge and not lora:
-        raise FtmixError("--merge: this run fine-tuned the whole model; there is no adapter to merge")
     target = Path(out).expanduser() if out else run / "export"
+    writable_path(target, "--out")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FtmixError(f"--out {target} exists and is not empty; export never overwrites")
     return ExportPlan(run, final, target, lora, merge, dtype, record)
@@ -81,13 +86,58 @@ def export(plan: ExportPlan) -> dict:
     plan.out.mkdir(parents=True, exist_ok=True)
     if not plan.lora:
         shutil.copytree(plan.final, plan.out / "model")
-        return {"model": str(plan.out / "model"), "kind": "transformers model (full fine-tuning)"}
+        result = {"model": str(plan.out / "model"), "kind": "transformers model (full fine-tuning)"}
+        if plan.merge:
+            result["note"] = "full fine-tuning trained the whole model: nothing to merge; copied as it is"
+        return result
     adapter = plan.out / "adapter"
     shutil.copytree(plan.final, adapter)
     result = {"adapter": str(adapter), "kind": "LoRA adapter (PEFT)"}
+    base_ref, base, note = _loadable_base(plan)
+    _name_base(adapter, base_ref)
+    result["base"] = base_ref
+    if note:
+        result["note"] = note
     if plan.merge:
-        result.update(merged=str(_merge(plan)))
+        result.update(merged=str(_merge(plan, base)))
     return result
+
+
+def _loadable_base(plan: ExportPlan) -> tuple[str, object, str | None]:
+    """(what the adapter names as its base, the rebuilt base if one was built, a note)."""
+    from ftmix.train.config import TrainConfig
+    from ftmix.train.model import resolve_source
+
+    cfg = TrainConfig(**plan.record["config"])
+    source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
+    if source.kind == "pretrained":
+        local = Path(source.ref).expanduser()
+        return (str(local.resolve()) if local.is_dir() else source.ref), None, None
+    base = rebuild_base(plan.record)
+    target = plan.out / "base"
+    base.save_pretrained(str(target), safe_serialization=True)
+    _copy_tokenizer(plan.final, target)
+    if source.kind == "gguf":
+        note = (f"the base is {source.gguf_file}, de-quantized by transformers and written to {target} "
+                "(its weights are the GGUF's, rounded as that file's quantization rounded them)")
+    else:
+        note = f"the base is a random init (seed {cfg.seed}), written to {target}"
+    return str(target.resolve()), base, note
+
+
+def _name_base(adapter: Path, base_ref: str) -> None:
+    import json
+
+    path = adapter / "adapter_config.json"
+    config = read_json(path, "adapter config")
+    config["base_model_name_or_path"] = base_ref
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    for p in source.iterdir():
+        if p.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(p, target / p.name)
 
 
 def rebuild_base(record: dict):
@@ -116,16 +166,14 @@ def rebuild_base(record: dict):
     return base
 
 
-def _merge(plan: ExportPlan) -> Path:
+def _merge(plan: ExportPlan, base=None) -> Path:
     import torch
     from peft import PeftModel
 
-    base = rebuild_base(plan.record).float()  # merge in fp32: W + (alpha/r) B A without 16-bit rounding
+    base = (base if base is not None else rebuild_base(plan.record)).float()  # merge in fp32: no 16-bit rounding
     merged = PeftModel.from_pretrained(base, str(plan.final)).merge_and_unload()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.dtype]
     target = plan.out / "merged"
     merged.to(dtype).save_pretrained(str(target), safe_serialization=True)
-    tokenizer_files = [p for p in plan.final.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))]
-    for p in tokenizer_files:
-        shutil.copy2(p, target / p.name)
+    _copy_tokenizer(plan.final, target)
     return target

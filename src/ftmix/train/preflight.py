@@ -12,7 +12,7 @@ from pathlib import Path
 from ftmix.catalog import ModelSpec, load_gpu, model_names, spec_from_hf_config
 from ftmix.catalog.models import ARCHITECTURES
 from ftmix.errors import FtmixError
-from ftmix.files import read_json
+from ftmix.files import read_json, writable_path
 from ftmix.mixture import Mixture, check_flags, check_mixture, grad_accum, mixture_from_flags
 from ftmix.plan.host import has_nvidia_gpu
 from ftmix.train.config import TrainConfig
@@ -169,28 +169,6 @@ def _check_output_dir(cfg: TrainConfig, m: Mixture) -> None:
             ", ..." if len(held) > 4 else "") + ")"
         raise FtmixError(f"{cfg.output_dir} holds {what}: add --resume to continue from its last checkpoint, "
                          "--overwrite to clear it, or choose another --output-dir")
-
-
-def writable_path(path: Path, what: str) -> None:
-    """A folder that is, or can be made, writable: none of its parts a file, its first existing
-    ancestor writable."""
-    import os
-    import tempfile
-
-    path = path.expanduser()
-    if path.exists() and not path.is_dir():
-        raise FtmixError(f"{what} {path} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise FtmixError(f"{what} {path}: {probe} is a file, not a folder")
-    try:  # access() says yes to root on a read-only file system: try it
-        os.rmdir(tempfile.mkdtemp(prefix=".ftmix-probe-", dir=probe))
-    except OSError as exc:
-        raise FtmixError(f"{what} {path}: {probe} is not writable ({exc.strerror or exc})") from None
 
 
 def _check_resume_matches(checkpoint: Path, cfg: TrainConfig, m: Mixture) -> None:
