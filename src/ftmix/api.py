@@ -80,6 +80,17 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict |
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
     config, name = simulation_config(model, mix, gpu_spec, sharding)
+    if sharding == "deepspeed" and (mix.zero or mix.world > 1):
+        from ftmix.catalog import spec_from_hf_config
+
+        try:
+            spec_from_hf_config(config, name)
+        except FtmixError:
+            kind = config.get("model_type")
+            raise FtmixError(
+                f"--method simulate runs {kind!r} on one GPU without DeepSpeed (--zero 0 --gpus 1), and over "
+                f"several GPUs with --sharding fsdp2; under --zero {mix.zero} on {mix.world} GPU(s) the sharded "
+                f"model states come from the analytic model, which does not know {kind!r}") from None
     with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
         from ftmix.measure.simulate import simulate
 

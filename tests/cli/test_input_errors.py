@@ -241,3 +241,13 @@ def test_validation_found_by_a_new_user(ftmix, args, needle):
     start = time.perf_counter()
     line = _one_error(*ftmix(*args))
     assert needle in line and time.perf_counter() - start < 10
+
+
+def test_simulate_says_what_it_covers_for_an_unmodelled_architecture(ftmix, tmp_path):
+    """Issue 19, defect 5: a user who passed --method simulate was told "--method simulate runs it"."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 1000,
+                                  "n_positions": 512}))
+    line = _one_error(*ftmix("estimate", "--model", str(config), "--method", "simulate", "--zero", "2"))
+    assert "--zero 0 --gpus 1" in line and "--sharding fsdp2" in line and "under --zero 2" in line
+    assert "runs it" not in line

@@ -137,7 +137,7 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
     if mtype not in ARCHITECTURES + FITTED_ARCHITECTURES:
         raise FtmixError(f"architecture {mtype!r} is not modelled (the analytic method knows "
                          f"{', '.join(ARCHITECTURES)}, and {', '.join(FITTED_ARCHITECTURES)} with a fit from "
-                         f"`ftmix calibrate-arch`); ftmix will not guess it as Llama; --method simulate runs it")
+                         f"`ftmix calibrate-arch`); ftmix will not guess it as Llama; --method simulate runs it (with --zero 0, or --sharding fsdp2)")
     h = _get(cfg, "hidden_size", "n_embd", "d_model")
     layers = _get(cfg, "num_hidden_layers", "n_layer", "num_layers")
     heads = _get(cfg, "num_attention_heads", "n_head")

@@ -96,7 +96,7 @@ def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, sa
         est = _sharded(config, m, name, gpu, safety_margin, deepspeed)
     else:
         est = _one_rank(config, m, name, gpu, safety_margin, micro_steps)
-    return dataclasses.replace(est, grad_accum=grad_accum)
+    return dataclasses.replace(est, grad_accum=grad_accum, mixture=m)  # the mixture asked, as simulated
 
 
 def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
@@ -131,7 +131,7 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
               micro_steps: int = MICRO_STEPS) -> Estimate:
     from ftmix.train.model import ModelSource, build_model
 
-    notes = ()
+    notes, asked = (), m
     if m.attn == "fa2":
         # CPU has no FlashAttention-2; PyTorch's SDPA without a mask keeps what it keeps (output,
         # log-sum-exp, K/V at their own width): unpadded rows, as FA2's varlen path runs them
@@ -143,7 +143,12 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
         cannot = f"{name} cannot be simulated with {m.label}"
         report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, micro_steps=micro_steps)
-    return _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
+    est = _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)
+    if asked is m:
+        return est
+    # reported as asked: FA2 keeps what SDPA on unpadded rows keeps, padded or packed
+    kept = tuple(data_note(asked) if n == data_note(m) else n for n in est.notes)
+    return dataclasses.replace(est, mixture=asked, notes=kept)
 
 
 def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, autocast: bool = True, ids=None,
@@ -243,6 +248,26 @@ def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: 
         twin.set_phase("between steps")
 
 
+ROLE_WORDS = {"parameter": "weights", "fp32 master": "fp32 master weights", "optimizer state": "optimizer states",
+              "bucket": "gradient buckets", "gradient": "gradients", "deepspeed buffer": "DeepSpeed buffers",
+              "activation": "activations kept for the backward", "temporary": "temporary buffers"}
+PARTS = (("attention", "attention"), ("attn", "attention"), ("loss", "the loss"), ("nll", "the loss"),
+         ("cross_entropy", "the loss"), ("softmax", "the loss"), ("lm_head", "the output head"), ("lora", "LoRA"),
+         ("mlp", "the MLP"), ("embedding", "the embeddings"), ("norm", "the norms"), ("adam", "AdamW"))
+
+
+def holder(site: dict) -> str:
+    """A top allocation site in a user's terms: what it holds, for which part, how much (the
+    library function in brackets)."""
+    from ftmix.units import human_bytes
+
+    where = site["site"].rsplit(":", 1)[-1]
+    low = site["site"].lower()
+    part = next((name for key, name in PARTS if key in low), None)
+    what = ROLE_WORDS.get(site.get("role"), site.get("role") or "tensors")
+    return f"{what}{' of ' + part if part else ''} {human_bytes(site['bytes'])} ({where})"
+
+
 def _estimate(report: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float, total: int,
               trainable: int, notes: tuple[str, ...] = ()) -> Estimate:
     roles = report["device_by_role"]
@@ -251,7 +276,7 @@ def _estimate(report: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
     breakdown["temporaries"] += left  # roles the twin names beyond these (none today)
     at = report["device_peak_at"] or {}
     where = f"peak at: {at.get('phase')} of step {at.get('step')} (simulated under fake tensors)"
-    top = ", ".join(f"{s['site']} {s['bytes'] / 1e9:.3g} GB" for s in report["device_top_sites"][:3])
+    top = ", ".join(holder(s) for s in report["device_top_sites"][:3])
     return Estimate(method="simulate", model=name, gpu=gpu.name if gpu else None, mixture=m, total_params=total,
                     trainable_params=trainable, breakdown=breakdown, overheads=runtime_overheads(breakdown, m),
                     gpu_memory=None if gpu is None else float(gpu.memory_bytes), safety_margin=safety_margin,
