@@ -17,7 +17,7 @@ from ftmix.errors import FtmixError
 if TYPE_CHECKING:
     from ftmix.estimate.result import Estimate
     from ftmix.plan.matrix import Cell
-    from ftmix.plan.search import PlanResult
+    from ftmix.plan.search import Plan
     from ftmix.train.config import TrainConfig
 
 NO_GPU_RAM = "auto"
@@ -99,7 +99,7 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict |
 
 def plan(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, search_batch: bool = False, effective_batch: int = 8,
          deepspeed: str | None = None, cpu_ram: str | float | None = NO_GPU_RAM, safety_margin: float = 0.05,
-         calibration: str | None = None, calibration_any_gpu: bool = False, **mixture) -> "PlanResult":
+         calibration: str | None = None, calibration_any_gpu: bool = False, **mixture) -> "Plan":
     """The fastest mixture that fits: ``ftmix plan``. Mixture keys given are fixed; ZeRO stage,
     offload, GC and attention left out are searched (LoRA or full fine-tuning stays yours).
     ``cpu_ram``: host RAM per node in GB, ``"none"``/None (no limit) or ``"auto"``."""

@@ -16,7 +16,7 @@ from tests.study.conftest import TINY_BASE, as_json, rows, study
 @pytest.mark.timeout(900)
 def test_each_outcome_is_recorded_and_the_sweep_goes_on(spec_file, tmp_path):
     csv = tmp_path / "other.csv"
-    csv.write_text("text,label\nhello,1\n")
+    csv.write_text("body,label\nhello,1\n")
     spec = spec_file(name="outcomes", linked=[{"tag": ["oom", "error", "good"], "memory_limit_gb": [0.001, None, None],
                                                 "data": ["builtin", str(csv), "builtin"]}])
     db = tmp_path / "s.sqlite"
@@ -24,7 +24,7 @@ def test_each_outcome_is_recorded_and_the_sweep_goes_on(spec_file, tmp_path):
     by_tag = {r["tag"]: r for r in rows(db)}
     assert result["by_status"] == {"oom": 1, "error": 1, "ok": 1}
     assert "out of memory" in by_tag["oom"]["error"] and by_tag["oom"]["peak_gb"] is None
-    assert "text, label" in by_tag["error"]["error"]
+    assert "body, label" in by_tag["error"]["error"]
     good = by_tag["good"]
     assert good["peak_what"] == "twin_device" and 0 < good["peak_gb"] < 0.01
     assert abs(good["predicted_peak_gb"] / good["peak_gb"] - 1) < 0.05  # the tiny model's estimate, as in train
@@ -205,3 +205,27 @@ def test_a_mixture_the_gpu_cannot_take_is_recorded_invalid_and_the_rest_goes_on(
     a100 = as_json(study("run", "context:gpu", "--db", db, "--gpu", "a100-80gb", "--predict-only", "--json"))
     assert a100["by_status"] == {"predicted": 6}  # planned again for the other GPU
     assert {r["id"] for r in a100["rows"]} == {r["id"] for r in v100["rows"]}
+
+
+def test_predict_only_for_a_named_gpu_is_the_gpu_form_for_that_gpu(tmp_path):
+    """Issue 19, defect 6: on a machine without a GPU, `--gpu v100-32gb --predict-only` took the CPU
+    form and predicted for the A100 its base names."""
+    result = as_json(study("run", "matrix", "--gpu", "v100-32gb", "--predict-only", "--db", tmp_path / "m.sqlite",
+                           "--json"))
+    assert result["trials"] == 15 and result["by_status"] == {"predicted": 15}
+    got = rows(tmp_path / "m.sqlite")
+    assert {r["config"]["model"] for r in got} == {"llama-2-7b", "llama-2-13b", "llama-2-70b"}
+    assert all(r["inputs"]["gpu"] == "v100-32gb" and "FA2" not in r["label"] for r in got)  # V100: no FA2
+
+
+def test_predicted_verdicts_honour_the_forms_memory_limit(tmp_path):
+    """The CPU form's twin limit (3 MB, a stand-in small GPU) decides its verdicts, not the A100's 80 GB."""
+    result = as_json(study("run", "matrix:cpu", "--predict-only", "--db", tmp_path / "c.sqlite", "--json"))
+    got = rows(tmp_path / "c.sqlite")
+    assert len(got) == 9 and result["by_status"].get("predicted_oom", 0) >= 1
+    for r in got:
+        limit = r["config"]["memory_limit_gb"]
+        if r["predicted_fits"]:
+            assert r["predicted_peak_gb"] <= limit
+        elif r["predicted_peak_gb"] is not None:
+            assert r["predicted_peak_gb"] > limit

@@ -59,8 +59,10 @@ def run_cmd(
     if gpu:
         from ftmix.catalog import load_gpu
 
-        load_gpu(gpu)
-    else:  # predictions for this machine's GPU, as train makes them
+        gpu = load_gpu(gpu).name
+    if form == "auto" and (gpu or predict_only):
+        form = "gpu"  # predictions for a GPU are of the GPU form (the study's models), not the CPU stand-in
+    if not gpu:  # predictions for this machine's GPU, as train makes them
         from ftmix.plan.host import detected_gpu_name
 
         gpu = detected_gpu_name()

@@ -5,6 +5,8 @@ and plan (``--mixture auto`` trials: the planner's fastest fitting mixture, as t
 
 from __future__ import annotations
 
+import dataclasses
+
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu
 from ftmix.errors import FtmixError
 from ftmix.mixture import Mixture, check_mixture, grad_accum, mixture_from_flags
@@ -46,8 +48,10 @@ def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DE
     from ftmix.estimate import estimate
     from ftmix.plan import plan, step_time
 
-    gpu_name = config.get("gpu") or gpu_name
+    gpu_name = gpu_name or config.get("gpu")  # the GPU the study is predicted for (--gpu) wins
     gpu = load_gpu(gpu_name) if gpu_name else None
+    limit = config.get("memory_limit_gb")  # the twin's limit (a CPU form's small GPU): verdicts honour it
+    limit = float(limit) * 1e9 if limit else None
     effective_batch = int(config.get("effective_batch", 8))
     got = trial_inputs({k: v for k, v in config.items() if k != "mixture"}, gpu)
     if got is None:
@@ -62,6 +66,9 @@ def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DE
             if config.get(key) is not None:
                 flags[key] = config[key]
         result = plan(spec, gpu, flags, effective_batch=effective_batch, constants=constants)
+        if limit is not None:  # auto falls back to the fastest that needs less, down to the limit
+            under = [c for c in result.candidates if c.fits and c.memory.peak <= limit]
+            result = dataclasses.replace(result, best=under[0] if under else None)
         if result.best is None:
             fastest = result.candidates[0] if result.candidates else None
             out = {"predicted_fits": 0, "label": None if fastest is None else fastest.mixture.label}
@@ -71,8 +78,11 @@ def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DE
         m = result.best.mixture
     accum = grad_accum(effective_batch, m.micro_batch, m.world)  # as ftmix train runs it
     est = estimate(spec, m, gpu, grad_accum=accum)
+    fits = est.fits
+    if limit is not None:
+        fits = est.peak <= limit and fits is not False
     out = {"label": m.label, "mixture": m.to_dict(), "predicted_peak_gb": round(est.peak / 1e9, 6),
-           "predicted_fits": None if est.fits is None else int(est.fits),
+           "predicted_fits": None if fits is None else int(fits),
            "inputs": inputs_of(model_config(config), m, gpu, effective_batch, grad_accum=accum)}
     if gpu is not None:
         out["predicted_step_s"] = round(step_time(spec, gpu, m, effective_batch, constants).total, 6)

@@ -47,6 +47,7 @@ def preflight(cfg: TrainConfig, eval_rows: bool = False) -> Mixture:
     grad_accum(cfg.effective_batch, m.micro_batch, m.world)
     check_data(cfg, eval_rows)
     spec = model_spec(cfg)
+    check_source(cfg)
     if spec is not None:
         check_mixture(m, spec, gpu)
         if cpu:
@@ -57,14 +58,20 @@ def preflight(cfg: TrainConfig, eval_rows: bool = False) -> Mixture:
     return m
 
 
+def check_source(cfg: TrainConfig) -> None:
+    """A model to download: in the local cache when offline, else a reachable hub (seconds, not
+    the libraries' retries)."""
+    if cfg.random_init or cfg.gguf_file:
+        return
+    source = resolve_source(cfg.model, False, cfg.gguf_file)
+    if source.kind == "pretrained" and not Path(source.ref).expanduser().exists():
+        check_model(source.ref)
+
+
 def model_spec(cfg: TrainConfig) -> ModelSpec | None:
     """The shape to be built, when it is known without downloading: a catalog model (with
     ``model_overrides``) or a local config.json. Unknown override keys are refused."""
     base = catalog_config(cfg.model)
-    if base is not None and not cfg.random_init:
-        source = resolve_source(cfg.model, False, cfg.gguf_file)
-        if source.kind == "pretrained":
-            check_model(source.ref)
     if base is None:
         path = config_path(cfg.model)
         if path is None:
@@ -75,8 +82,6 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
                 if "/" not in cfg.model or cfg.model.count("/") > 1:
                     raise FtmixError(f"unknown model {cfg.model!r}; known: {', '.join(model_names())}, a local "
                                      "folder, a .gguf file or a hub id (org/name)")
-                if not cfg.gguf_file:
-                    check_model(cfg.model)
             if cfg.model_overrides:
                 raise FtmixError("model_overrides need a catalog model or a local config.json to apply to")
             return None
