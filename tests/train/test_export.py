@@ -116,9 +116,14 @@ def test_train_eval_scores_before_and_after(tmp_path):
     evals = json.loads(proc.stdout)["eval"]
     assert evals["before"]["model"].startswith("base") and evals["after"]["model"] == "fine-tuned"
     assert evals["before"]["rows"] == evals["after"]["rows"] == 60 - 16
-    every_row = {k: v for k, v in tiny_flags(tmp_path / "r2").items() if k != "max_rows"}
+    every_row = tiny_flags(tmp_path / "r2", max_rows=60)
     no_holdout = run_train_cli(yaml_args(every_row) + ["--eval"], timeout=120)
     assert no_holdout.returncode == 2 and "--eval scores rows the run did not train on" in no_holdout.stderr
+    assert "takes all 60 rows" in no_holdout.stderr and not (tmp_path / "r2").exists()  # refused before training
+    # the README's `ftmix train` then `ftmix eval --run`: the built-in dialogues keep 12 rows back
+    from ftmix.train.config import load_config
+
+    assert load_config(None, []).max_rows == 48
 
 
 @pytest.mark.timeout(900)
