@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from ftmix.cli.study import ordinal
 from ftmix.study.calibrate import calibrate
 from ftmix.study.importer import import_files
 from ftmix.study.store import Store
@@ -34,7 +35,7 @@ def markdown(report: dict, imported: dict) -> str:
     lines = ["# Calibration on the published record", "",
              "Written by `benchmarks/calibration.py`: every representable row of `shared/data/published-rows.jsonl` "
              f"imported ({imported['imported']} of {imported['imported'] + len(imported['not_represented'])}), "
-             f"fitted by `ftmix study calibrate` with every {report['holdout_every']}rd trial held back. Errors are "
+             f"fitted by `ftmix study calibrate` with every {ordinal(report['holdout_every'])} trial held back. Errors are "
              "|predicted / measured - 1|.", "",
              "| trials | quantity | n | median before | median after | worst before | worst after |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]

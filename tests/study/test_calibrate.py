@@ -127,3 +127,43 @@ def test_train_predicts_with_the_calibration_for_its_gpu(tmp_path):
                          calibration_for(str(path), "a100-80gb").runtime).total
     assert predicted["step_time_s"] == pytest.approx(expected, rel=1e-3)
     assert expected > step_time(spec, load_gpu("a100-80gb"), Mixture(**spec_m), TINY_BASE["effective_batch"]).total
+
+
+def test_cpu_trials_fit_nothing_and_say_so(tmp_path):
+    """Issue 19, defect 8: CPU-only trials wrote fitted_on_gpus, and plan then said "calibrated"
+    with its numbers unchanged."""
+    # the twin's allocated peaks and CPU step times, predicted for an A100
+    rows = [dict(r, device="cpu") for r in synthetic_rows()[:24] if r["peak_what"] == "allocated"]
+    report = calibrate(rows, every=3)
+    assert report["fitted"] is False and report["fitted_on_gpus"] == [] and report["constants"] == {}
+    assert report["notes"][0].startswith("nothing was fitted: no trial has a step time measured on a GPU")
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(report))
+    from ftmix.plan.constants import calibration_for
+
+    cal = calibration_for(str(path), "a100-80gb")
+    assert cal.source is None and cal.runtime == DEFAULT and "fitted nothing" in cal.notes[0]
+    bare = tmp_path / "bare.json"
+    bare.write_text('{"constants": {}}')
+    assert "changes no constant" in calibration_for(str(bare), None).notes[0]
+
+
+def test_a_fit_stays_inside_what_a_gpu_can_reach():
+    """On the published rows a fit across GPUs gave mfu_max 0.907; no GPU reaches 0.75."""
+    from ftmix.plan.constants import MFU_CEILING
+
+    fast = replace(DEFAULT, mfu_max=0.95, step_overhead_s=0.0)
+    rows = synthetic_rows()
+    gpu = load_gpu("a100-80gb")
+    for r, m in zip(rows, [Mixture(**r["inputs"]["mixture"]) for r in rows]):
+        spec = load_model("llama-2-7b" if r["inputs"]["model_config"]["num_hidden_layers"] == 32 else "llama-2-13b")
+        r["step_s"] = step_time(spec, gpu, m, 8, fast).total
+    fitted = calibrate(rows, every=4)["per_gpu"]["a100-80gb"]["constants"]
+    assert fitted["mfu_max"] <= MFU_CEILING
+
+
+def test_ordinals_in_the_report():
+    from ftmix.cli.study import ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st"]

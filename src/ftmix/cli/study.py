@@ -229,6 +229,12 @@ def calibrate_cmd(
     console.print(f"[dim]written: {target}[/dim]")
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _pct(x):
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -236,7 +242,7 @@ def _pct(x):
 def _calibration_table(report: dict) -> None:
     e = report["errors"]
     table = Table(title=f"prediction error before and after calibration ({report['trials']['fitted']} fitted, "
-                        f"{report['trials']['held_back']} held back: every {report['holdout_every']}th)")
+                        f"{report['trials']['held_back']} held back: every {ordinal(report['holdout_every'])})")
     for col in ("trials", "quantity", "n", "median before", "median after", "worst before", "worst after"):
         table.add_column(col, justify="left" if col in ("trials", "quantity") else "right")
     for part in ("fitted", "held_back"):

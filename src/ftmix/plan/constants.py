@@ -66,9 +66,13 @@ class RuntimeConstants:
 DEFAULT = RuntimeConstants()
 
 
+MFU_CEILING = 0.75
+
 # The physical range of each constant: (low, high, low is allowed). Fractions of a peak are in
 # (0, 1]; exposed communication in [0, 1]; rates and sizes positive; overheads may be zero.
-RANGES = {"mfu_max": (0, 1, False), "mfu_half_tokens": (0, 1e9, True), "fa2_efficiency": (0, 2, False),
+# mfu_max: no dense transformer training run reaches 0.75 of the tensor cores' peak (Megatron-LM,
+# Narayanan et al. 2021: 0.52; PaLM: 0.46; Llama 3: 0.38-0.43), so a fit above it is the data's noise.
+RANGES = {"mfu_max": (0, MFU_CEILING, False), "mfu_half_tokens": (0, 1e9, True), "fa2_efficiency": (0, 2, False),
           "sdpa_efficiency": (0, 2, False), "eager_bytes_per_score": (0, 1e4, False),
           "elementwise_passes": (0, 1e3, True), "exposed_comm_ddp": (0, 1, True), "exposed_comm_zero12": (0, 1, True),
           "exposed_comm_zero3": (0, 1, True), "zero3_fetch_overhead_s": (0, 1, True), "link_efficiency": (0, 1, False),
@@ -109,8 +113,12 @@ def calibration_for(path: str | None, gpu: str | None, any_gpu: bool = False) ->
         raise FtmixError(f"calibration {path}: per_gpu must map GPU names to {{\"constants\": ...}}")
     fitted_on = data.get("fitted_on_gpus") or ([data["gpu"]] if data.get("gpu") else [])
     memory = _memory(path, data.get("memory") or {})
+    if data.get("fitted") is False:
+        return Calibration(notes=(f"calibration {path} fitted nothing: ftmix's defaults apply",))
     if gpu is not None and gpu in per_gpu:
         runtime = _validated(path, per_gpu[gpu].get("constants") or {})
+        if runtime == DEFAULT and memory == DEFAULT_OVERHEADS:
+            return Calibration(notes=(f"calibration {path} changes no constant for {gpu}: ftmix's defaults apply",))
         return Calibration(runtime, memory, str(path), (f"calibrated by {path} (fitted on {gpu})",))
     if gpu is not None and fitted_on and not any_gpu and (data.get("gpu") != gpu):
         why = (f"has too few measurements on {gpu} for constants of its own" if gpu in fitted_on
@@ -119,6 +127,8 @@ def calibration_for(path: str | None, gpu: str | None, any_gpu: bool = False) ->
             return Calibration(notes=(f"${ENV} ({path}) {why}: not used",))
         raise FtmixError(f"calibration {path} {why}: add --calibration-any-gpu to use its all-GPU constants anyway")
     runtime = load_calibration(path)
+    if runtime == DEFAULT and memory == DEFAULT_OVERHEADS:
+        return Calibration(notes=(f"calibration {path} changes no constant: ftmix's defaults apply",))
     return Calibration(runtime, memory, str(path), (f"calibrated by {path}",))
 
 

@@ -266,7 +266,8 @@ def calibrate(rows: list[dict], every: int = 3, gpu: str | None = None, prior: f
         raise FtmixError("no measured trial to calibrate on (run a study, or `ftmix study import` measurements)")
     fitted, held = split(obs, every)
     runtime, names = fit_runtime(fitted, prior)
-    gpus = sorted({o.gpu.name for o in obs if o.gpu is not None})
+    # GPUs with a step time to fit (a CPU trial predicted for a GPU has none)
+    gpus = sorted({o.gpu.name for o in fitted if o.gpu is not None and o.step_s})
     per_gpu: dict[str, RuntimeConstants] = {}
     for name in gpus:
         own = [o for o in fitted if o.gpu is not None and o.gpu.name == name and o.step_s]
@@ -278,6 +279,11 @@ def calibrate(rows: list[dict], every: int = 3, gpu: str | None = None, prior: f
         return per_gpu.get(o.gpu.name, DEFAULT) if o.gpu is not None else DEFAULT
 
     memory, notes = fit_memory(fitted, held)
+    nothing = not per_gpu and runtime == DEFAULT and memory == DEFAULT_OVERHEADS
+    if nothing:
+        why = ("no trial has a step time measured on a GPU (CPU step times are not a GPU's)" if not gpus
+               else "the measurements asked for no change")
+        notes = [f"nothing was fitted: {why}; every constant keeps ftmix's default"] + notes
     report = {
         "format": FORMAT, "version": 1,
         "gpu": gpu or (gpus[0] if len(gpus) == 1 else None),
@@ -285,7 +291,7 @@ def calibrate(rows: list[dict], every: int = 3, gpu: str | None = None, prior: f
         "constants": _changed(runtime),
         "per_gpu": {name: {"constants": _changed(c)} for name, c in per_gpu.items()},
         "memory": {k: _round(v) for k, v in memory.to_dict().items() if v != getattr(DEFAULT_OVERHEADS, k)},
-        "fitted_constants": names,
+        "fitted_constants": names, "fitted": not nothing,
         "holdout_every": every, "prior": prior,
         "trials": {"fitted": len(fitted), "held_back": len(held), "skipped": skipped},
         "errors": {
