@@ -125,3 +125,39 @@ def test_report_of_an_unknown_study_or_a_missing_db(tmp_path):
     study("run", "context:gpu", "--db", tmp_path / "s.sqlite", "--predict-only")
     proc = study("report", "--db", tmp_path / "s.sqlite", "--out", tmp_path / "r", "--study", "zzz")
     assert proc.returncode == 2 and "no study zzz" in proc.stderr and "context" in proc.stderr
+
+
+def test_cpu_times_are_not_compared_with_gpu_predictions_and_any_sweep_gets_a_figure(tmp_path):
+    """Issue 19, defect 7: the report set CPU step times against GPU predictions (-96% on every
+    row), its scatter had no ticks at MB scale, and a sweep over other keys got no figure."""
+    from ftmix.study.report import readable_log_axes, report
+    from ftmix.study.store import Store
+
+    store = Store(str(tmp_path / "s.sqlite"))
+    for i, lr in enumerate((0.01, 0.02, 0.05)):
+        store.upsert({"id": f"t{i}", "study": "lr-sweep", "trial_key": f"lr={lr}", "status": "ok", "device": "cpu",
+                      "config": {"lr": lr, "zero": 0}, "label": "1 GPU + LoRA r8 + SDPA",
+                      "peak_gb": 0.0031 + 0.0004 * i, "predicted_peak_gb": 0.0032 + 0.0004 * i,
+                      "step_s": 2.5 + i, "predicted_step_s": 0.1})
+    result = report(store, tmp_path / "r")
+    store.close()
+    assert {(f["study"], f["kind"]) for f in result["figures"]} == {("lr-sweep", "trials"), ("all", "scatter")}
+    assert result["scatter"]["time"]["n"] == 0 and result["scatter"]["memory"]["n"] == 3
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "CPU run" in md and "-96" not in md and "%" in md
+    points = result["studies"]["lr-sweep"]["figure"]["points"]
+    assert [p["mixture"] for p in points] == ["lr=0.01", "lr=0.02", "lr=0.05"]
+    assert all(p["predicted_step_s"] is None and p["step_s"] == 2.5 + i for i, p in enumerate(points))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.scatter([3.1, 3.5, 3.9], [3.2, 3.6, 4.0])  # MB: inside one decade
+    readable_log_axes(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and 3.0 <= t.get_position()[1] <= 4.2]
+    plt.close(fig)
+    assert labels, "no labelled tick inside the data's range"

@@ -6,9 +6,11 @@ Figures, by what a study varies (its name's prefix first: mixtures, context, mat
 - context: peak memory and step time against context length, one line per attention kernel;
 - matrix: model x context grid coloured by step time, the mixture that ran (or would run) in each
   cell, OOM cells marked;
+- any other sweep: peak memory and step time per trial;
 - every store: predicted against measured, memory and time, with the median and worst error.
 Measured values where a trial ran; a trial that only has predictions (``--predict-only``) is drawn
-from them, and the figure says so.
+from them, and the figure says so. A step time measured on a CPU is never set against a GPU's
+predicted one (the table says "CPU run", the figures draw no prediction beside it).
 """
 
 from __future__ import annotations
@@ -53,9 +55,19 @@ def figure_data(name: str, rows: list[dict]) -> dict | None:
             time, time_src = _value(r, "step_s", "predicted_step_s")
             series.append({"id": r["id"], "mixture": r.get("tag") or r.get("label"), "zero": (r.get("config") or {}).get("zero"),
                            "peak_gb": mem, "peak_source": mem_src, "step_s": time, "step_source": time_src,
-                           "predicted_peak_gb": r.get("predicted_peak_gb"), "predicted_step_s": r.get("predicted_step_s"),
+                           "predicted_peak_gb": r.get("predicted_peak_gb"), "predicted_step_s": _gpu_time(r),
                            "status": r["status"]})
         return {"kind": kind, "points": series}
+    if kind == "other":  # a sweep over any other keys: one bar per trial
+        series = []
+        for r in rows:
+            mem, mem_src = _value(r, "peak_gb", "predicted_peak_gb")
+            time, time_src = _value(r, "step_s", "predicted_step_s")
+            series.append({"id": r["id"], "mixture": r.get("trial_key") or r.get("tag") or r["id"], "zero": None,
+                           "peak_gb": mem, "peak_source": mem_src, "step_s": time, "step_source": time_src,
+                           "predicted_peak_gb": r.get("predicted_peak_gb"), "predicted_step_s": _gpu_time(r),
+                           "status": r["status"]})
+        return {"kind": "trials", "points": series}
     if kind == "context":
         points = []
         for r in rows:
@@ -76,6 +88,11 @@ def figure_data(name: str, rows: list[dict]) -> dict | None:
                           "oom": r["status"] in OOM})
         return {"kind": kind, "cells": cells}
     return None
+
+
+def _gpu_time(row: dict) -> float | None:
+    """The predicted step time where it can stand beside the measured one: not beside a CPU's."""
+    return None if row.get("device") == "cpu" and row["status"] == "ok" else row.get("predicted_step_s")
 
 
 def scatter_data(rows: list[dict]) -> dict:
@@ -143,16 +160,17 @@ def draw_mixtures(data: dict, title: str, out: Path, stem: str) -> list[str]:
                 xs.append(x)
                 ys.append(p[key] * k)
                 marks.append((x, p[src], None if p.get(pkey) is None else p[pkey] * k))
-            bars = ax.bar(xs, ys, width, label=f"ZeRO-{z}")
+            bars = ax.bar(xs, ys, width, label="each trial" if z is None else f"ZeRO-{z}")
             for bar, (x, source, predicted) in zip(bars, marks):
                 if source == "predicted":
                     bar.set_hatch("//")
                     predicted_only = True
                 elif predicted is not None:
                     ax.plot([x - width / 2, x + width / 2], [predicted, predicted], color="black", lw=1.2)
-        ax.set_xticks(range(len(mixtures)), mixtures)
+        ax.set_xticks(range(len(mixtures)), mixtures, rotation=0 if len(mixtures) < 6 else 45,
+                      ha="center" if len(mixtures) < 6 else "right", fontsize=8)
         ax.set_ylabel(label)
-        ax.set_xlabel("mixture")
+        ax.set_xlabel("mixture" if data["kind"] == "mixtures" else "trial")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(zeros), bbox_to_anchor=(0.5, -0.1), fontsize=8,
                title="hatched: predicted only" if predicted_only else "black line: ftmix's prediction", title_fontsize=8)
@@ -210,11 +228,27 @@ def draw_matrix(data: dict, title: str, out: Path, stem: str) -> list[str]:
     return _save(fig, out, stem)
 
 
+def readable_log_axes(ax) -> None:
+    """Log axes with labelled ticks at 1, 2 and 5 of each decade, so that a range inside one decade
+    (MB-scale peaks of tiny models) still has numbers on it."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
 def draw_scatter(data: dict, out: Path, stem: str) -> list[str]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, what, unit in ((axes[0], "memory", "peak memory (GB)"), (axes[1], "time", "seconds per step")):
+    factor, mem_unit = _scale([v for p in data["memory"]["points"] for v in (p["measured"], p["predicted"])])
+    for ax, what, unit in ((axes[0], "memory", f"peak memory ({mem_unit})"), (axes[1], "time", "seconds per step")):
         d = data[what]
+        if what == "memory" and factor != 1.0:
+            d = dict(d, points=[dict(p, measured=p["measured"] * factor, predicted=p["predicted"] * factor)
+                                for p in d["points"]])
         studies = list(dict.fromkeys(p["study"] for p in d["points"]))
         for study in studies:
             pts = [p for p in d["points"] if p["study"] == study]
@@ -223,12 +257,7 @@ def draw_scatter(data: dict, out: Path, stem: str) -> list[str]:
         if values:
             lo, hi = min(values), max(values)
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-            from matplotlib.ticker import NullFormatter
-
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_minor_formatter(NullFormatter())
+            readable_log_axes(ax)
             ax.legend(fontsize=7)
         med = "-" if d["median"] is None else f"{100 * d['median']:.1f}%"
         worst = "-" if d["worst"] is None else f"{100 * d['worst']:.1f}%"
@@ -238,7 +267,7 @@ def draw_scatter(data: dict, out: Path, stem: str) -> list[str]:
     return _save(fig, out, stem)
 
 
-DRAW = {"mixtures": draw_mixtures, "context": draw_context, "matrix": draw_matrix}
+DRAW = {"mixtures": draw_mixtures, "context": draw_context, "matrix": draw_matrix, "trials": draw_mixtures}
 
 
 def report(store, out_dir: str | Path, studies: list[str] | None = None) -> dict:
@@ -301,14 +330,17 @@ def markdown(result: dict, rows_by_study: dict) -> str:
         if "figure" in entry:
             png = Path(entry["figure"]["files"][0]).name
             lines += [f"![{name}]({png})", ""]
+        if any(r.get("device") == "cpu" and r.get("step_s") for r in rows_by_study[name]):
+            lines += ["Step times measured on a CPU are not set against the GPU's predicted ones (\"CPU run\").", ""]
         lines += ["| trial | status | mixture | peak GB | predicted GB | error | step s | predicted s | error | loss |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows_by_study[name]:
             merr = r["predicted_peak_gb"] / r["peak_gb"] - 1 if r.get("peak_gb") and r.get("predicted_peak_gb") else None
-            terr = r["predicted_step_s"] / r["step_s"] - 1 if r.get("step_s") and r.get("predicted_step_s") else None
+            terr = r["predicted_step_s"] / r["step_s"] - 1 if r.get("step_s") and _gpu_time(r) else None
             lines.append(f"| {r.get('trial_key') or r['id']} | {r['status']} | {r.get('label') or '-'} | {_f(r.get('peak_gb'))} "
                          f"| {_f(r.get('predicted_peak_gb'))} | {_pct(merr)} | {_f(r.get('step_s'))} "
-                         f"| {_f(r.get('predicted_step_s'))} | {_pct(terr)} | {_f(r.get('final_loss'))} |")
+                         f"| {_f(r.get('predicted_step_s'))} | {'CPU run' if terr is None and r.get('device') == 'cpu' and r.get('step_s') else _pct(terr)} "
+                         f"| {_f(r.get('final_loss'))} |")
         lines.append("")
     s = result["scatter"]
     lines += ["## Predicted against measured", ""]
