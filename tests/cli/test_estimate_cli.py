@@ -144,3 +144,30 @@ def test_grad_accum_must_be_a_positive_whole_number(ftmix, value):
     code, out, err = ftmix("estimate", "--model", "llama-2-7b", "--grad-accum", value)
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--grad-accum" in lines[0]
+
+
+def test_nvme_offload_is_said_and_keeps_host_ram_to_the_swap_buffers(tmp_path, capsys):
+    """Issue 19, defect 9: NVMe offload in a DeepSpeed JSON was estimated as CPU offload, silently."""
+    import json
+
+    from ftmix.cli import main
+
+    def run(device):
+        path = tmp_path / f"{device}.json"
+        path.write_text(json.dumps({"zero_optimization": {
+            "stage": 3, "offload_optimizer": {"device": device, "nvme_path": "/local_nvme"},
+            "offload_param": {"device": device, "nvme_path": "/local_nvme"}}, "bf16": {"enabled": True}}))
+        try:
+            main(["estimate", "--model", "llama-2-70b", "--gpus", "8", "--lora", "0", "--deepspeed", str(path), "--json"])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        return json.loads(capsys.readouterr().out)
+
+    cpu, nvme = run("cpu"), run("nvme")
+    assert nvme["peak_gb"] == cpu["peak_gb"]  # the GPU holds the same
+    assert cpu["cpu_gb"] > 500 and nvme["cpu_gb"] < 0.1 * cpu["cpu_gb"]
+    # 8 ranks x (5 x 1e8 x 2 B of parameter buffers + 4 x min(1e9, 69e9 / 8) x 4 B of optimizer buffers)
+    assert nvme["cpu_gb"] == pytest.approx(8 * (1.0 + 16.0), rel=1e-3)
+    note = next(n for n in nvme["notes"] if "NVMe" in n)
+    assert "/local_nvme" in note and "swap buffers" in note
+    assert not any("NVMe" in n for n in cpu["notes"])

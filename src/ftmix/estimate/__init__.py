@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
 from ftmix.estimate import arch_fits
@@ -36,8 +38,42 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
         return with_overheads(paper_estimate(model, m, memory, name, safety_margin), overheads)
     if method == "analytic":
         est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed, grad_accum), model)
-        return with_overheads(est, overheads)
+        return with_overheads(on_nvme(est, deepspeed), overheads)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def on_nvme(est: Estimate, deepspeed: dict | None) -> Estimate:
+    """DeepSpeed's NVMe offload (ZeRO-Infinity, ``offload_*.device: nvme``): the GPU holds what CPU
+    offload leaves it; the offloaded states live on the NVMe drive and host RAM holds only the
+    pinned swap buffers. Sizes from DeepSpeed's ``runtime/zero/offload_config.py``: parameters
+    ``buffer_count`` (5) x ``buffer_size`` (1e8 elements) in 16 bits; optimizer ``buffer_count``
+    (4) x the largest swapped sub-group (``sub_group_size``, 1e9 elements, or the whole partition
+    if smaller) in fp32 (``swap_tensor/optimizer_utils.py``: ``SwapBufferManager``)."""
+    zero = (deepspeed or {}).get("zero_optimization") or {}
+    param, opt = zero.get("offload_param") or {}, zero.get("offload_optimizer") or {}
+    nvme = {k for k, c in (("parameters", param), ("optimizer states", opt)) if str(c.get("device")).lower() == "nvme"}
+    if not nvme:
+        return est
+    host = est.cpu_bytes
+    buffers = 0.0
+    if "parameters" in nvme:
+        buffers += _num(param.get("buffer_count"), 5) * _num(param.get("buffer_size"), 1e8) * 2
+    if "optimizer states" in nvme:
+        partition = est.trainable_params / (est.mixture.world if est.mixture.zero >= 1 else 1)
+        group = min(_num(zero.get("sub_group_size"), 1e9), partition)
+        buffers += _num(opt.get("buffer_count"), 4) * group * 4
+    path = param.get("nvme_path") or opt.get("nvme_path") or "the nvme_path"
+    note = (f"offload to NVMe ({' and '.join(sorted(nvme))}, DeepSpeed ZeRO-Infinity): GPU memory as with CPU offload; "
+            f"about {host / 1e9:.1f} GB of offloaded states per node on {path}, host RAM only for the pinned swap "
+            f"buffers ({buffers / 1e9:.2f} GB per rank)")
+    return replace(est, cpu_bytes=min(host, buffers * est.mixture.gpus), notes=est.notes + (note,))
+
+
+def _num(value, default: float) -> float:
+    try:
+        return float(value) if value not in (None, "auto") else default
+    except (TypeError, ValueError):
+        raise FtmixError(f"DeepSpeed config: {value!r} is not a number") from None
 
 
 def check_grad_accum(grad_accum) -> None:
