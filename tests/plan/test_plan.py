@@ -118,3 +118,35 @@ def test_the_plan_estimates_each_candidate_at_its_own_accumulation():
     one = candidates(LLAMA7, load_gpu("h100-80gb"), flags, effective_batch=4)[0].memory.peak
     two = candidates(LLAMA7, load_gpu("h100-80gb"), flags, effective_batch=8)[0].memory.peak
     assert two - one == pytest.approx(2 * LLAMA7.total_params, rel=0.01)
+
+
+def test_ties_go_to_no_deepspeed_on_one_gpu_then_to_less_memory():
+    """Issue 19, defect 10: ZeRO-1 won on one GPU by 0.2%, inside the runtime model's resolution."""
+    from ftmix.plan.search import TIE
+
+    result = plan(load_model("llama-2-7b"), load_gpu("a100-80gb"), {"gpus": 1})
+    fastest = min((c for c in result.candidates if c.fits), key=lambda c: c.time.total)
+    assert fastest.mixture.zero >= 1 and result.best.mixture.zero == 0
+    assert result.best.time.total <= fastest.time.total * (1 + TIE)
+    assert "the tie goes to no DeepSpeed on one GPU" in result.notes[0]
+    eight = plan(load_model("llama-2-70b"), load_gpu("a100-40gb"), {"gpus": 8, "lora": 0})
+    tied = [c for c in eight.candidates if c.fits and c.time.total <= min(
+        x.time.total for x in eight.candidates if x.fits) * (1 + TIE)]
+    assert eight.best.memory.device_total == min(c.memory.device_total for c in tied)
+
+
+def test_host_ram_beyond_any_server_is_said(capsys):
+    from ftmix.cli import main
+
+    big = plan(load_model("falcon-180b"), A100, {"gpus": 8, "lora": 0}, cpu_ram=None)
+    assert big.best is not None and big.best.mixture.offload != "none" and big.best.memory.cpu_bytes > 2e12
+    assert any("more than a GPU server has" in n and "--cpu-ram" in n for n in big.notes)
+    within = plan(load_model("llama-2-70b"), A100, {"gpus": 8, "lora": 0, "offload": "optimizer"}, cpu_ram=None)
+    assert within.best.memory.cpu_bytes < 2e12 and not any("GPU server" in n for n in within.notes)
+    try:
+        main(["plan", "--model", "llama-2-70b", "--gpu", "a100-80gb", "--gpus", "8", "--lora", "0", "--offload",
+              "optimizer", "--cpu-ram", "none"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    assert "host RAM:" in out and "GB per node for the offloaded optimizer states" in out

@@ -71,19 +71,24 @@ def plan_report(result) -> None:
                   f"s={m.seq_len}, micro batch {m.micro_batch} x {best.time.grad_accum} accumulation")
     console.print(f"peak {gb(best.memory.peak)} GB allocated, {gb(best.memory.device_total)} GB on the device; "
                   f"{best.time.total:.3f} s per optimizer step ({best.time.samples} samples)")
+    if m.offload != "none":
+        console.print(f"host RAM: {gb(best.memory.cpu_bytes)} GB per node for the offloaded "
+                      f"{'optimizer states and parameters' if m.offload == 'all' else 'optimizer states'}")
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/yellow]")
     misfits = result.faster_misfits
     if misfits:
         console.print("why it wins: the faster mixtures do not fit:")
         for c in misfits[:5]:
             console.print(f"  {c.mixture.label}: {c.time.total:.3f} s, over by {c.over_gb:.2f} GB")
-    else:
+    elif not result.faster_fits:
         console.print("why it wins: it is the fastest candidate, and it fits")
     table = Table(title="runners-up")
-    for col in ("mixture", "peak GB", "device GB", "step s", "slower by"):
+    for col in ("mixture", "peak GB", "device GB", "step s", "vs winner"):
         table.add_column(col, justify="left" if col == "mixture" else "right")
     for c in result.runners_up:
         table.add_row(c.mixture.label, gb(c.memory.peak), gb(c.memory.device_total), f"{c.time.total:.3f}",
-                      f"{100 * (c.time.total / best.time.total - 1):.1f}%")
+                      f"{100 * (c.time.total / best.time.total - 1):+.1f}%")
     console.print(table)
 
 

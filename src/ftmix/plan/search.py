@@ -56,12 +56,20 @@ class Plan:
     best: Candidate | None
     candidates: tuple[Candidate, ...]  # fitting first, each group by step time
     suggestion: str | None
+    notes: tuple[str, ...] = ()  # why the winner won where it was a tie; host RAM beyond any server
 
     @property
     def faster_misfits(self) -> list[Candidate]:
         if self.best is None:
             return []
         return [c for c in self.candidates if not c.fits and c.time.total < self.best.time.total]
+
+    @property
+    def faster_fits(self) -> list[Candidate]:
+        """Fitting candidates predicted faster than the winner, within the tie."""
+        if self.best is None:
+            return []
+        return [c for c in self.candidates if c.fits and c.time.total < self.best.time.total]
 
     @property
     def runners_up(self) -> list[Candidate]:
@@ -72,7 +80,8 @@ class Plan:
                 "best": None if self.best is None else self.best.to_json(),
                 "why": [{"label": c.mixture.label, "step_time_s": round(c.time.total, 4),
                          "over_gb": round(c.over_gb, 3)} for c in self.faster_misfits],
-                "candidates": [c.to_json() for c in self.candidates], "message": self.suggestion}
+                "candidates": [c.to_json() for c in self.candidates], "message": self.suggestion,
+                "notes": list(self.notes)}
 
 
 def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int) -> list[dict]:
@@ -143,7 +152,12 @@ def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False
         raise FtmixError(f"effective batch must be positive, got {effective_batch}")
     args = (search_batch, effective_batch, constants, safety_margin, deepspeed, cpu_ram, overheads)
     found = candidates(model, gpu, flags, *args)
-    best = found[0] if found[0].fits else None
+    best, notes = _break_ties([c for c in found if c.fits])
+    if best is not None and best.mixture.offload != "none" and cpu_ram is None \
+            and best.memory.cpu_bytes > LARGEST_SERVER_RAM:
+        notes += (f"it needs {best.memory.cpu_bytes / GB:,.0f} GB of host RAM per node for the offloaded states, "
+                  f"more than a GPU server has (a DGX H100: {LARGEST_SERVER_RAM / GB:,.0f} GB); give your nodes' "
+                  "RAM with --cpu-ram GB to plan within it",)
     message = None
     if best is None and suggest:
         message = _smallest_change(model, gpu, flags, *args)
@@ -152,7 +166,30 @@ def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False
             least = min(c.memory.cpu_bytes for c in host_bound) / GB
             message += (f"; {len(host_bound)} mixture(s) fit the GPU but need more CPU RAM than the "
                         f"{cpu_ram / GB:,.0f} GB per node allowed (--cpu-ram; the least needs {least:,.0f} GB)")
-    return Plan(model.name, gpu.name, best, tuple(found), message)
+    return Plan(model.name, gpu.name, best, tuple(found), message, notes)
+
+
+TIE = 0.03  # step times this close are one prediction (docs/plan.md: the runtime model's resolution)
+LARGEST_SERVER_RAM = 2.0e12  # bytes: the most host RAM a common 8-GPU server has (DGX H100: 2 TB)
+
+
+def _break_ties(fitting: list[Candidate]) -> tuple[Candidate | None, tuple[str, ...]]:
+    """The fastest fitting candidate; among those within ``TIE`` of it, no DeepSpeed on one GPU
+    (nothing to shard, one engine less), then the least device memory, then the least host RAM."""
+    if not fitting:
+        return None, ()
+    fastest = fitting[0]
+    tied = [c for c in fitting if c.time.total <= fastest.time.total * (1 + TIE)]
+    best = min(tied, key=lambda c: (not (c.mixture.world == 1 and c.mixture.zero == 0), c.memory.device_total,
+                                    c.memory.cpu_bytes, c.time.total))
+    if best is fastest:
+        return best, ()
+    why = ("no DeepSpeed on one GPU" if best.mixture.world == 1 and best.mixture.zero == 0
+           and not (fastest.mixture.zero == 0) else "less memory")
+    slower = 100 * (best.time.total / fastest.time.total - 1)
+    return best, (f"{fastest.mixture.label} is predicted {slower:.1f}% faster, within the {100 * TIE:.0f}% the "
+                  f"runtime model cannot tell apart: the tie goes to {why} "
+                  f"({best.memory.device_total / GB:.1f} vs {fastest.memory.device_total / GB:.1f} GB on the device)",)
 
 
 def _any_fits(model, gpu, flags, *args) -> bool:
