@@ -171,3 +171,26 @@ def test_nvme_offload_is_said_and_keeps_host_ram_to_the_swap_buffers(tmp_path, c
     note = next(n for n in nvme["notes"] if "NVMe" in n)
     assert "/local_nvme" in note and "swap buffers" in note
     assert not any("NVMe" in n for n in cpu["notes"])
+
+
+def test_labels_say_what_holds_the_bytes(capsys):
+    """Issue 19, defect 11: "zero buffers" on plain DDP; autocast's weight copies shown as the loss
+    head; ZeRO-3 above ZeRO-2 with no reason given."""
+    import json
+
+    from ftmix.cli import main
+
+    def run(*args):
+        try:
+            main(["estimate", *args])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        return capsys.readouterr().out
+
+    ddp = run("--model", "llama-2-7b", "--zero", "0", "--gpus", "2", "--lora", "0")
+    assert "DDP gradient buckets" in ddp and "zero buffers" not in ddp
+    full = json.loads(run("--model", "llama-2-7b", "--zero", "0", "--lora", "0", "--gc", "--json"))
+    copies, head = full["breakdown_gb"]["autocast_copies"], full["breakdown_gb"]["loss_head"]
+    assert copies == pytest.approx(6.74e9 * 2 / 1e9, rel=0.05) and head < 1  # every 16-bit weight, not logits
+    small = run("--model", "smollm2-135m", "--zero", "3", "--offload", "none", "--gpus", "4")
+    assert "ZeRO-3 peaks" in small and "above ZeRO-2 here" in small and "gathered parameters (ZeRO-3) +" in small

@@ -20,7 +20,7 @@ def mixtures(draw):
     return Mixture(zero=zero, offload=offload, lora=draw(st.sampled_from([0, 8, 64])),
                    lora_targets=draw(st.sampled_from(["q_proj,v_proj", "all-linear"])), gc=draw(st.booleans()),
                    attn=draw(st.sampled_from(["eager", "sdpa", "fa2"])), precision=draw(st.sampled_from(["bf16", "fp16"])),
-                   micro_batch=draw(st.integers(1, 8)), seq_len=draw(st.integers(1, 2048)),
+                   micro_batch=draw(st.integers(1, 8)), seq_len=draw(st.integers(2, 2048)),
                    gpus=draw(st.integers(1, 8)), nodes=draw(st.integers(1, 4)))
 
 

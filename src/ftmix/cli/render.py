@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ftmix.estimate import Estimate
+from ftmix.estimate.result import component_label
 from ftmix.estimate.constants import GB
 
 console = Console()
@@ -31,7 +32,7 @@ def estimate_table(est: Estimate) -> None:
     table.add_column("GB per GPU", justify="right")
     for name, value in est.breakdown.items():
         if value or name in ("parameters", "gradients", "optimizer"):  # a zero here is news (offloaded)
-            table.add_row(name.replace("_", " "), gb(value))
+            table.add_row(component_label(name, m), gb(value))
     table.add_row("[bold]peak allocated[/bold] (max_memory_allocated)", f"[bold]{gb(est.peak)}[/bold]")
     if est.overheads:
         table.add_row("peak reserved (max_memory_reserved)", gb(est.reserved))

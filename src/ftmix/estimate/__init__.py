@@ -38,8 +38,32 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
         return with_overheads(paper_estimate(model, m, memory, name, safety_margin), overheads)
     if method == "analytic":
         est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed, grad_accum), model)
+        est = _stage3_reason(est, model, memory, name, safety_margin, deepspeed, grad_accum)
         return with_overheads(on_nvme(est, deepspeed), overheads)
     raise FtmixError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def _stage3_reason(est: Estimate, model, memory, name, safety_margin, deepspeed, grad_accum) -> Estimate:
+    """ZeRO-3 above ZeRO-2 surprises: say what it holds that stage 2 does not."""
+    m = est.mixture
+    if m.zero != 3 or deepspeed is not None:
+        return est
+    two = m.with_(zero=2, offload="optimizer" if m.offload == "all" else m.offload)
+    other = arch_fits.apply(analytic_estimate(model, two, memory, name, safety_margin, None, grad_accum), model)
+    if est.peak <= other.peak:
+        return est
+    from ftmix.estimate.result import component_label
+
+    keys = set(est.breakdown) | set(other.breakdown)
+    diff = {k: est.breakdown.get(k, 0.0) - other.breakdown.get(k, 0.0) for k in keys}
+    more = ", ".join(f"{component_label(k, m)} +{v / 1e9:.2f} GB" for k, v in
+                     sorted(diff.items(), key=lambda kv: -kv[1]) if v > 0.005 * est.peak)
+    less = -sum(v for v in diff.values() if v < 0)
+    where = ("on one GPU there is nothing to shard" if m.world == 1 else
+             f"sharding over {m.world} GPUs saves {less / 1e9:.2f} GB")
+    note = (f"ZeRO-3 peaks {(est.peak - other.peak) / 1e9:.2f} GB above ZeRO-2 here ({where}): at its peak it "
+            f"holds {more or 'its gathered parameters and buffers'}")
+    return replace(est, notes=est.notes + (note,))
 
 
 def on_nvme(est: Estimate, deepspeed: dict | None) -> Estimate:

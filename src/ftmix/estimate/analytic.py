@@ -37,8 +37,11 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
     stored = (model.layers * per_layer + act.final_norm_bytes(model, m) + act.shared_inputs_bytes(model, m)
               - act.first_layer_unsaved(model, m)) * tokens + act.autocast_weight_copies(model, m)
     forward, backward = act.logits_moments(model, m)
-    forward = (forward + act.loss_forward_extra(model, m)) * tokens + act.autocast_cache(model, m)
+    logits_forward = (forward + act.loss_forward_extra(model, m)) * tokens
+    forward = logits_forward + act.autocast_cache(model, m)
     at_loss = max(backward * tokens, forward)
+    # at the loss's forward moment autocast's cached 16-bit weight copies are held too: theirs, not the loss's
+    loss_copies = forward - logits_forward if forward >= backward * tokens else 0.0
     recompute = layer.total * tokens + act.autocast_copies_per_layer(model, m) if m.gc else 0.0
     working = act.backward_transient(model, m, layer) * tokens
     parts = {"activations": stored, "loss_head": 0.0, "gc_recompute": 0.0, "backward_working": 0.0}
@@ -83,7 +86,9 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
         return (parts, "forward of the last decoder layer (autocast's cache holds every layer's 16-bit weights)",
                 0.0, absent)
     if at_loss + buckets_at_loss - absent >= max(layer_moment, head_moment - absent):
-        parts["loss_head"] = at_loss
+        parts["loss_head"] = at_loss - loss_copies
+        if loss_copies:
+            parts["autocast_copies"] = loss_copies
         return parts, "backward of the loss head (fp32 logits)", buckets_at_loss, absent
     if head_moment - absent >= layer_moment:
         parts["backward_working"] = head_moment - buckets

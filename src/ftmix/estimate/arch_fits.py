@@ -105,7 +105,8 @@ def apply(est, model: ModelSpec):
     extra, note = correction(model, est.mixture)
     if note is None:
         return est
-    if not any(est.breakdown.get(k) for k in ("activations", "loss_head", "gc_recompute", "backward_working")):
+    if not any(est.breakdown.get(k) for k in ("activations", "loss_head", "autocast_copies", "gc_recompute",
+                                              "backward_working")):
         # the peak holds no activations (the optimizer step): a fit of activation terms cannot move it
         return dataclasses.replace(est, notes=est.notes + (note + "; not applied: the peak holds no activations",))
     breakdown = dict(est.breakdown)

@@ -79,3 +79,17 @@ class Estimate:
             "mixture": self.mixture.to_dict(), "label": self.label,
             "notes": list(self.notes),
         }
+
+
+LABELS = {"loss_head": "loss head (logits)", "autocast_copies": "autocast's 16-bit weight copies",
+          "gathered_params": "gathered parameters (ZeRO-3)", "gc_recompute": "GC recompute",
+          "backward_working": "backward working", "optimizer_step": "optimizer step"}
+
+
+def component_label(name: str, m) -> str:
+    """A breakdown key as a user reads it, for the engine that holds it."""
+    if name == "zero_buffers":
+        if m.zero == 0:
+            return "DDP gradient buckets" if m.world > 1 else "gradient buckets"
+        return f"ZeRO-{m.zero} buffers (buckets)"
+    return LABELS.get(name, name.replace("_", " "))

@@ -64,7 +64,7 @@ COMPONENTS = {
     "optimizer states (fp32 master + moments)": (("optimizer",), ("fp32 master", "optimizer state")),
     "gradients and DeepSpeed buffers": (("gradients", "zero_buffers", "optimizer_step"),
                                         ("gradient", "bucket", "deepspeed buffer")),
-    "activations and temporaries": (("activations", "loss_head", "gc_recompute", "backward_working"),
+    "activations and temporaries": (("activations", "loss_head", "autocast_copies", "gc_recompute", "backward_working"),
                                     ("activation", "temporary")),
 }
 
