@@ -29,3 +29,28 @@ def test_random_init_has_the_catalog_shape():
     assert next(built.model.parameters()).dtype == torch.bfloat16  # 16-bit weights under DeepSpeed
     assert sum(p.numel() for p in built.model.parameters()) == built.spec.total_params
     assert built.model.model.layers[0].self_attn.q_proj.bias is not None  # Qwen2 keeps its q/k/v biases
+
+
+def test_a_multimodal_config_trains_its_language_model_and_says_so(tmp_path):
+    """Issue 19, defect 13: estimate dropped the vision tower silently; train failed with
+    transformers' "Unrecognized configuration class"."""
+    import json
+
+    from ftmix import estimate
+    from tests.train.conftest import TINY, run_train_cli, tiny_flags, yaml_args
+
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": {"model_type": "llama", **TINY},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28, "patch_size": 14}}))
+    est = estimate(str(folder / "config.json"), zero=0, lora=8)
+    note = next(n for n in est.notes if n.startswith("multimodal config"))
+    assert "not counted: vision ~" in note and "parameters" in note
+    flags = tiny_flags(tmp_path / "run", zero=0, lora=8, max_steps=1, model=str(folder), model_overrides={})
+    proc = run_train_cli(yaml_args(flags) + ["--json"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert any("llava is multimodal: its language model (llama" in n for n in record["notes"])

@@ -59,6 +59,7 @@ class ModelSpec:
     nominal_params: float | None = None  # the marketing size ("7B"), used by paper mode
     nominal_size: str | None = None
     hub_id: str | None = None
+    notes: tuple[str, ...] = ()  # what the spec leaves out (a multimodal model's other towers)
 
     @property
     def norm_params(self) -> int:
@@ -131,7 +132,9 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
     ``text_config``: the language model is what is fine-tuned)."""
     if not isinstance(cfg, dict):
         raise FtmixError("config.json must hold a JSON object")
+    notes: tuple[str, ...] = ()
     if isinstance(cfg.get("text_config"), dict) and not any(k in cfg for k in ("hidden_size", "n_embd", "d_model")):
+        notes = (multimodal_note(cfg),)
         cfg = cfg["text_config"]
     mtype = str(cfg.get("model_type", "llama"))
     if mtype not in ARCHITECTURES + FITTED_ARCHITECTURES:
@@ -211,7 +214,25 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
                      intermediate=inter, vocab=vocab, tied_embeddings=tied, max_positions=max_pos,
                      linears=linears, gated_mlp=gated, norm=norm, norms_per_layer=norms,
                      lm_head_bias=head_bias, peft_default_targets=targets, nominal_params=nominal,
-                     nominal_size=nominal_size, hub_id=hub_id)
+                     nominal_size=nominal_size, hub_id=hub_id, notes=notes)
+
+
+def multimodal_note(cfg: dict) -> str:
+    """What a multimodal config's estimate leaves out: the towers beside the language model, with
+    their size where the config says it (a ViT layer: 4 h^2 of attention + 2 h i of MLP)."""
+    others = [k for k, v in cfg.items() if k.endswith("_config") and k != "text_config" and isinstance(v, dict)]
+    sizes = []
+    for key in others:
+        sub = cfg[key]
+        h, n = sub.get("hidden_size"), sub.get("num_hidden_layers") or sub.get("depth")
+        i = sub.get("intermediate_size") or (4 * h if h else None)
+        if h and n and i:
+            sizes.append(f"{key.removesuffix('_config')} ~{n * (4 * h * h + 2 * h * i) / 1e6:,.0f}M parameters")
+        else:
+            sizes.append(key.removesuffix("_config"))
+    return ("multimodal config: the estimate is the language model's (text_config) fine-tuned on text; "
+            f"not counted: {', '.join(sizes) or 'the other towers'} (frozen, their 16-bit weights add 2 bytes "
+            "per parameter)")
 
 
 def parse_size(text: str) -> float:

@@ -185,7 +185,7 @@ def analytic_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = N
                     breakdown=breakdown, overheads=overheads,
                     cpu_bytes=states.cpu_optimizer + states.cpu_parameters,
                     gpu_memory=gpu_memory, safety_margin=safety_margin,
-                    notes=(f"peak at: {where}", data_note(m)) + engine_note(m) + gradient_note(m, grad_accum, fresh),
+                    notes=(f"peak at: {where}", data_note(m)) + engine_note(m) + gradient_note(m, grad_accum, fresh) + model.notes,
                     grad_accum=grad_accum)
 
 

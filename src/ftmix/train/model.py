@@ -125,6 +125,22 @@ def weight_dtype(m: Mixture):
     return torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
 
 
+def language_model_config(config: dict) -> tuple[dict, str | None]:
+    """A config AutoModelForCausalLM builds: the config itself, or a multimodal one's
+    ``text_config`` (its language model alone, as the estimate counts it), said in a note."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    mtype = config.get("model_type")
+    text = config.get("text_config")
+    if mtype in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not isinstance(text, dict):
+        return config, None
+    if text.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise FtmixError(f"model type {mtype!r} has no causal language model transformers builds, nor has its "
+                         f"text_config ({text.get('model_type')!r})")
+    return dict(text), (f"{mtype} is multimodal: its language model ({text['model_type']}, text_config) is built and "
+                        "trained alone; the other towers are not")
+
+
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0) -> BuiltModel:
     import torch
     import transformers
@@ -135,7 +151,8 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     dtype = weight_dtype(m)
     try:
         if source.kind == "catalog-config":
-            cfg = dict(source.config)
+            cfg, note = language_model_config(dict(source.config))
+            notes = notes + ([note] if note else [])
             hf_cfg = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
             with torch.device(device):
                 model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)
@@ -148,7 +165,12 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
             if source.gguf_file:
                 _forget_gguf_quantizer(model)
     except (OSError, ValueError) as exc:
-        raise FtmixError(f"cannot load model {source.ref!r}: {str(exc).splitlines()[0][:200]}") from None
+        first = str(exc).splitlines()[0][:200]
+        if "Unrecognized configuration class" in first:
+            raise FtmixError(f"model {source.ref!r} is not a causal language model transformers can load "
+                             "(AutoModelForCausalLM), as a multimodal model often is not: ftmix fine-tunes its language "
+                             "model from a config (random_init) or a text-only checkpoint") from None
+        raise FtmixError(f"cannot load model {source.ref!r}: {first}") from None
     config = model.config.to_dict()
     model.config.use_cache = False
     if m.gc:
