@@ -122,3 +122,11 @@ def test_an_op_fake_tensors_cannot_run_is_one_error_line(tmp_path):
     proc = run_cli("estimate", "--model", str(path), "--zero", "0", "--lora", "0", "--method", "simulate",
                    "--seq-len", "64")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot be simulated" in proc.stderr
+
+
+def test_calibrate_arch_writes_the_shared_fits_only_when_told(tmp_path):
+    """Issue 19, defect 16: it wrote the fits file every estimate reads by default."""
+    proc = run_cli("calibrate-arch", "--model", "phi-2")
+    assert proc.returncode == 2 and "--save" in proc.stderr and "--out FILE" in proc.stderr
+    proc = run_cli("calibrate-arch", "--model", "phi-2", "--save", "--out", str(tmp_path / "f.json"))
+    assert proc.returncode == 2 and "choose one" in proc.stderr

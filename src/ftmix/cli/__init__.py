@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     # the libraries' deprecation notices are for their developers, not for ftmix's users
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if hasattr(sys.stdout, "reconfigure") and not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)  # piped: each line as it is written, not all at the end
     try:
         result = app(args=argv, standalone_mode=False)
     except click_errors.NoArgsIsHelpError:

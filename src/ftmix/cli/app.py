@@ -82,14 +82,22 @@ def models_cmd(json_out: o.Json = False):
                          tied_embeddings=m.tied_embeddings, max_positions=m.max_positions, hub_id=m.hub_id))
     if json_out:
         return print_json({"models": rows})
-    table = Table(title="ftmix models")
-    for col in ("name", "nominal", "params", "layers", "hidden", "heads", "kv", "inter", "vocab", "max pos", "hub id"):
-        table.add_column(col, justify="left" if col in ("name", "hub id") else "right")
+    # whole names in a narrow terminal or a pipe (80 columns): the hub ids go below the table
+    wide = console.width >= 150
+    table = Table(title="ftmix models", padding=(0, 1) if wide else (0, 0))
+    for col in ("name", "nominal", "params", "layers", "hidden", "heads", "kv", "inter", "vocab", "max pos") + (
+            ("hub id",) if wide else ()):
+        table.add_column(col, justify="left" if col in ("name", "hub id") else "right", no_wrap=True,
+                         min_width=max(len(r["name"]) for r in rows) if col == "name" else None)
     for r in rows:
         table.add_row(r["name"], r["nominal"], f"{r['params'] / 1e9:.3f}B", str(r["layers"]), str(r["hidden"]),
                       str(r["heads"]), str(r["kv_heads"]), str(r["intermediate"]), str(r["vocab"]),
-                      str(r["max_positions"]), r["hub_id"] or "")
+                      str(r["max_positions"]), *((r["hub_id"] or "",) if wide else ()))
     console.print(table)
+    if not wide:
+        for r in rows:
+            if r["hub_id"]:
+                console.print(f"{r['name']}: {r['hub_id']}", soft_wrap=True)
 
 
 @app.command("gpus")
@@ -107,7 +115,7 @@ def gpus_cmd(json_out: o.Json = False):
         return print_json({"gpus": rows})
     table = Table(title="ftmix gpus")
     for col in ("name", "arch", "memory GB", "bf16", "FA2", "TFLOP/s", "HBM GB/s", "link GB/s", "node GB/s"):
-        table.add_column(col, justify="left" if col in ("name", "arch") else "right")
+        table.add_column(col, justify="left" if col in ("name", "arch") else "right", overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["architecture"], f"{r['memory_gb']:.1f}", "yes" if r["bf16"] else "no",
                       "yes" if r["flash_attention_2"] else "no", f"{r['peak_tflops']:g}", f"{r['memory_bandwidth_gbs']:g}",
@@ -150,12 +158,14 @@ def estimate_cmd(
 @guard
 def calibrate_arch_cmd(
     model: o.Model = "phi-2",
-    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Fits file to add this architecture to (default: $FTMIX_ARCH_FITS or ~/.cache/ftmix/arch_fits.json, which estimate, plan and matrix read).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Fits file to add this architecture to (estimate reads it with FTMIX_ARCH_FITS=FILE).")] = None,
+    save: Annotated[bool, typer.Option("--save", help="Add the fit to the fits file estimate, plan and matrix read ($FTMIX_ARCH_FITS or ~/.cache/ftmix/arch_fits.json).")] = False,
     seq_lens: Annotated[str, typer.Option("--seq-lens", metavar="S1,S2,...", help="The sequence lengths simulated (two or more).")] = "256,512,1024",
     json_out: o.Json = False,
 ):
-    """Fit the analytic method's activation terms for one architecture: simulate it at 1 and 2
-    layers (the real model code under fake tensors), 8 mixture classes, two lengths."""
+    """Fit corrections to the analytic method's activations for one architecture: simulate it at 1
+    and 2 layers (the real model code under fake tensors), 8 mixture classes, two lengths; --save
+    (or --out FILE) says where the fit goes."""
     from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit
     from ftmix.estimate.sim_input import simulation_config
     from ftmix.mixture import mixture_from_flags
@@ -165,6 +175,9 @@ def calibrate_arch_cmd(
     lengths = tuple(positive_int(x, "seq-lens") for x in split_list(seq_lens, "seq-lens"))
     if len(set(lengths)) < 2:
         raise FtmixError(f"--seq-lens takes two or more different lengths, got {seq_lens!r}")
+    if bool(out) == save:
+        raise FtmixError("say where the fit goes: --save (the fits file estimate, plan and matrix read: "
+                         f"{user_fits_path()}) or --out FILE" if not out else "--save and --out: choose one")
     path = Path(out).expanduser() if out else user_fits_path()
     if path.is_dir() or not path.parent.is_dir() and out:
         raise FtmixError(f"--out {out}: not a file in an existing folder")
@@ -193,7 +206,7 @@ def calibrate_arch_cmd(
     before = max(abs(r["simulated"] / r["analytic"] - 1) for r in entry["residuals"])
     if json_out:
         return print_json({"fingerprint": key, "file": str(path), "worst_error_before_fit": before, **entry})
-    table = Table(title=f"{name}: fitted activation terms (bytes per sequence; s = tokens)")
+    table = Table(title=f"{name}: corrections fitted to the analytic activations (bytes per sequence; s = tokens)")
     for col in ("class", "per layer", "per model"):
         table.add_column(col)
     for cls, t in entry["classes"].items():

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ftmix.estimate import Estimate
 from ftmix.estimate.result import component_label
+from ftmix.units import human_bytes, human_seconds
 from ftmix.estimate.constants import GB
 
 console = Console()
@@ -29,7 +30,12 @@ def estimate_table(est: Estimate) -> None:
     console.print(f"[bold]{title} · method {est.method}[/bold]", soft_wrap=True)  # one line, never wrapped mid-phrase
     table = Table()
     table.add_column("component")
-    table.add_column("GB per GPU", justify="right")
+    scale, unit = (1e9, "GB") if est.peak >= 1e9 else (1e6, "MB") if est.peak >= 1e6 else (1e3, "KB")
+    table.add_column(f"{unit} per GPU", justify="right")
+
+    def gb(x: float) -> str:  # noqa: F811 - the table's own unit: tiny models in MB, not 0.00 GB
+        return f"{x / scale:,.2f}"
+
     for name, value in est.breakdown.items():
         if value or name in ("parameters", "gradients", "optimizer"):  # a zero here is news (offloaded)
             table.add_row(component_label(name, m), gb(value))
@@ -44,12 +50,13 @@ def estimate_table(est: Estimate) -> None:
         table.add_row("[bold]device total[/bold] (nvidia-smi)", f"[bold]{gb(est.device_total)}[/bold]")
     console.print(table)
     console.print(f"parameters {est.total_params:,} · trainable {est.trainable_params:,} "
-                  f"({100 * est.trainable_params / est.total_params:.3g}% of all, adapters included) · CPU RAM for offload {gb(est.cpu_bytes)} GB per node")
+                  f"({100 * est.trainable_params / est.total_params:.3g}% of all, adapters included) · CPU RAM for "
+                  f"offload {human_bytes(est.cpu_bytes) if est.cpu_bytes else 'none'} per node")
     if est.fits is not None:
         budget = est.gpu_memory * (1 - est.safety_margin)
         verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
-        console.print(f"{verdict} on {est.gpu}: {gb(est.device_total if est.overheads else est.peak)} of "
-                      f"{gb(budget)} GB usable ({gb(est.gpu_memory)} GB less {est.safety_margin:.0%} margin)")
+        console.print(f"{verdict} on {est.gpu}: {human_bytes(est.device_total if est.overheads else est.peak)} of "
+                      f"{human_bytes(budget)} usable ({human_bytes(est.gpu_memory)} less {est.safety_margin:.0%} margin)")
     for note in est.notes:
         console.print(f"[dim]{note}[/dim]")
 
@@ -132,6 +139,17 @@ def eval_table(evals: dict) -> None:
         console.print(f"[dim]{sample['id']}[/dim] reference: {sample['reference']}\n  fine-tuned: {sample['generated']}")
 
 
+def quantity(what: str, value) -> str:
+    """A measured or predicted figure in a unit that fits it: bytes for "(GB)", time for seconds."""
+    if value is None:
+        return "-"
+    if "(GB)" in what or what.endswith("GB"):
+        return human_bytes(value * 1e9)
+    if "second" in what or what.endswith("(s)"):
+        return human_seconds(value)
+    return f"{value:.4g}"
+
+
 def data_line(data: dict) -> str:
     """What the data was and how long its rows really are, beside the sequence length used."""
     skipped = data["skipped_missing"] + data["skipped_empty"] + data["skipped_too_long"]
@@ -160,17 +178,18 @@ def train_summary(record: dict) -> None:
     for col in ("quantity", "measured", "predicted", "error"):
         table.add_column(col, justify="left" if col == "quantity" else "right")
     for what, row in record["comparison"].items():
-        fmt = (lambda v: "-" if v is None else f"{v:.4g}")
-        table.add_row(what, fmt(row["measured"]), fmt(row["predicted"]),
+        fmt = (lambda v, what=what: quantity(what, v))
+        table.add_row(what.replace(" (GB)", ""), fmt(row["measured"]), fmt(row["predicted"]),
                       "-" if row["error"] is None else f"{100 * row['error']:+.1f}%")
     console.print(table)
     curve = meas["loss_curve"]
     if curve:
         ran = meas.get("steps_this_run", meas["steps"])
         since = f" (steps {meas['steps'] - ran + 1}-{meas['steps']}, resumed)" if meas.get("resumed_from") else ""
+        step = "-" if meas["median_step_s"] is None else human_seconds(meas["median_step_s"])
+        rss = "-" if meas.get("peak_cpu_hwm_gb") is None else human_bytes(meas["peak_cpu_hwm_gb"] * 1e9)
         console.print(f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f} over {ran} steps{since}; median step "
-                      f"{meas['median_step_s']} s, {meas['tokens_per_s']} tokens/s; peak CPU RSS "
-                      f"{meas['peak_cpu_hwm_gb']} GB")
+                      f"{step}, {meas['tokens_per_s'] or 0:,.0f} tokens/s; peak CPU RSS {rss}")
     artifacts = record.get("artifacts") or {}
     if artifacts.get("model"):
         console.print(f"{artifacts['kind']} saved in {artifacts['model']}")

@@ -197,6 +197,14 @@ def draw_context(data: dict, title: str, out: Path, stem: str) -> list[str]:
     return _save(fig, out, stem)
 
 
+def text_colour(background) -> str:
+    """Black on light cells, white on dark ones (relative luminance, WCAG's weights)."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(background)
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
 def draw_matrix(data: dict, title: str, out: Path, stem: str) -> list[str]:
     plt = _plt()
     cells = data["cells"]
@@ -216,7 +224,7 @@ def draw_matrix(data: dict, title: str, out: Path, stem: str) -> list[str]:
             text = "\n".join(lines)
         ax.add_patch(plt.Rectangle((x, y), 1, 1, color=colour))
         ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=6,
-                color="red" if c["oom"] else "black")
+                color="red" if c["oom"] else text_colour(colour))
     ax.set_xlim(0, len(lengths))
     ax.set_ylim(0, len(models))
     ax.set_xticks([i + 0.5 for i in range(len(lengths))], [str(s) for s in lengths])
@@ -292,7 +300,8 @@ def report(store, out_dir: str | Path, studies: list[str] | None = None) -> dict
         entry = {"trials": len(rows), "by_status": _count(rows)}
         if data is not None:
             stem = f"{name}-{data['kind']}"
-            files = DRAW[data["kind"]](data, f"{name}: {data['kind']}", out, stem)
+            title = name if name == data["kind"] else f"{name}: {data['kind']}"
+            files = DRAW[data["kind"]](data, title, out, stem)
             entry["figure"] = {"files": files, **data}
             result["figures"].append({"study": name, "kind": data["kind"], "files": files})
         result["studies"][name] = entry

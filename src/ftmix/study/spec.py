@@ -176,7 +176,8 @@ def merge_base(spec: StudySpec, overrides: Optional[dict]) -> StudySpec:
     varied = set(spec.grid) | {k for g in spec.linked for k in g}
     clash = sorted(set(overrides) & varied)
     if clash:
-        raise FtmixError(f"{', '.join(clash)} vary in the study's grid; edit the spec to change them")
+        verb = "varies" if len(clash) == 1 else "vary"
+        raise FtmixError(f"{', '.join(clash)} {verb} in the study's grid; edit the spec to change {'it' if len(clash) == 1 else 'them'}")
     try:
         return StudySpec(**{**spec.model_dump(), "base": {**spec.base, **overrides}})
     except ValidationError as exc:
