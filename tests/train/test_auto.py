@@ -50,6 +50,10 @@ def test_an_oom_falls_back_to_the_next_candidate_and_finishes(tmp_path):
     assert record["measured"]["twin"]["device_peak_bytes"] <= 0.004e9  # the limit held in the run that finished
     m = record["mixture"]
     assert record["measured"]["grad_accum"] * m["micro_batch"] * m["gpus"] == 4  # the effective batch, unchanged
+    # issue 19, defect 16: the fallback is printed, not only recorded
+    shown = run_train_cli(_flags(tmp_path / "again", memory_limit_gb=0.004) + AUTO[:-1], timeout=600)  # the table
+    assert shown.returncode == 0 and "--mixture auto: 2 attempts" in shown.stdout
+    assert f"1. {first['label']}" in shown.stdout and "out of memory" in shown.stdout
 
 
 def test_auto_on_cpu_needs_a_gpu_to_plan_for(tmp_path):

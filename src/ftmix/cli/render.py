@@ -172,6 +172,13 @@ def train_summary(record: dict) -> None:
                   f"ZeRO stage {eng['zero_stage']}, optimizer {eng['optimizer']}, "
                   f"{eng['trainable_params']:,} trainable parameters, {meas['ranks']} rank(s)")
     console.print(data_line(data))
+    attempts = record.get("attempts") or []
+    if len(attempts) > 1:  # --mixture auto fell back: say what was tried and why
+        console.print(f"--mixture auto: {len(attempts)} attempts on {record['auto']['gpu']}")
+        for a in attempts:
+            how = "ran" if a["outcome"] == "ok" else f"out of memory ({a.get('error', '')[:120]})"
+            console.print(f"  {a['attempt']}. {a['label']} (predicted {human_bytes(a['predicted_peak_gb'] * 1e9)}): "
+                          f"{how}{', resumed from its checkpoint' if a.get('resumed') else ''}")
     for note in record.get("notes") or []:
         console.print(f"[yellow]{note}[/yellow]")
     table = Table(title="measured vs predicted")
