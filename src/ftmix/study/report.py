@@ -58,7 +58,8 @@ def figure_data(name: str, rows: list[dict]) -> dict | None:
                            "predicted_peak_gb": r.get("predicted_peak_gb"), "predicted_step_s": _gpu_time(r),
                            "status": r["status"]})
         return {"kind": kind, "points": series}
-    if kind == "other":  # a sweep over any other keys: one bar per trial
+    if kind == "other" and any((r.get("source") or "run") == "run" for r in rows):
+        # a sweep over any other keys (not measurements imported from elsewhere): one bar per trial
         series = []
         for r in rows:
             mem, mem_src = _value(r, "peak_gb", "predicted_peak_gb")
