@@ -160,3 +160,18 @@ def test_without_accumulation_the_forward_runs_without_gradients(config, flags, 
     if where == "backward of the loss head":
         assert one.breakdown["gradients"] == 0 and analytic.breakdown["gradients"] == 0
         assert kept.peak - one.peak == pytest.approx(2 * spec.total_params, rel=0.01)  # bf16 gradients
+
+
+def test_simulate_reports_the_mixture_asked_and_its_holders_in_a_users_terms(tmp_path):
+    """Issue 19, defect 12: fa2 was reported as the SDPA + packing it is simulated with, and the
+    largest holders as library call sites."""
+    config = dict(CONFIGS["llama"])
+    m = mixture_from_flags(None, zero=0, lora=8, attn="fa2", seq_len=128)
+    est = simulate(config, m, "tiny", None)
+    assert est.mixture.attn == "fa2" and est.mixture.packing is False and est.mixture == m
+    assert any(n.startswith("data: padded") for n in est.notes)
+    assert "fa2 simulated as SDPA on unpadded rows (the same saved tensors)" in est.notes
+    holders = next(n for n in est.notes if n.startswith("largest holders at the peak: "))
+    assert any(word in holders for word in ("activations kept for the backward", "weights", "gradients",
+                                            "temporary buffers"))
+    assert " MB (" in holders or " KB (" in holders  # a unit that fits, the library function in brackets

@@ -37,3 +37,19 @@ def test_offload_config_builds_ds_cpu_adam_section():
     cfg = deepspeed_config(Mixture(zero=2, offload="optimizer"), 1000)
     assert cfg["optimizer"]["type"] == "AdamW" and cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert "optimizer" not in deepspeed_config(Mixture(zero=2, offload="none"), 1000)
+
+
+def test_flags_as_the_ecosystem_spells_them(capsys):
+    """Issue 19: train takes --gpus (--nproc kept), --learning-rate, --epochs, --max-steps as flags."""
+    from ftmix.cli import main
+
+    for args, needle in ((["--learning-rate", "-1"], "lr: Input should be greater than 0"),
+                         (["--epochs", "0"], "epochs: Input should be greater than 0"),
+                         (["--gpus", "0"], "nproc: Input should be greater than 0"),
+                         (["--nproc", "0"], "nproc: Input should be greater than 0"),
+                         (["--max-steps", "0"], "max_steps")):
+        try:
+            main(["train", *args])
+        except SystemExit as exc:
+            assert exc.code == 2
+        assert needle in capsys.readouterr().err

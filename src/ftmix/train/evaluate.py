@@ -62,9 +62,11 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
     found, where = held_out_rows(record, data, rows)  # bad data fails before torch loads
     fmt = data_format(found, cfg.get("format", "auto"), cfg.get("columns"), cfg.get("tags"))
     template = cfg.get("template") or "{dialogue}"
-    examples = [e for e, _ in (read_row(r, fmt, template, i) for i, r in enumerate(found)) if e is not None]
+    read = [read_row(r, fmt, template, i) for i, r in enumerate(found)]
+    examples = [e for e, _ in read if e is not None]
     if not examples:
-        raise FtmixError(f"no usable held-out rows in {where} ({fmt.name} format)")
+        first = next(why for _, why in read if why).split(": ", 1)[1]
+        raise FtmixError(f"no usable held-out rows in {where} ({fmt.name} format); first: {first}")
 
     import torch
     import transformers
