@@ -68,7 +68,7 @@ def test_a_key_value_override_changes_the_base_not_the_grid(tmp_path):
 
     spec = load_spec("context:cpu")
     assert all(t.config["max_steps"] == 5 for t in expand(merge_base(spec, {"max_steps": 5})))
-    with pytest.raises(FtmixError, match="seq_len vary"):
+    with pytest.raises(FtmixError, match="seq_len varies"):
         merge_base(spec, {"seq_len": 64})
 
 

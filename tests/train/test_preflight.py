@@ -150,7 +150,8 @@ def test_interrupted_run_says_how_to_resume_and_resume_counts_its_own_steps(tmp_
     flags = yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=400, save_steps=1, keep_last=2))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "ftmix", "train", *flags], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     def saved_steps():
         return [int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/trainer_state.json")]
 

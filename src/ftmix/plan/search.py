@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
+from ftmix.units import human_bytes
 from ftmix.estimate import Estimate, estimate
 from ftmix.estimate.constants import GB, SAFETY_MARGIN
 from ftmix.mixture import Mixture, grad_accum, mixture_from_flags
@@ -189,7 +190,8 @@ def _break_ties(fitting: list[Candidate]) -> tuple[Candidate | None, tuple[str, 
     slower = 100 * (best.time.total / fastest.time.total - 1)
     return best, (f"{fastest.mixture.label} is predicted {slower:.1f}% faster, within the {100 * TIE:.0f}% the "
                   f"runtime model cannot tell apart: the tie goes to {why} "
-                  f"({best.memory.device_total / GB:.1f} vs {fastest.memory.device_total / GB:.1f} GB on the device)",)
+                  f"({human_bytes(best.memory.device_total)} vs {human_bytes(fastest.memory.device_total)} on the "
+                  "device)",)
 
 
 def _any_fits(model, gpu, flags, *args) -> bool:

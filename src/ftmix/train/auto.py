@@ -47,10 +47,14 @@ def ranked(cfg: TrainConfig) -> tuple[list, object]:
     flags = {k: v for k, v in cfg.mixture_flags().items() if v is not None}
     if on_cpu(cfg) and "precision" not in flags:
         flags["precision"] = "bf16"
-    result = plan(spec, gpu, flags, effective_batch=cfg.effective_batch)
+    from ftmix.plan.constants import calibration_for
+
+    cal = calibration_for(cfg.calibration, gpu.name, cfg.calibration_any_gpu)  # as the run's predictions use it
+    result = plan(spec, gpu, flags, effective_batch=cfg.effective_batch, constants=cal.runtime, overheads=cal.memory)
     if result.best is None:
         raise FtmixError(f"--mixture auto: nothing fits {gpu.name}: {result.suggestion}")
-    return [c for c in result.candidates if c.fits], gpu
+    # the plan's choice first (ties broken as `ftmix plan` breaks them), then the rest, fastest first
+    return [result.best] + [c for c in result.candidates if c.fits and c is not result.best], gpu
 
 
 def is_oom(exc: BaseException) -> bool:
