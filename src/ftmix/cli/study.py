@@ -144,12 +144,20 @@ def _short(row: dict) -> str:
 def _summary_table(result: dict) -> None:
     table = Table(title=f"study {result['study']}: {result['trials']} trials "
                         f"({', '.join(f'{v} {k}' for k, v in result['by_status'].items())})")
-    for col in ("trial", "status", "mixture", "GB", "pred. GB", "step s", "pred. s", "loss"):
-        table.add_column(col, justify="left" if col in ("trial", "status", "mixture") else "right",
+    from ftmix.units import human_bytes, human_seconds
+
+    def size(gb):
+        return "-" if gb is None else human_bytes(gb * 1e9)
+
+    def secs(s):
+        return "-" if s is None else human_seconds(s)
+
+    for col in ("trial", "status", "mixture", "peak", "predicted", "step", "predicted ", "loss"):
+        table.add_column(col.strip(), justify="left" if col in ("trial", "status", "mixture") else "right",
                          no_wrap=col not in ("trial", "mixture"))
     for r in result["rows"]:
-        table.add_row(r["trial_key"], r["status"], _short(r), _fmt(r["peak_gb"], 3), _fmt(r["predicted_peak_gb"], 3),
-                      _fmt(r["step_s"], 3), "-" if r.get("device") == "cpu" else _fmt(r["predicted_step_s"], 3),
+        table.add_row(r["trial_key"], r["status"], _short(r), size(r["peak_gb"]), size(r["predicted_peak_gb"]),
+                      secs(r["step_s"]), "-" if r.get("device") == "cpu" else secs(r["predicted_step_s"]),
                       _fmt(r["final_loss"], 3))
     console.print(table)
     console.print(f"[dim]database: {result['db']}[/dim]")

@@ -268,6 +268,12 @@ def draw_scatter(data: dict, out: Path, stem: str) -> list[str]:
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
             readable_log_axes(ax)
             ax.legend(fontsize=7)
+        if not d["points"]:
+            ax.text(0.5, 0.5, f"no {what} measured to compare" + ("\n(step times measured on a CPU are not a GPU's)"
+                                                                    if what == "time" else ""),
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
         med = "-" if d["median"] is None else f"{100 * d['median']:.1f}%"
         worst = "-" if d["worst"] is None else f"{100 * d['worst']:.1f}%"
         ax.set_title(f"{what}: median error {med}, worst {worst} (n={d['n']})", fontsize=9)
