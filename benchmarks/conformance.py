@@ -6,6 +6,11 @@ steps on CPU in bf16. Per case: the twin's device peak (highest rank) against `e
 activations and temporaries). Writes benchmarks/results/conformance.json and .md.
 
     .venv/bin/python benchmarks/conformance.py [--grid quick|standard|full] [--only SUBSTRING]
+    .venv/bin/python benchmarks/conformance.py --repredict   # the committed measurements, predicted anew
+
+``--repredict`` keeps every committed measurement (the twin of the real runs) and recomputes only
+the prediction side with the current estimate, as ``ftmix train`` makes it (``run.json`` →
+``predicted``): after a change to the estimate alone, whether anything moved.
 
 The goal (issue 8): peak within 1%, each component within 2%. `make test` runs a subset
 (tests/train/test_conformance.py) through the same `run_case`.
@@ -84,6 +89,31 @@ def run_case(case: dict, workdir: Path, deepspeed_config: str | None = None, seq
             "host_measured_bytes": twin["host_peak_bytes"], "host_predicted_bytes": record["predicted"]["cpu_bytes"]}
 
 
+def repredict(row: dict, seq_len: int = 128) -> dict:
+    """The row's prediction made again by the current estimate, its measurements kept."""
+    from ftmix.estimate import estimate
+    from ftmix.mixture import grad_accum, mixture_from_flags
+    from ftmix.train.config import load_config
+    from ftmix.train.preflight import model_spec
+    from ftmix.train.record import COMPONENTS
+
+    cfg = load_config(None, [], dict(random_init=True, model_overrides=SHAPES[row["shape"]], max_rows=8,
+                                     seq_len=seq_len, effective_batch=2 * row["ranks"], zero=row["zero"],
+                                     offload=row["offload"], lora=row["lora"], gc=row["gc"], attn=row["attn"],
+                                     nproc=row["ranks"], precision="bf16"))
+    m = mixture_from_flags(None, **cfg.mixture_flags())
+    est = estimate(model_spec(cfg), m, None, grad_accum=grad_accum(cfg.effective_batch, m.micro_batch, m.world))
+    components = {}
+    for name, (keys, _) in COMPONENTS.items():
+        measured = row["components"][name]["measured"]
+        predicted = round(sum(est.breakdown.get(k, 0) for k in keys))
+        components[name] = {"predicted": predicted, "measured": measured,
+                            "error": None if not measured else round(predicted / measured - 1, 4)}
+    predicted = round(est.peak)
+    return dict(row, predicted_bytes=predicted, error=round(predicted / row["measured_bytes"] - 1, 4),
+                predicted_peak_at=list(est.notes), components=components, host_predicted_bytes=round(est.cpu_bytes))
+
+
 def record_phase_peaks(out: Path) -> dict:
     ranks = [json.loads(p.read_text())["twin"] for p in sorted((out / "ranks").glob("rank*.json"))]
     top = max(ranks, key=lambda t: t["device_peak_bytes"])
@@ -143,7 +173,22 @@ def main() -> None:
                     help="with --only: replace those rows in the grid's committed result (after a model change "
                          "that can touch only them) instead of writing conformance_partial")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--repredict", action="store_true",
+                    help="keep the committed measurements; recompute the predictions with the current estimate")
     args = ap.parse_args()
+    if args.repredict:
+        name = {"standard": "conformance", "full": "conformance_full"}[args.grid]
+        path = Path(args.out) / f"{name}.json"
+        old = json.loads(path.read_text())["rows"]
+        rows = [repredict(r) if isinstance(r.get("error"), float) else r for r in old]
+        moved = [r["name"] for r, o in zip(rows, old) if r.get("predicted_bytes") != o.get("predicted_bytes")
+                 or r.get("components") != o.get("components")]
+        result = {"grid": args.grid, "summary": summary(rows), "rows": rows}
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        (Path(args.out) / f"{name}.md").write_text(markdown(result))
+        print(f"{len(rows)} rows predicted anew; predicted bytes or components moved in {len(moved)}: {moved}")
+        print(json.dumps(result["summary"], indent=1))
+        return
     parts = args.only.split(",") if args.only else []
     cases = [c for c in all_cases(args.grid) if all(p in case_name(**c) for p in parts)]
     rows = []

@@ -3,14 +3,12 @@ significant digits (not 0.00 GB, 6.873e-05 GB or 132.01176 s)."""
 
 from __future__ import annotations
 
+BYTES = (("GB", 1e9), ("MB", 1e6), ("KB", 1e3))  # decimal, as GB = 1e9 bytes everywhere in ftmix
+SUBSECOND = (("ms", 1e-3), ("us", 1e-6))
+
 
 def human_bytes(n: float) -> str:
-    """Decimal units (GB = 1e9 bytes, as torch.cuda's counters are usually reported here)."""
-    size = abs(n)
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{_three(n / scale)} {unit}"
-    return f"{int(round(n))} B"
+    return _scaled(n, BYTES, f"{int(round(n))} B")
 
 
 def human_seconds(s: float) -> str:
@@ -21,9 +19,15 @@ def human_seconds(s: float) -> str:
         return f"{int(s // 60)} min {int(round(s % 60))} s"
     if size >= 1 or size == 0:
         return f"{_three(s)} s"
-    if size >= 1e-3:
-        return f"{_three(s * 1e3)} ms"
-    return f"{_three(s * 1e6)} us"
+    return _scaled(s, SUBSECOND, f"{_three(s * 1e6)} us")
+
+
+def _scaled(x: float, units: tuple, smallest: str) -> str:
+    """``x`` in the largest unit it reaches, else ``smallest``."""
+    for unit, scale in units:
+        if abs(x) >= scale:
+            return f"{_three(x / scale)} {unit}"
+    return smallest
 
 
 def _three(x: float) -> str:

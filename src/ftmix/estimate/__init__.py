@@ -53,15 +53,16 @@ def _stage3_reason(est: Estimate, model, memory, name, safety_margin, deepspeed,
     if est.peak <= other.peak:
         return est
     from ftmix.estimate.result import component_label
+    from ftmix.units import human_bytes
 
     keys = set(est.breakdown) | set(other.breakdown)
     diff = {k: est.breakdown.get(k, 0.0) - other.breakdown.get(k, 0.0) for k in keys}
-    more = ", ".join(f"{component_label(k, m)} +{v / 1e9:.2f} GB" for k, v in
+    more = ", ".join(f"{component_label(k, m)} +{human_bytes(v)}" for k, v in
                      sorted(diff.items(), key=lambda kv: -kv[1]) if v > 0.005 * est.peak)
     less = -sum(v for v in diff.values() if v < 0)
     where = ("on one GPU there is nothing to shard" if m.world == 1 else
-             f"sharding over {m.world} GPUs saves {less / 1e9:.2f} GB")
-    note = (f"ZeRO-3 peaks {(est.peak - other.peak) / 1e9:.2f} GB above ZeRO-2 here ({where}): at its peak it "
+             f"sharding over {m.world} GPUs saves {human_bytes(less)}")
+    note = (f"ZeRO-3 peaks {human_bytes(est.peak - other.peak)} above ZeRO-2 here ({where}): at its peak it "
             f"holds {more or 'its gathered parameters and buffers'}")
     return replace(est, notes=est.notes + (note,))
 
