@@ -197,7 +197,7 @@ def _conversation(row: dict, fmt: DataFormat, rid) -> tuple[Example | None, str 
         return None, f"empty: row {rid}: {c['messages']} is not a list of turns"
     roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
     messages = []
-    system = row.get(c.get("system", ""), None) if "system" in c else None
+    system = row.get(c["system"]) if "system" in c else None
     if _text(system):
         messages.append({"role": "system", "content": system})
     for turn in turns:

@@ -183,12 +183,8 @@ def _check_resume_matches(checkpoint: Path, cfg: TrainConfig, m: Mixture) -> Non
     if not saved_path.is_file():
         return  # written by ftmix before this file existed: nothing to compare
     saved = read_json(saved_path, "checkpoint record")
-    asked = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "zero"}
-    asked.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
-                 lora_targets=m.lora_targets if m.lora else None)
-    if m.zero >= 1:
-        asked["world"] = m.world
-    differ = [k for k in asked if k in saved and saved[k] != asked[k]]
+    asked = checkpoint_record(cfg, m)
+    differ = [k for k in asked if k != "mixture" and k in saved and saved[k] != asked[k]]
     if differ:
         was = ", ".join(f"{k}={saved[k]}" for k in differ)
         now = ", ".join(f"{k}={asked[k]}" for k in differ)
@@ -208,7 +204,7 @@ def is_run_file(name: str) -> bool:
 
 def checkpoint_record(cfg: TrainConfig, m: Mixture) -> dict:
     """What ``_check_resume_matches`` compares, written into every checkpoint by the run."""
-    out = {k: getattr(cfg, k) for k in RESUME_KEYS if k != "zero"}
+    out = {k: getattr(cfg, k) for k in RESUME_KEYS}
     out.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
                lora_targets=m.lora_targets if m.lora else None, mixture=m.to_dict())
     if m.zero >= 1:
