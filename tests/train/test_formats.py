@@ -194,6 +194,9 @@ def test_end_to_end_alpaca_with_a_chat_template_and_eval(tmp_path):
     data = out["data"]
     assert (data["format"], data["chat_template"], data["train_on_prompt"], data["used"]) == ("alpaca", True, False, 6)
     assert 20 < data["tokens_max"] <= 128 and data["tokens_mean"] <= data["tokens_max"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert f"the rows are at most {data['tokens_max']} tokens" in " ".join(record["notes"])
+    assert record["predicted"]["estimate"]["mixture"]["seq_len"] == 128  # what the estimate was made for
     after = out["eval"]["after"]
     assert after["format"] == "alpaca" and after["rows"] == 2 and after["eval_loss"] > 0
     assert after["rouge1"] is not None and after["samples"][0]["reference"] == "apple, fig, pear"

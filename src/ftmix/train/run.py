@@ -226,7 +226,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         trainer.add_callback(checkpoint_callback(cfg, m))
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
-    notes = list(prep.built.notes)
+    notes = list(prep.built.notes) + length_note(prep.report, m)
     output = trainer.train(resume_from_checkpoint=resume)
     if cfg.save_steps:
         trainer.save_state()
@@ -276,6 +276,16 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{prep.rank}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return record
+
+
+def length_note(report, m: Mixture) -> list[str]:
+    """Padded rows far shorter than the sequence length: the estimate (and the run) is for
+    ``seq_len``; the data needs less."""
+    longest = report.tokens_max
+    if m.packing or longest is None or longest >= m.seq_len:
+        return []
+    return [f"the rows are at most {longest} tokens (p95 {report.tokens_p95}), padded to seq-len {m.seq_len}, the "
+            f"length the estimate is for: --seq-len {longest} would hold them all and need less memory"]
 
 
 def checkpoint_callback(cfg: TrainConfig, m: Mixture):
