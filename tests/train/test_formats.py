@@ -211,3 +211,12 @@ def test_eval_needs_rows_left_before_training(tmp_path, capsys):
         main(["train", *yaml_args(flags), "--eval"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "takes all 8 rows" in err and not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_hub_online_is_said_in_seconds(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1")  # nothing listens on its port 443 here
+    start = time.perf_counter()
+    with pytest.raises(FtmixError, match="the hub \\(127.0.0.1\\) cannot be reached"):
+        load_records("someone/some-set")
+    assert time.perf_counter() - start < 5
