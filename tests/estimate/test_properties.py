@@ -1,7 +1,7 @@
 """Hypothesis: memory never rises with a higher ZeRO stage, more GPUs, GC, LoRA or sdpa-for-eager;
 never falls with longer sequences or bigger batches. For every catalog model, both methods."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ftmix.catalog import load_model, model_names
@@ -80,6 +80,8 @@ def test_more_gpus_never_cost_more(name, m, method):
 
 @settings(max_examples=300, deadline=None)
 @given(models, mixtures(), methods)
+# found by CI: at 64 tokens eager's attention peak is below the MLP's, which it has too
+@example("llama-2-13b", Mixture(zero=3, lora=8, gc=True, attn="eager", seq_len=64, gpus=1, nodes=2), "analytic")
 def test_gc_lora_and_kernel_never_cost_more(name, m, method):
     assert peak(name, m.with_(gc=True), method) <= peak(name, m.with_(gc=False), method) * tol(
         name, method, m.with_(gc=True), m.with_(gc=False))

@@ -227,17 +227,19 @@ def layer_forward_moment(model: ModelSpec, m: Mixture) -> float:
     (with GC their checkpoints, the last layer's input included) and the shared inputs, plus the
     layer's own working set. Eager attention's peak is the fp32 softmax beside its fp32 input and
     the 16-bit scores, with the normed input, Q, K, V and, for grouped-query attention, K and V
-    repeated to the query width; SDPA's is the MLP's (normed input, attention sum, three I-wide
-    tensors). Measured by the device-memory twin (ZeRO-3, two ranks, where it is the peak)."""
+    repeated to the query width, or, on short rows, the MLP's as under SDPA; SDPA's is the MLP's
+    (normed input, attention sum, three I-wide tensors). Measured by the device-memory twin
+    (ZeRO-3, two ranks, where it is the peak)."""
     e, h = element_bytes(m), model.hidden
     stored = (model.layers * checkpoint_bytes(model, m) if m.gc
               else (model.layers - 1) * layer_activations(model, m).total + checkpoint_bytes(model, m))
     qkv = e * (h + model.q_dim + 2 * model.kv_dim)
+    mlp = e * (2 * h + 3 * model.intermediate)
     if m.attn == "eager":
         repeated = 2 * e * model.q_dim if repeats_kv(m) and model.kv_heads < model.heads else 0
-        working = qkv + repeated + model.heads * m.seq_len * (e + 2 * FP32)
+        working = max(qkv + repeated + model.heads * m.seq_len * (e + 2 * FP32), mlp)
     else:
-        working = max(qkv + e * model.q_dim + FP32 * model.heads, e * (2 * h + 3 * model.intermediate))
+        working = max(qkv + e * model.q_dim + FP32 * model.heads, mlp)
     return stored + shared_inputs_bytes(model, m) + working
 
 
