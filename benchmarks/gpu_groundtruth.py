@@ -1,7 +1,7 @@
 """Ground truth on a real GPU: peak memory and step time of a grid of fine-tuning mixtures.
 
 Each row builds a random-init model of a real shape directly on the device (bf16), applies the
-mixture through ``ftmix.train.model.build_model`` (the code path ``ftmix train`` runs: PEFT LoRA,
+mixture through ``ftmix.model.build.build_model`` (the code path ``ftmix train`` runs: PEFT LoRA,
 non-reentrant GC, eager / sdpa / fa2 -> flash), runs warm-up plus ``--steps`` full optimizer steps
 (one micro batch per step, fused AdamW lr 4e-4 betas 0.9/0.99 as the trainer uses) on random tokens,
 and records max_memory_allocated / max_memory_reserved (reset after the model build, and including
@@ -124,7 +124,8 @@ def run_row(row: Row, device: str, steps: int, tiny: bool, gpu_name: str | None)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ftmix.train.model import ModelSource, build_model, resolve_source
+    from ftmix.job.source import ModelSource, resolve_source
+    from ftmix.model.build import build_model
 
     m = row.mixture
     seq = max(32, m.seq_len // 16) if tiny else m.seq_len

@@ -3,7 +3,7 @@ device-memory twin: the measured reason why ftmix (which models HF transformers 
 and litgpt's published LoRA rows differ (issue 8, "a source that cannot reach the goal is explained
 with the measured reason").
 
-For each litgpt row of `shared/data/published-rows.jsonl` that `benchmarks/published.py` maps to a
+For each litgpt row of `benchmarks/data/published-rows.jsonl` that `benchmarks/published.py` maps to a
 LoRA mixture, this builds litgpt's model (`litgpt.lora.GPT` from litgpt's own config of that model,
 LoRA on the row's targets, bf16-true as Fabric's `init_module` makes it), and runs litgpt
 `finetune/lora.py`'s step: `model(input_ids, lm_head_chunk_size=128)`, `chunked_cross_entropy`,
@@ -109,7 +109,7 @@ def main() -> None:
         sys.exit("error: litgpt is not installed; see this script's docstring")
     published = json.loads((ROOT / "benchmarks" / "results" / "published.json").read_text())
     rows = {json.loads(line)["id"]: json.loads(line)
-            for line in (ROOT.parent / "shared" / "data" / "published-rows.jsonl").read_text().splitlines() if line}
+            for line in (ROOT / "benchmarks" / "data" / "published-rows.jsonl").read_text().splitlines() if line}
     wanted = set(args.only.split(",")) - {""}
     results = []
     for p in published["rows"]:

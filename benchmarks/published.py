@@ -1,6 +1,6 @@
 """ftmix's predictions against every published measurement it can represent.
 
-Reads ``../shared/data/published-rows.jsonl`` (or --rows), maps each row to ftmix inputs
+Reads ``benchmarks/data/published-rows.jsonl`` (or --rows), maps each row to ftmix inputs
 (``ftmix.study.published``), predicts the figure its source measured (allocated peak, reserved
 peak or device total, in the source's unit) and the per-micro-step time or tokens/s, and writes
 ``benchmarks/results/published.json`` and ``.md``: per row predicted vs measured and the error,
@@ -24,7 +24,7 @@ from ftmix.plan.runtime import step_time
 from ftmix.study.published import NotRepresented, load_rows, model_states_floor, represent
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ROWS = HERE.parent.parent / "shared" / "data" / "published-rows.jsonl"
+DEFAULT_ROWS = HERE / "data" / "published-rows.jsonl"
 GOAL_TRUST = ("high", "medium")
 
 
@@ -147,7 +147,7 @@ def markdown_head(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     lines = ["# ftmix against published measurements", "",
-             "Written by `benchmarks/published.py` from `shared/data/published-rows.jsonl`. Errors are "
+             "Written by `benchmarks/published.py` from `benchmarks/data/published-rows.jsonl`. Errors are "
              "predicted / measured - 1; medians and worst cases of their absolute values.", "",
              "```", markdown_head(report).rstrip(), "```", "", "## By source", "",
              "| source | memory median | memory worst | n | runtime median | runtime worst | n | OOM rows not fitting |",

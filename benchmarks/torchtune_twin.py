@@ -3,7 +3,7 @@ device-memory twin: the measured reason why ftmix (which models HF transformers 
 torchtune's published rows differ (issue 8, "a source that cannot reach the goal is explained with
 the measured reason").
 
-For each torchtune row of `shared/data/published-rows.jsonl` that `benchmarks/published.py` maps
+For each torchtune row of `benchmarks/data/published-rows.jsonl` that `benchmarks/published.py` maps
 to a mixture and compares on memory, this builds torchtune 0.1.1's model (the April 2024 release
 the rows were measured with: `lora_llama2_7b` / `lora_llama3_8b` with the row's LoRA, built in
 bf16 as the recipe's `set_default_dtype(bf16)` does) and runs `recipes/lora_finetune_single_device
@@ -93,7 +93,7 @@ def main() -> None:
 
     published = json.loads((ROOT / "benchmarks" / "results" / "published.json").read_text())
     rows = {json.loads(line)["id"]: json.loads(line)
-            for line in (ROOT.parent / "shared" / "data" / "published-rows.jsonl").read_text().splitlines() if line}
+            for line in (ROOT / "benchmarks" / "data" / "published-rows.jsonl").read_text().splitlines() if line}
     results = []
     for p in published["rows"]:
         row = rows[p["id"]]

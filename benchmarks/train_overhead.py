@@ -25,7 +25,7 @@ import torch, transformers
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments, TrainerCallback, default_data_collator
 from datasets import Dataset
-from ftmix.train.data import load_records, tokenize, train_tokenizer
+from ftmix.job.data import load_records, tokenize, train_tokenizer
 from ftmix.train.measure import reset_cpu_peak, cpu_peak_bytes
 steps, out = int(sys.argv[1]), sys.argv[2]
 transformers.set_seed(42)

@@ -59,6 +59,7 @@ def test_subpackages_stay_importable_beside_the_functions():
     assert callable(ftmix.plan) and callable(ftmix.estimate) and callable(ftmix.train)
 
 
+@pytest.mark.slow
 def test_train_returns_the_run_record(tmp_path):
     from tests.train.conftest import tiny_flags
 

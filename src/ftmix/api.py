@@ -12,21 +12,35 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ftmix.catalog import load_gpu, load_model, spec_from_hf_config
 from ftmix.errors import FtmixError
+from ftmix.estimate import check_grad_accum
+from ftmix.estimate import estimate as analytic_estimate
+from ftmix.estimate.overheads import with_overheads
+from ftmix.estimate.sim_input import check_sharding, simulation_config
+from ftmix.files import engine_output_to
+from ftmix.job.config import TrainConfig, load_config
+from ftmix.job.preflight import preflight
+from ftmix.mixture import DEFAULTS, check_flags, resolve_mixture
+from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
+from ftmix.plan import matrix as grid
+from ftmix.plan import plan as search
+from ftmix.plan.constants import calibration_for
+from ftmix.plan.host import local_cpu_ram
+from ftmix.train.evaluate import Generation
+from ftmix.train.evaluate import evaluate as score
+from ftmix.train.launch import launch, start_fresh
 
 if TYPE_CHECKING:
     from ftmix.estimate.result import Estimate
     from ftmix.plan.matrix import Cell
     from ftmix.plan.search import Plan
-    from ftmix.train.config import TrainConfig
 
 NO_GPU_RAM = "auto"
 
 
 def mixture_keys(**given) -> dict:
     """The mixture keys given (None: not given, the default or searched), checked as the CLI's flags."""
-    from ftmix.mixture import DEFAULTS, check_flags
-
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise FtmixError(f"not a mixture key: {', '.join(unknown)} (keys: {', '.join(DEFAULTS)})")
@@ -46,22 +60,13 @@ def estimate(model: str = "llama-2-7b", gpu: str | None = None, *, method: str =
     offload, lora, lora_alpha, lora_targets, gc, attn, precision, micro_batch, seq_len, gpus,
     nodes, packing (None or left out: the study's defaults).
     """
-    from ftmix.catalog import load_gpu, load_model
-    from ftmix.estimate import check_grad_accum
-    from ftmix.estimate import estimate as analytic_estimate
-    from ftmix.estimate.overheads import with_overheads
-    from ftmix.estimate.sim_input import check_sharding
-    from ftmix.mixture import mixture_from_flags
-    from ftmix.plan.constants import calibration_for
-
     gpu_spec = load_gpu(gpu) if gpu else None
     cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
-    flags, ds_config = with_deepspeed(mixture_keys(**mixture), deepspeed)
+    ds_config = read_deepspeed_config(deepspeed) if deepspeed else None
     sharding = sharding.strip().lower()
-    if sharding == "fsdp2":  # FSDP2's own defaults: FULL_SHARD, nothing offloaded
-        flags = dict(flags, zero=3 if flags["zero"] is None else flags["zero"],
-                     offload="none" if flags["offload"] is None else flags["offload"])
-    mix = mixture_from_flags(gpu_spec, **flags)
+    # FSDP2's own defaults (FULL_SHARD, nothing offloaded); its checks are check_sharding's
+    unset = {"zero": 3, "offload": "none"} if sharding == "fsdp2" else None
+    mix = resolve_mixture(mixture_keys(**mixture), gpu_spec, ds_config, deepspeed, unset, check=False)
     check_sharding(sharding, mix, method, ds_config, gpu_spec)
     check_grad_accum(grad_accum)  # before torch loads for method="simulate"
     if method == "simulate":
@@ -74,15 +79,10 @@ def estimate(model: str = "llama-2-7b", gpu: str | None = None, *, method: str =
 def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None,
               sharding: str = "deepspeed", grad_accum: int | None = None):
     """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
-    from ftmix.estimate.sim_input import simulation_config
-    from ftmix.files import engine_output_to
-
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
     config, name = simulation_config(model, mix, gpu_spec, sharding)
     if sharding == "deepspeed" and (mix.zero or mix.world > 1):
-        from ftmix.catalog import spec_from_hf_config
-
         try:
             spec_from_hf_config(config, name)
         except FtmixError:
@@ -92,6 +92,7 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict |
                 f"several GPUs with --sharding fsdp2; under --zero {mix.zero} on {mix.world} GPU(s) the sharded "
                 f"model states come from the analytic model, which does not know {kind!r}") from None
     with engine_output_to(Path(os.devnull)):  # DeepSpeed's and transformers' import-time notes
+        # lazy: the simulation runs the real model code under torch; the other methods never load it
         from ftmix.measure.simulate import simulate
 
         return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding, grad_accum)
@@ -103,10 +104,6 @@ def plan(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, search_batch: boo
     """The fastest mixture that fits: ``ftmix plan``. Mixture keys given are fixed; ZeRO stage,
     offload, GC and attention left out are searched (LoRA or full fine-tuning stays yours).
     ``cpu_ram``: host RAM per node in GB, ``"none"``/None (no limit) or ``"auto"``."""
-    from ftmix.catalog import load_gpu, load_model
-    from ftmix.plan import plan as search
-    from ftmix.plan.constants import calibration_for
-
     spec, gpu_spec = load_model(model), load_gpu(gpu)
     cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
     flags, ds_config = with_deepspeed(mixture_keys(**mixture), deepspeed)
@@ -119,10 +116,6 @@ def matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b", gpu: 
            effective_batch: int = 8, cpu_ram: str | float | None = NO_GPU_RAM, safety_margin: float = 0.05,
            calibration: str | None = None, calibration_any_gpu: bool = False, **mixture) -> list["Cell"]:
     """The study's model x context matrix of the fastest fitting mixture: ``ftmix matrix``."""
-    from ftmix.catalog import load_gpu, load_model
-    from ftmix.plan import matrix as grid
-    from ftmix.plan.constants import calibration_for
-
     names = split_list(models, "models") if isinstance(models, str) else list(models)
     lengths = ([positive_int(x, "seq-lens") for x in split_list(seq_lens, "seq-lens")] if isinstance(seq_lens, str)
                else [positive_int(str(x), "seq-lens") for x in seq_lens])
@@ -138,9 +131,6 @@ def matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b", gpu: 
 
 def calibration_notes(calibration: str | None, gpu: str | None, any_gpu: bool = False) -> list[str]:
     """What the calibration in force says of itself (the CLI prints these under its tables)."""
-    from ftmix.catalog import load_gpu
-    from ftmix.plan.constants import calibration_for
-
     return list(calibration_for(calibration, load_gpu(gpu).name if gpu else None, any_gpu).notes)
 
 
@@ -148,8 +138,6 @@ def train_config(config: "str | dict | TrainConfig | None" = None, overrides: li
                  **keys) -> "TrainConfig":
     """A checked TrainConfig from a YAML path, a dict or a TrainConfig, then ``key=value``
     overrides, then keyword keys (the ``ftmix train`` keys: docs/train.md)."""
-    from ftmix.train.config import TrainConfig, load_config
-
     if isinstance(config, TrainConfig):
         return load_config(None, overrides, {**config.model_dump(), **keys})
     if isinstance(config, dict):
@@ -169,8 +157,6 @@ def train(config: "str | dict | TrainConfig | None" = None, *, eval: bool = Fals
 def check_train(config: "str | dict | TrainConfig | None" = None, *, eval: bool = False,
                 overrides: list[str] | None = None, **keys) -> "TrainConfig":
     """``train``'s first half: the config built and every pre-flight check passed; nothing runs."""
-    from ftmix.train.preflight import preflight
-
     cfg = train_config(config, overrides, **keys)
     preflight(cfg, eval_rows=eval)
     return cfg
@@ -178,12 +164,10 @@ def check_train(config: "str | dict | TrainConfig | None" = None, *, eval: bool 
 
 def run_checked(cfg: "TrainConfig", *, eval: bool = False, progress=None, log: str | None = None) -> dict:
     """``train``'s second half, for a config ``check_train`` passed."""
-    from ftmix.files import engine_output_to
-    from ftmix.train.launch import launch, start_fresh
-
     start_fresh(cfg)
     with engine_output_to(Path(log) if log else train_log(cfg)):
         if cfg.mixture == "auto":
+            # lazy: --mixture auto plans and falls back inside the training stack (torch)
             from ftmix.train.auto import run_auto
 
             record = run_auto(cfg, launch, progress)
@@ -192,7 +176,6 @@ def run_checked(cfg: "TrainConfig", *, eval: bool = False, progress=None, log: s
         if eval:
             if progress is not None:
                 progress.stop()
-            from ftmix.train.evaluate import evaluate as score
 
             run_dir = Path(cfg.output_dir).expanduser()
             record["eval"] = {"before": score(run_dir, base=True), "after": score(run_dir)}
@@ -207,8 +190,6 @@ def evaluate(run: str, data: str | None = None, rows: int | None = None, base: b
              max_new_tokens: int = 64, num_beams: int = 1, temperature: float = 0.0,
              repetition_penalty: float = 1.0) -> dict:
     """ROUGE-1/2/L and eval loss on held-out rows: ``ftmix eval``."""
-    from ftmix.train.evaluate import Generation
-
     for name, value, low in (("max-new-tokens", max_new_tokens, 1), ("num-beams", num_beams, 1),
                              ("rows", 1 if rows is None else rows, 1)):
         if value < low:
@@ -218,11 +199,8 @@ def evaluate(run: str, data: str | None = None, rows: int | None = None, base: b
     run_dir = Path(run).expanduser()
     if not (run_dir / "run.json").is_file():
         raise FtmixError(f"--run {run}: no run.json there (a finished `ftmix train` output dir)")
-    from ftmix.files import engine_output_to
 
     with engine_output_to(run_dir / "eval.log"):
-        from ftmix.train.evaluate import evaluate as score
-
         return score(run_dir, data, rows, base, Generation(max_new_tokens, num_beams, temperature, repetition_penalty))
 
 
@@ -233,7 +211,6 @@ def with_deepspeed(flags: dict, path: str | None) -> tuple[dict, dict | None]:
     config; a flag that contradicts the file is an error."""
     if not path:
         return flags, None
-    from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
 
     config = read_deepspeed_config(path)
     return apply_deepspeed(flags, config, path), config
@@ -247,8 +224,6 @@ def cpu_ram_bytes(value: str | float | None) -> float | None:
     if text == "none":
         return None
     if text == "auto":
-        from ftmix.plan.host import local_cpu_ram
-
         return local_cpu_ram()
     try:
         gb = float(text)

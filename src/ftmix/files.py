@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ftmix.errors import FtmixError
@@ -103,8 +104,6 @@ def engine_output_to(log: Path):
 def writable_path(path: str | Path, what: str) -> None:
     """A folder that is, or can be made, writable: none of its parts a file, its first existing
     ancestor writable."""
-    import tempfile
-
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise FtmixError(f"{what} {path} is a file, not a folder")

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_tiny_grid_on_cpu(tmp_path):
     import gpu_groundtruth

@@ -191,6 +191,7 @@ def test_matrix_folds_long_config_paths_and_explains_its_labels(ftmix, tmp_path)
     assert "off-opt: optimizer states offloaded" in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_an_unknown_architecture_takes_its_own_layer_names_as_lora_targets(cli, tmp_path):
     """Issue 9, item 20: GPT-2's fused c_attn (not Llama's q_proj/v_proj) through the simulation."""
     path = tmp_path / "config.json"

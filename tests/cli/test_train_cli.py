@@ -33,6 +33,7 @@ def test_malformed_data_file(base, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot load data")
 
 
+@pytest.mark.slow
 def test_yaml_config_and_json_summary(tmp_path):
     import json
 
@@ -47,6 +48,7 @@ def test_yaml_config_and_json_summary(tmp_path):
     assert summary["engine"]["trainable_params"] == 2 * 4 * (64 + 64 + 64 + TINY["hidden_size"] // 2)
 
 
+@pytest.mark.slow
 def test_the_console_puts_the_twin_beside_the_estimate(tmp_path):
     """On CPU the readable summary shows the twin's device peak and host bytes next to estimate's
     prediction for the same mixture, with the error; the run record has the same numbers."""

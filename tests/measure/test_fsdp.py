@@ -15,6 +15,8 @@ from ftmix.measure.simulate import simulate
 from ftmix.mixture import mixture_from_flags
 from tests.measure.test_simulate import CONFIGS
 
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
+
 
 def _real(tmp_path, config: dict, m, ranks: int) -> list[dict]:
     (tmp_path / "config.json").write_text(json.dumps(config))

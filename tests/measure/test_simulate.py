@@ -9,6 +9,8 @@ from ftmix.measure.simulate import simulate
 from ftmix.mixture import mixture_from_flags
 from tests.train.conftest import run_train_cli
 
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
+
 TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512, "tie_word_embeddings": False}
 CONFIGS = {

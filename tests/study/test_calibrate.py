@@ -103,6 +103,7 @@ def test_a_step_time_measured_on_a_cpu_is_not_fitted_to_a_gpu_model():
     assert obs[0].step_s == row["step_s"] and obs[1].step_s is None and obs[1].peak_bytes == obs[0].peak_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_train_predicts_with_the_calibration_for_its_gpu(tmp_path):
     from tests.study.conftest import TINY_BASE
@@ -148,6 +149,7 @@ def test_cpu_trials_fit_nothing_and_say_so(tmp_path):
     assert "changes no constant" in calibration_for(str(bare), None).notes[0]
 
 
+@pytest.mark.slow
 def test_a_fit_stays_inside_what_a_gpu_can_reach():
     """On the published rows a fit across GPUs gave mfu_max 0.907; no GPU reaches 0.75."""
     from ftmix.plan.constants import MFU_CEILING

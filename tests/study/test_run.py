@@ -13,6 +13,7 @@ import pytest
 from tests.study.conftest import TINY_BASE, as_json, rows, study
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_each_outcome_is_recorded_and_the_sweep_goes_on(spec_file, tmp_path):
     csv = tmp_path / "other.csv"
@@ -34,6 +35,7 @@ def test_each_outcome_is_recorded_and_the_sweep_goes_on(spec_file, tmp_path):
     assert good["inputs"]["model_config"]["hidden_size"] == 64
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_hanging_trial_is_stopped_at_its_limit(spec_file, tmp_path):
     spec = spec_file(name="hang", time_limit_s=20, base=dict(TINY_BASE, max_steps=100000, max_rows=16))
@@ -55,6 +57,7 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_of_the_sweep_loses_no_finished_trial_and_a_rerun_resumes(spec_file, tmp_path):
     spec = spec_file(name="resume", grid={"seq_len": [64, 80, 96]})
@@ -153,6 +156,7 @@ if [ "$rc" = 0 ]; then echo "COMPLETED|0:0"; else echo "FAILED|$rc:0"; fi
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_slurm_launcher_round_trip_with_stand_in_executables(spec_file, tmp_path):
     bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
@@ -179,6 +183,7 @@ def test_the_slurm_launcher_round_trip_with_stand_in_executables(spec_file, tmp_
     assert again["by_status"] == {"ok": 1, "oom": 1} and len((state / "submitted").read_text().split()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_sweeps_on_one_database_share_the_trials_and_run_each_once(spec_file, tmp_path):
     spec = spec_file(name="shared", grid={"seq_len": [64, 72, 80, 88]})

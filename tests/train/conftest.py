@@ -33,3 +33,23 @@ def run_train_cli(args: list[str], timeout: int = 900) -> subprocess.CompletedPr
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **kw: tiny_flags(tmp_path / "run", **kw)
+
+
+PINNED = Path(__file__).resolve().parent / "data" / "loss_curves.json"
+
+
+def pinned_curve(name: str, record: dict) -> list[float]:
+    """The run's loss curve, which must equal the committed one (tests/train/data/loss_curves.json):
+    a tiny seeded run on CPU repeats to the last digit, so any change to the data, the model, the
+    mixture or the loop shows. FTMIX_PIN_LOSSES=1 writes the curves anew (say why in the commit)."""
+    import json
+
+    curve = [round(loss, 6) for _, loss in record["measured"]["loss_curve"]]
+    table = json.loads(PINNED.read_text()) if PINNED.is_file() else {}
+    if os.environ.get("FTMIX_PIN_LOSSES") == "1":
+        table[name] = curve
+        PINNED.parent.mkdir(exist_ok=True)
+        PINNED.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+    assert name in table, f"no pinned loss curve for {name}: run with FTMIX_PIN_LOSSES=1"
+    assert curve == pytest.approx(table[name], abs=2e-6), (name, curve, table[name])
+    return curve

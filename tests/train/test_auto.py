@@ -9,6 +9,8 @@ import pytest
 from tests.cli.conftest import run_cli
 from tests.train.conftest import TINY, run_train_cli, tiny_flags, yaml_args
 
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
+
 AUTO = ["--mixture", "auto", "--gpu", "a100-80gb", "--lora", "8", "--json"]
 
 

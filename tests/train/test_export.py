@@ -8,6 +8,8 @@ import pytest
 from tests.cli.conftest import run_cli
 from tests.train.conftest import run_train_cli, tiny_flags, yaml_args
 
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
+
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
@@ -31,6 +33,7 @@ def test_merged_model_generates_what_the_adapter_does(lora_run, tmp_path):
     import transformers
     from peft import PeftModel
 
+    from ftmix.job.record import read_record
     from ftmix.train.export import rebuild_base
 
     out = tmp_path / "export"
@@ -39,7 +42,7 @@ def test_merged_model_generates_what_the_adapter_does(lora_run, tmp_path):
     assert result["kind"] == "LoRA adapter (PEFT)"
     merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(result["merged"])
-    record = json.loads((lora_run / "run.json").read_text())
+    record = read_record(lora_run)
     wrapped = PeftModel.from_pretrained(rebuild_base(record).float(), result["adapter"])
     merged.eval(), wrapped.eval()
     assert not any("lora_" in n for n, _ in merged.named_parameters())  # a plain model, adapters folded in
@@ -92,6 +95,8 @@ def test_export_refuses_before_loading_anything(lora_run, tmp_path):
 def test_eval_scores_held_out_dialogues_before_and_after(lora_run):
     """The run trained on 16 rows of the built-in dialogues; eval scores rows 17-22 with ROUGE and
     the eval loss, for the fine-tuned model and (--base) the model before, into run.json."""
+    from ftmix.job.record import read_record
+
     after = run_cli("eval", "--run", str(lora_run), "--rows", "6", "--max-new-tokens", "16", "--json", check_json=True)
     before = run_cli("eval", "--run", str(lora_run), "--rows", "6", "--max-new-tokens", "16", "--base", "--json",
                      check_json=True)
@@ -100,9 +105,9 @@ def test_eval_scores_held_out_dialogues_before_and_after(lora_run):
         assert 0.0 <= r["rouge1"] <= 1.0 and 0.0 <= r["rouge2"] <= r["rouge1"] + 1e-9 and r["eval_loss"] > 0
     # a few steps at lr 0.05 on a random-init model move its loss on unseen dialogues
     assert after["eval_loss"] != before["eval_loss"]
-    record = json.loads((lora_run / "run.json").read_text())
-    assert record["eval"]["fine_tuned"]["rouge1"] == after["rouge1"]
-    assert record["eval"]["base"]["eval_loss"] == before["eval_loss"]
+    record = read_record(lora_run)
+    assert record.eval["fine_tuned"]["rouge1"] == after["rouge1"]
+    assert record.eval["base"]["eval_loss"] == before["eval_loss"]
     bad = run_cli("eval", "--run", str(lora_run), "--num-beams", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--num-beams" in bad.stderr
 
@@ -110,18 +115,19 @@ def test_eval_scores_held_out_dialogues_before_and_after(lora_run):
 @pytest.mark.timeout(900)
 def test_train_eval_scores_before_and_after(tmp_path):
     out = tmp_path / "run"
-    flags = yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=2, lr=0.05))
+    # 56 rows trained, the last 4 of the 60 held out: every held-out row is scored, before and after
+    flags = yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=2, lr=0.05, max_rows=56))
     proc = run_train_cli(flags + ["--eval", "--json"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     evals = json.loads(proc.stdout)["eval"]
     assert evals["before"]["model"].startswith("base") and evals["after"]["model"] == "fine-tuned"
-    assert evals["before"]["rows"] == evals["after"]["rows"] == 60 - 16
+    assert evals["before"]["rows"] == evals["after"]["rows"] == 60 - 56
     every_row = tiny_flags(tmp_path / "r2", max_rows=60)
     no_holdout = run_train_cli(yaml_args(every_row) + ["--eval"], timeout=120)
     assert no_holdout.returncode == 2 and "--eval scores rows the run did not train on" in no_holdout.stderr
     assert "takes all 60 rows" in no_holdout.stderr and not (tmp_path / "r2").exists()  # refused before training
     # the README's `ftmix train` then `ftmix eval --run`: the built-in dialogues keep 12 rows back
-    from ftmix.train.config import load_config
+    from ftmix.job.config import load_config
 
     assert load_config(None, []).max_rows == 48
 
@@ -153,6 +159,7 @@ def test_a_gguf_base_exports_as_a_normal_transformers_folder(tmp_path):
     import transformers
     from peft import PeftModel
 
+    from ftmix.job.record import read_record
     from ftmix.train.export import rebuild_base
 
     out = tmp_path / "run"
@@ -167,7 +174,7 @@ def test_a_gguf_base_exports_as_a_normal_transformers_folder(tmp_path):
     assert not list(folder.glob("*.gguf"))
     merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(result["merged"])
-    wrapped = PeftModel.from_pretrained(rebuild_base(json.loads((out / "run.json").read_text())).float(),
+    wrapped = PeftModel.from_pretrained(rebuild_base(read_record(out)).float(),
                                         result["adapter"])
     assert _greedy(merged.eval(), tokenizer, 8) == _greedy(wrapped.eval(), tokenizer, 8)
     # the adapter's base is the de-quantized GGUF written as a transformers folder, and says so

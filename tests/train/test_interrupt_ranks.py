@@ -13,6 +13,8 @@ import pytest
 
 from tests.train.conftest import tiny_flags, yaml_args
 
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
+
 
 def _alive_with(marker: str) -> list[int]:
     """Processes whose command line names ``marker`` (the run's own config file)."""

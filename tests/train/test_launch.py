@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from ftmix.errors import FtmixError
-from ftmix.train.config import load_config
+from ftmix.job.config import load_config
 from ftmix.train.launch import clear_stale_locks, launch, worker_command
 
 
@@ -42,6 +42,7 @@ def test_stale_locks_are_cleared_and_live_ones_kept(tmp_path, monkeypatch):
     assert (tmp_path / "shm_comm" / "lock").exists()  # another run is building this op now
 
 
+@pytest.mark.slow
 def test_users_own_deepspeed_json(tiny, tmp_path):
     """The user's JSON fixes the stage and sizes the buckets, for the engine and the estimate alike."""
     ds = tmp_path / "ds.json"
@@ -60,6 +61,7 @@ def test_users_own_deepspeed_json(tiny, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_finished_rank_leaves_its_process_group(tmp_path):
     """The worker destroys the group itself once training returns, rather than leaving gloo's
     threads to interpreter finalization (which can abort a finished run: pytorch/pytorch#179291).

@@ -1,6 +1,7 @@
 """Kill a CPU run with SIGKILL mid-way, resume from its last checkpoint: the loss trajectory equals
 an uninterrupted run's."""
 
+import pytest
 import os
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 from .conftest import run_train_cli, tiny_flags, yaml_args
+
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
 
 STEPS = 40
 

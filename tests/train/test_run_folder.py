@@ -26,6 +26,7 @@ def _one_error(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_used_output_dir_is_refused_and_overwrite_clears_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(*yaml_args(tiny_flags(out, zero=0, lora=8, max_steps=1)), "--json") == 0
@@ -77,8 +78,8 @@ def test_bad_output_dir_is_one_line(tmp_path, capsys, make):
 
 def _checkpoint(out, **saved):
     from ftmix.mixture import mixture_from_flags
-    from ftmix.train.config import load_config
-    from ftmix.train.preflight import CHECKPOINT_MIXTURE, checkpoint_record
+    from ftmix.job.config import load_config
+    from ftmix.job.checkpoints import CHECKPOINT_MIXTURE, checkpoint_record
 
     folder = out / "checkpoint-4"
     folder.mkdir(parents=True)

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_train_cli, tiny_flags, yaml_args
+from .conftest import pinned_curve, run_train_cli, tiny_flags, yaml_args
+
+pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
 
 CASES = [
     ("zero1", dict(zero=1, offload="none"), "torchrun"),
-    ("zero2", dict(zero=2, offload="none"), "torchrun"),
+    # ZeRO-2 without offload on two ranks: its engine is zero2-offload's, and the conformance grid
+    # measures it (benchmarks/results/conformance.md, mha-tied z2-none 2rank)
     ("zero3", dict(zero=3, offload="none"), "deepspeed"),
     ("zero2-offload", dict(zero=2, offload="optimizer"), "torchrun"),
     ("zero3-offload-all", dict(zero=3, offload="all", precision="bf16"), "torchrun"),
@@ -49,8 +52,7 @@ def test_engine_reports_the_mixture(records, name, mixture, launcher):
     assert engine["trainable_params"] == records["zero1"][1]["engine"]["trainable_params"]
     top = max(r["cpu_hwm"] for r in record["measured"]["per_rank"])
     assert summary["measured"]["peak_cpu_hwm_gb"] == round(top / 1e9, 4)  # the max over ranks
-    curve = [loss for _, loss in record["measured"]["loss_curve"]]
-    assert len(curve) == 4 and min(curve[-2:]) < curve[0]
+    assert len(pinned_curve(f"2rank-{name}", record)) == 4
     if mixture.get("twin") is False:
         assert record["measured"]["twin"] is None and "device peak per GPU, twin (GB)" not in record["comparison"]
         return

@@ -8,7 +8,6 @@ types with Llama-like keys are read as Llama-style decoders.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -249,7 +248,7 @@ _DATA = "data/models"
 
 @cache
 def _builtin(name: str) -> ModelSpec:
-    entry = json.loads(resources.files("ftmix.catalog").joinpath(f"{_DATA}/{name}.json").read_text())
+    entry = catalog_entry(name)
     return spec_from_hf_config(entry["config"], name=name, nominal_size=entry["nominal_size"],
                                hub_id=entry["hub_id"])
 
@@ -267,6 +266,36 @@ def catalog_name(ref: str) -> str | None:
     return next((n for n in model_names() if (_builtin(n).hub_id or "").lower() == key), None)
 
 
+def config_file(ref: str) -> Path | None:
+    """A local config.json a reference names: the file itself or the one in a folder."""
+    path = Path(ref.strip()).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    return path if path.is_file() and path.suffix == ".json" else None
+
+
+def catalog_entry(name: str) -> dict:
+    return read_json(resources.files("ftmix.catalog").joinpath(f"{_DATA}/{name}.json"), "catalog entry")
+
+
+def model_config(ref: str, overrides: dict | None = None) -> tuple[dict, str] | None:
+    """(config.json dict, name) of "a model name or a path to its config": a catalog name or the
+    hub id of one (the catalog's copy), a local config.json or a folder holding one, with
+    ``overrides`` merged; None for anything else (another hub id, a .gguf file, a folder without
+    config.json). The one reader of a model reference: estimate, simulate, train's pre-flight and
+    study's predictions all go through it."""
+    known = catalog_name(ref)
+    if known:
+        return dict(catalog_entry(known)["config"], **(overrides or {})), known
+    path = config_file(ref)
+    if path is None:
+        return None
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise FtmixError(f"model config {path} must hold a JSON object")
+    return dict(config, **(overrides or {})), ref
+
+
 def load_model(ref: str) -> ModelSpec:
     """A catalog name or the hub id of one, a path to a config.json (or its folder), or another
     hub id (through transformers)."""
@@ -275,12 +304,11 @@ def load_model(ref: str) -> ModelSpec:
     if known:
         return _builtin(known)
     path = Path(key).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FtmixError(f"folder {path} has no config.json")
-        path = path / "config.json"
-    if path.is_file():
-        return spec_from_hf_config(read_json(path, "model config"), name=str(ref))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FtmixError(f"folder {path} has no config.json")
+    found = model_config(key)
+    if found is not None:
+        return spec_from_hf_config(found[0], name=str(ref))
     if "/" in key and not path.exists():
         return _from_hub(key)
     raise FtmixError(f"unknown model {ref!r}; known: {', '.join(model_names())}, a config.json path or a hub id")
@@ -288,6 +316,7 @@ def load_model(ref: str) -> ModelSpec:
 
 def _from_hub(repo_id: str) -> ModelSpec:
     try:  # transformers is heavy and optional on the planning side: import it only here
+        # lazy: transformers only where its classes are needed
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(repo_id).to_dict()

@@ -3,20 +3,33 @@ line and exit code 2."""
 
 from __future__ import annotations
 
-import functools
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ftmix import api
+from ftmix.api import positive_int, split_list
 from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
-from ftmix.cli.render import console, estimate_table, matrix_table, plan_report, print_json
+from ftmix.cli.options import guard
+from ftmix.cli.render import (LazyProgress, console, estimate_table, eval_table, matrix_table, plan_report, print_json,
+                              train_summary)
+from ftmix.cli.study import study_app
 from ftmix.errors import FtmixError
+from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit
+from ftmix.estimate.sim_input import simulation_config
 from ftmix.files import engine_output_to
+from ftmix.job.checkpoints import last_checkpoint
+from ftmix.job.config import TrainConfig
+from ftmix.mixture import DEFAULTS, mixture_from_flags
+from ftmix.plan.matrix import png_path, write_png
+from ftmix.train.export import export, plan_export
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose, predict and run the fastest fine-tuning optimization mixture that fits your GPUs.")
@@ -24,8 +37,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 def _version(value: bool):
     if value:
-        import importlib.metadata
-
         sys.stdout.write(f"ftmix {importlib.metadata.version('ftmix')}\n")
         raise typer.Exit(0)
 
@@ -38,26 +49,10 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def mixture_flags(values: dict) -> dict:
     """The mixture keys among a command's parameters (None where the flag was not given)."""
-    from ftmix.mixture import DEFAULTS
-
     return {k: values[k] for k in DEFAULTS if k in values}
 
 
 OOM_EXIT = 3  # `ftmix train`: the run ran out of memory (as `plan`'s 3: nothing fits)
-
-
-def guard(fn):
-    """One clear line on stderr and exit 2 for bad input, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FtmixError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 SearchBatch = Annotated[bool, typer.Option("--search-batch", help="Also search the micro batch at the fixed effective batch.")]
@@ -129,10 +124,10 @@ def estimate_cmd(
     model: o.Model = "llama-2-7b",
     gpu: o.Gpu = None,
     method: Annotated[str, typer.Option("--method", metavar="analytic|paper|simulate", help="analytic (architecture-aware) | paper (the study's section 4) | simulate (the real model code under fake tensors: any architecture transformers builds; ZeRO stages and several GPUs shard the model states as the engines do).")] = "analytic",
-    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
-    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
-    micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
-    packing: o.Packing = None,
+    zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
+    lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
+    micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None,
+    packing: o.MIX.packing = None,
     safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
     grad_accum: o.GradAccum = None,
@@ -141,8 +136,6 @@ def estimate_cmd(
     json_out: o.Json = False,
 ):
     """Peak GPU memory (and CPU RAM) of a fine-tuning step under a mixture, with a breakdown."""
-    from ftmix import api
-
     est = api.estimate(model, gpu, method=method, sharding=sharding, deepspeed=deepspeed, grad_accum=grad_accum,
                        safety_margin=safety_margin, calibration=calibration, calibration_any_gpu=calibration_any_gpu,
                        **mixture_flags(locals()))
@@ -166,12 +159,6 @@ def calibrate_arch_cmd(
     """Fit corrections to the analytic method's activations for one architecture: simulate it at 1
     and 2 layers (the real model code under fake tensors), 8 mixture classes, two lengths; --save
     (or --out FILE) says where the fit goes."""
-    from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit
-    from ftmix.estimate.sim_input import simulation_config
-    from ftmix.mixture import mixture_from_flags
-
-    from ftmix.api import positive_int, split_list
-
     lengths = tuple(positive_int(x, "seq-lens") for x in split_list(seq_lens, "seq-lens"))
     if len(set(lengths)) < 2:
         raise FtmixError(f"--seq-lens takes two or more different lengths, got {seq_lens!r}")
@@ -185,11 +172,8 @@ def calibrate_arch_cmd(
         read_fits(path)  # a malformed file is refused before the simulations, not after
     config, name = simulation_config(model, mixture_from_flags(None, zero=0))
     with engine_output_to(Path(os.devnull)):
+        # lazy: the fit simulates under torch, after its arguments and the fits file are checked
         from ftmix.measure.arch_fit import fit_architecture, simulations_per_fit
-
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from ftmix.cli.render import LazyProgress
 
     terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' notes go to /dev/null
     bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -230,8 +214,6 @@ def eval_cmd(
     json_out: o.Json = False,
 ):
     """ROUGE-1/2/L and eval loss of the run's model on held-out rows (any format train reads)."""
-    from ftmix import api
-
     result = api.evaluate(run, data, rows, base, max_new_tokens=max_new_tokens, num_beams=num_beams,
                           temperature=temperature, repetition_penalty=repetition_penalty)
     if json_out:
@@ -257,12 +239,8 @@ def export_cmd(
 ):
     """The run's model as artefacts other tools load: the PEFT adapter, and with --merge a merged
     transformers model."""
-    from ftmix.train.export import plan_export
-
     plan = plan_export(run, out, merge, dtype)
     with engine_output_to(Path(os.devnull)):
-        from ftmix.train.export import export
-
         result = export(plan)
     if json_out:
         return print_json(result)
@@ -287,18 +265,16 @@ def export_cmd(
 def plan_cmd(
     model: o.Model = "llama-2-7b",
     gpu: Annotated[str, typer.Option("--gpu", metavar="NAME", help="Catalog GPU (see `ftmix gpus`).")] = o.GPU_DEFAULT,
-    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
-    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
-    micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None, gpus: o.Gpus = None, nodes: o.Nodes = None,
-    packing: o.Packing = None,
+    zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
+    lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
+    micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None,
+    packing: o.MIX.packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     calibration_any_gpu: AnyGpu = False,
     safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto", json_out: o.Json = False,
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
     Exit code 3 when nothing fits."""
-    from ftmix import api
-
     result = api.plan(model, gpu, search_batch=search_batch, effective_batch=effective_batch, deepspeed=deepspeed,
                       cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
                       calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
@@ -318,18 +294,15 @@ def matrix_cmd(
     gpu: Annotated[str, typer.Option("--gpu", metavar="NAME", help="Catalog GPU (see `ftmix gpus`); the study's own matrix: v100-32gb.")] = o.GPU_DEFAULT,
     models: Annotated[str, typer.Option("--models", metavar="NAMES", help="Comma list of models.")] = "llama-2-7b,llama-2-13b,llama-2-70b",
     seq_lens: Annotated[str, typer.Option("--seq-lens", metavar="TOKENS", help="Comma list of context lengths.")] = "256,512,1024,2048,4096",
-    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
-    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
-    micro_batch: o.MicroBatch = None, gpus: o.Gpus = None, nodes: o.Nodes = None, packing: o.Packing = None,
+    zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
+    lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
+    micro_batch: o.MIX.micro_batch = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None, packing: o.MIX.packing = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     calibration_any_gpu: AnyGpu = False, safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
     png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Also write the matrix as a heatmap (.png added when the name has no extension).")] = None,
     json_out: o.Json = False,
 ):
     """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
-    from ftmix import api
-    from ftmix.plan.matrix import png_path, write_png
-
     png = str(png_path(png)) if png else None  # a bad path fails now, not after the work
     cells = api.matrix(models, gpu, seq_lens, search_batch=search_batch, effective_batch=effective_batch,
                        cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
@@ -350,8 +323,6 @@ def matrix_cmd(
 
 
 def _train_keys() -> str:
-    from ftmix.train.config import TrainConfig
-
     return ", ".join(TrainConfig.model_fields)
 
 
@@ -375,9 +346,9 @@ def train_cmd(
     launcher: Annotated[Optional[str], typer.Option("--launcher", metavar="torchrun|deepspeed", help="Launcher for several processes. Default torchrun.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", metavar="NAME", help="Catalog GPU for the predictions (detected on CUDA).")] = None,
     twin: Annotated[Optional[bool], typer.Option("--twin/--no-twin", help="Count the bytes a GPU run holds on the device and the host (docs/twin.md); on by default.")] = None,
-    zero: o.Zero = None, offload: o.Offload = None, lora: o.Lora = None, lora_alpha: o.LoraAlpha = None,
-    lora_targets: o.LoraTargets = None, gc: o.Gc = None, attn: o.Attn = None, precision: o.Precision = None,
-    micro_batch: o.MicroBatch = None, seq_len: o.SeqLen = None,
+    zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
+    lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
+    micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None,
     calibration: Calibration = None,
     calibration_any_gpu: Annotated[Optional[bool], typer.Option("--calibration-any-gpu", help="Use a calibration fitted on other GPU types too.")] = None,
     mixture: Annotated[Optional[str], typer.Option("--mixture", metavar="manual|auto", help="auto: the planner's fastest mixture that fits the GPU (detected, or --gpu on CPU) under the flags you fix; on out-of-memory the next that needs less. Default manual.")] = None,
@@ -385,17 +356,10 @@ def train_cmd(
     json_out: o.Json = False,
 ):
     """Fine-tune for real with a mixture (Transformers + PEFT + DeepSpeed) and record what it costs."""
-    from ftmix import api
-    from ftmix.cli.render import eval_table, train_summary
-    from ftmix.train.config import TrainConfig
-
     items = list(args or [])
     path = items.pop(0) if items and "=" not in items[0] else None
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and v is not None}
     cfg = api.check_train(path, eval=eval_too, overrides=items, **flags)  # everything checkable fails here
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from ftmix.cli.render import LazyProgress
 
     log = api.train_log(cfg)
     terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' output goes to the log
@@ -406,6 +370,7 @@ def train_cmd(
             progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
         record = api.run_checked(cfg, eval=eval_too, progress=progress)
     except Exception as exc:  # noqa: BLE001 - CUDA's, the twin's and a rank's out-of-memory, whatever their type
+        # lazy: only a failed run asks whether it ran out of memory (the training stack's errors)
         from ftmix.train.auto import is_oom
 
         if not is_oom(exc):
@@ -417,7 +382,6 @@ def train_cmd(
         raise typer.Exit(OOM_EXIT) from None
     except KeyboardInterrupt:
         progress.stop()
-        from ftmix.train.run import last_checkpoint
 
         last = last_checkpoint(cfg.output_dir)
         where = (f"last checkpoint: {last}; continue with the same command and --resume" if last else
@@ -446,7 +410,5 @@ def _summary(record: dict) -> dict:
             "artifacts": record.get("artifacts"),
             "run_json": str(Path(record["config"]["output_dir"]) / "run.json")}
 
-
-from ftmix.cli.study import study_app  # noqa: E402 - the sub-app needs guard, defined above
 
 app.add_typer(study_app, name="study")

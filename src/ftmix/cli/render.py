@@ -6,12 +6,14 @@ import json
 import sys
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from ftmix.estimate import Estimate
-from ftmix.estimate.result import component_label
-from ftmix.units import human_bytes, human_seconds
 from ftmix.estimate.constants import GB
+from ftmix.estimate.result import component_label
+from ftmix.plan.matrix import LEGEND
+from ftmix.units import human_bytes, human_seconds
 
 console = Console()
 
@@ -118,7 +120,6 @@ def matrix_table(cells, title: str) -> None:
                            f"{cell.best.memory.device_total / GB:.0f} GB[/dim]")
         table.add_row(*row)
     console.print(table)
-    from ftmix.plan.matrix import LEGEND
 
     console.print("[dim]cells: fastest fitting mixture, seconds per optimizer step, device GB; — nothing fits; "
                   f"n/a beyond the model's positions; {LEGEND}[/dim]")
@@ -217,8 +218,6 @@ class LazyProgress:
         if self.bar is None and not stream.isatty():
             return None  # no terminal (a pipe, a log, CI): a bar would only leave blank lines
         if self.bar is None:
-            from rich.progress import Progress
-
             console = Console(file=self.file) if self.file is not None else Console(stderr=True)
             self.bar = Progress(*self.columns, console=console, transient=True)
             self.bar.start()

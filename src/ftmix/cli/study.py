@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
+from ftmix.catalog import load_gpu
 from ftmix.cli import options as o
+from ftmix.cli.options import guard
 from ftmix.cli.render import console, print_json
 from ftmix.errors import FtmixError
+from ftmix.files import writable_path
+from ftmix.job.config import _parse_value
+from ftmix.mixture import Mixture
+from ftmix.plan.host import detected_gpu_name
+from ftmix.study.calibrate import calibrate
+from ftmix.study.importer import import_files
+from ftmix.study.report import report
+from ftmix.study.runner import Options, run_study
+from ftmix.study.spec import load_spec, merge_base
+from ftmix.study.store import Store
+from ftmix.units import human_bytes, human_seconds
 
 study_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Sweeps of real runs in isolated processes, their SQLite store, the study's figures, "
@@ -22,8 +37,6 @@ Db = Annotated[str, typer.Option("--db", metavar="FILE", help="The study's SQLit
 
 
 def _guarded(fn):
-    from ftmix.cli.app import guard
-
     return guard(fn)
 
 
@@ -47,23 +60,15 @@ def run_cmd(
     json_out: o.Json = False,
 ):
     """Run a sweep: each trial is `ftmix train` in its own process group, with a time limit; re-run to resume."""
-    from ftmix.study.runner import Options, run_study
-    from ftmix.study.spec import load_spec, merge_base
-    from ftmix.study.store import Store
-    from ftmix.train.config import _parse_value
-
     if launcher not in ("local", "slurm"):
         raise FtmixError(f"--launcher must be local or slurm, got {launcher!r}")
     if predict_only and only_fitting:
         raise FtmixError("--predict-only runs nothing; --only-fitting has no effect with it")
     if gpu:
-        from ftmix.catalog import load_gpu
-
         gpu = load_gpu(gpu).name
     if form == "auto" and (gpu or predict_only):
         form = "gpu"  # predictions for a GPU are of the GPU form (the study's models), not the CPU stand-in
     if not gpu:  # predictions for this machine's GPU, as train makes them
-        from ftmix.plan.host import detected_gpu_name
 
         gpu = detected_gpu_name()
     parsed = {}
@@ -96,8 +101,6 @@ class _Reporter:
     """Progress on stderr: a line per trial as it starts and ends (done, running, failed, time left)."""
 
     def __init__(self, name: str):
-        from rich.console import Console
-
         self.console = Console(stderr=True)
         self.name = name
         self.began = time.time()
@@ -132,8 +135,6 @@ def _fmt(x, digits=4):
 
 def _short(row: dict) -> str:
     """The matrix's short label ("ZeRO-3 off-opt LoRA GC") where the mixture is known."""
-    from ftmix.mixture import Mixture
-
     mixture = row.get("mixture")
     try:
         return Mixture(**mixture).short_label if mixture else (row.get("label") or "-")
@@ -144,7 +145,6 @@ def _short(row: dict) -> str:
 def _summary_table(result: dict) -> None:
     table = Table(title=f"study {result['study']}: {result['trials']} trials "
                         f"({', '.join(f'{v} {k}' for k, v in result['by_status'].items())})")
-    from ftmix.units import human_bytes, human_seconds
 
     def size(gb):
         return "-" if gb is None else human_bytes(gb * 1e9)
@@ -172,9 +172,6 @@ def import_cmd(
     json_out: o.Json = False,
 ):
     """Add measurements made elsewhere (any machine, or the published record) to the store."""
-    from ftmix.study.importer import import_files
-    from ftmix.study.store import Store
-
     store = Store(db)
     try:
         result = import_files(store, files, study_name)
@@ -208,16 +205,8 @@ def calibrate_cmd(
     json_out: o.Json = False,
 ):
     """Fit the runtime constants and memory overheads to the measured trials; error before and after."""
-    import json
-
-    from ftmix.study.calibrate import calibrate
-    from ftmix.study.store import Store
-
     if gpu:
-        from ftmix.catalog import load_gpu
-
         gpu = load_gpu(gpu).name
-    from ftmix.files import writable_path
 
     target = Path(out).expanduser()
     if target.is_dir() or not target.parent.exists():
@@ -274,10 +263,6 @@ def report_cmd(
     json_out: o.Json = False,
 ):
     """The study's figures and a markdown report with the tables behind them."""
-    from ftmix.files import writable_path
-    from ftmix.study.report import report
-    from ftmix.study.store import Store
-
     writable_path(out, "--out")
     store = Store(db, create=False)
     try:

@@ -14,8 +14,9 @@ from ftmix.estimate.analytic import analytic_estimate
 from ftmix.estimate.constants import SAFETY_MARGIN
 from ftmix.estimate.overheads import MemoryOverheads, with_overheads
 from ftmix.estimate.paper import paper_estimate
-from ftmix.estimate.result import Estimate
+from ftmix.estimate.result import Estimate, component_label
 from ftmix.mixture import Mixture, check_mixture
+from ftmix.units import human_bytes
 
 METHODS = ("analytic", "paper")
 
@@ -52,8 +53,6 @@ def _stage3_reason(est: Estimate, model, memory, name, safety_margin, deepspeed,
     other = arch_fits.apply(analytic_estimate(model, two, memory, name, safety_margin, None, grad_accum), model)
     if est.peak <= other.peak:
         return est
-    from ftmix.estimate.result import component_label
-    from ftmix.units import human_bytes
 
     keys = set(est.breakdown) | set(other.breakdown)
     diff = {k: est.breakdown.get(k, 0.0) - other.breakdown.get(k, 0.0) for k in keys}

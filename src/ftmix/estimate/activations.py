@@ -1,7 +1,7 @@
 """Activation memory of a Llama-style decoder, term by term, in bytes per token (s x b = 1).
 
 Each term is what autograd saves for backward in transformers 5.24 + PEFT 0.21 (counted to the
-byte with ``ftmix.measure.memcount.saved_tensor_bytes`` on CPU; tests/estimate/test_activations.py
+byte with ``ftmix.measure.memcount.saved_tensor_bytes`` on CPU; tests/estimate/test_activations_measured.py
 re-measures it). Differences from the study's ``s*b*h*(34 + 5*a*s/h)`` (Korthikanti et al. 2022,
 eq. 1): RMSNorm upcasts its input to fp32 (4h per norm); SwiGLU saves gate, SiLU output and up
 (3 x I); grouped-query attention saves K/V at the KV width under SDPA/FA2 but repeated under eager;

@@ -1,4 +1,5 @@
-"""The study's section-4 theory, exactly (../shared/docs/study.md, "Theory of GPU memory").
+"""The study's section-4 theory, exactly ("A Study of Optimizations for Fine-Tuning Large Language
+Models", Singh et al., Microsoft, 2024: "Theory of GPU memory").
 
 theta is the nominal parameter count ("7B" -> 7e9) as the study used it; models without one use
 their exact count. Model states: (2 + 2 + K) theta with K = 12, partitioned per ZeRO stage over

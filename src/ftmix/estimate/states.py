@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ftmix.catalog import ModelSpec
 from ftmix.estimate.constants import ADAM_K, FP32_GRAD_PARTITION, LORA_PARAM_BYTES
 from ftmix.mixture import Mixture, resolve_targets
-from ftmix.mixture.engine import (DS_MAX_REUSE_DISTANCE, DS_PARAM_PERSISTENCE, DS_PREFETCH_BUCKET,
-                                  bucket_settings, deepspeed_config, stage3_settings)
+from ftmix.mixture.engine import (DS_MAX_REUSE_DISTANCE, DS_PARAM_PERSISTENCE, DS_PREFETCH_BUCKET, bucket_settings,
+                                  deepspeed_config, stage3_settings)
 
 
 def trainable_params(model: ModelSpec, m: Mixture) -> int:

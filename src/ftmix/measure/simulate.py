@@ -1,7 +1,7 @@
 """``ftmix estimate --method simulate``: the exact peak of any causal LM transformers can build, at
 full size on a CPU, by running the real code under fake tensors (no weights, no memory).
 
-The model is built by ``ftmix.train.model.build_model`` (what ``ftmix train`` runs: attention
+The model is built by ``ftmix.model.build.build_model`` (what ``ftmix train`` runs: attention
 kernel, non-reentrant GC, PEFT LoRA with its dtypes), then two optimizer steps of two micro steps
 each (one with ``grad_accum=1``) run as HF Trainer runs them at ``--zero 0``: autocast for mixed precision, the loss divided over
 the accumulation, gradient clipping to 1.0, fused AdamW, ``zero_grad(set_to_none=True)``. The
@@ -22,16 +22,27 @@ import dataclasses
 import warnings
 
 import torch
+import torch.distributed as dist
+import torch.utils
+import transformers
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed.device_mesh import init_device_mesh
+from torch.testing._internal.distributed.fake_pg import FakeStore
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-from ftmix.catalog import GpuSpec
+from ftmix.catalog import GpuSpec, spec_from_hf_config
+from ftmix.engines.fsdp2 import FSDP2, one_process_mixture, optimizer_for, reshard_after_forward
 from ftmix.errors import FtmixError
-from ftmix.estimate.analytic import data_note, runtime_overheads
+from ftmix.estimate.analytic import analytic_estimate, data_note, runtime_overheads
 from ftmix.estimate.result import Estimate
+from ftmix.estimate.sim_input import check_sharding
+from ftmix.job.source import ModelSource
+from ftmix.measure.steps import MICRO_STEPS, measure_steps
 from ftmix.measure.twin import DeviceTwin
 from ftmix.mixture import Mixture, check_mixture
+from ftmix.model.build import build_model
+from ftmix.units import human_bytes
 
-STEPS, MICRO_STEPS = 2, 2  # optimizer steps and micro steps each: the second step is a steady one
 BREAKDOWN = {"parameters": ("parameter",), "gradients": ("gradient",), "optimizer": ("optimizer state", "fp32 master"),
              "zero_buffers": ("bucket", "deepspeed buffer"), "activations": ("activation",),
              "temporaries": ("temporary",)}
@@ -42,8 +53,6 @@ def _swappable(fake: FakeTensorMode):
     """PEFT's ``get_peft_model`` moves modules with ``Module._apply``, which swaps fake parameters
     with ``torch.utils.swap_tensors``; torch refuses a tensor that the fake converter's memo holds a
     weakref to (shared field notes, obstacle 1). Forget the memo before each swap."""
-    import torch.utils
-
     original = torch.utils.swap_tensors
 
     def swap(a, b):
@@ -79,12 +88,10 @@ def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, sa
              deepspeed: dict | None = None, sharding: str = "deepspeed", grad_accum: int | None = None) -> Estimate:
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
     transformers config.json dict), as an Estimate in the analytic method's shape; with
-    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.measure.fsdp``).
+    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.engines.fsdp2``).
     ``grad_accum=1`` runs one micro step per optimizer step (the gradients set to None between
     steps); anything else two (kept between micro steps). DeepSpeed's stages keep their own
     gradient buffers either way."""
-    from ftmix.estimate.sim_input import check_sharding
-
     check_sharding(sharding, m, "simulate", deepspeed, gpu)
     if sharding == "deepspeed":
         check_mixture(m, None, gpu)
@@ -106,9 +113,6 @@ def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_ma
     engines within 1% on the conformance grid), with the activations of the real model code: the
     simulation of one rank without DeepSpeed adds its difference from the analytic activations of
     that same one-rank mixture (zero for the architectures the analytic method models exactly)."""
-    from ftmix.catalog import spec_from_hf_config
-    from ftmix.estimate.analytic import analytic_estimate
-
     spec = spec_from_hf_config(config, name)
     one = m.with_(zero=0, offload="none", gpus=1, nodes=1)
     if m.zero and m.precision in ("bf16", "fp16"):
@@ -129,8 +133,6 @@ def _sharded(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_ma
 
 def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
               micro_steps: int = MICRO_STEPS) -> Estimate:
-    from ftmix.train.model import ModelSource, build_model
-
     notes, asked = (), m
     if m.attn == "fa2":
         # CPU has no FlashAttention-2; PyTorch's SDPA without a mask keeps what it keeps (output,
@@ -151,36 +153,10 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
     return dataclasses.replace(est, mixture=asked, notes=kept)
 
 
-def measure_steps(model, optimizer, m: Mixture, twin: DeviceTwin, cannot: str, autocast: bool = True, ids=None,
-                  micro_steps: int = MICRO_STEPS):
-    """Run the steps under the twin: (its report, all parameters, trainable parameters). An op
-    without a fake-tensor (meta) kernel for these dtypes (grouped_mm of fp32 experts in
-    mixed-precision full fine-tuning) is one FtmixError starting with ``cannot``."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    twin.watch_model(model)
-    twin.watch_step(optimizer)
-    try:
-        run_steps(model, optimizer, params, m, twin, autocast, ids, micro_steps)
-    except (RuntimeError, NotImplementedError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise FtmixError(f"{cannot}: {first}") from None
-    with twin.paused():
-        twin.mark_model(model)
-        return twin.report(), sum(p.numel() for p in model.parameters()), sum(p.numel() for p in params)
-
-
 def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_margin: float,
            micro_steps: int = MICRO_STEPS) -> Estimate:
     """Rank 0 of ``m.world`` FSDP2 ranks under a fake process group: the real ``fully_shard`` code
     at full size (tests/measure/test_fsdp.py: equal to a real gloo run's twin)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from ftmix.measure import fsdp
-    from ftmix.train.model import ModelSource, build_model
-
     if dist.is_initialized():
         raise FtmixError("--sharding fsdp2 simulates its own process group; this process already has one")
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=m.world)
@@ -188,16 +164,16 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
         mesh = init_device_mesh("cpu", (m.world,))  # before fake mode: the mesh reads its ranks' values
         with _fake_twin() as twin:
             model = build_model(ModelSource("catalog-config", name, config=dict(config)),
-                                fsdp.one_process_mixture(m), "cpu").model
-            layers = fsdp.shard(model, m, mesh)
-            twin.reset_peak()  # built whole, then sharded: see fsdp.shard
-            optimizer = fsdp.optimizer_for([p for p in model.parameters() if p.requires_grad])
+                                one_process_mixture(m), "cpu").model
+            layers = FSDP2.shard(model, m, mesh)
+            twin.reset_peak()  # built whole, then sharded: see engines.fsdp2.shard
+            optimizer = optimizer_for([p for p in model.parameters() if p.requires_grad])
             cannot = f"{name} cannot be simulated under FSDP2 with {m.label}"
             report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, autocast=False,
                                                      micro_steps=micro_steps)
     finally:
         dist.destroy_process_group()
-    strategy = "FULL_SHARD" if fsdp.reshard_after_forward(m) else "SHARD_GRAD_OP"
+    strategy = "FULL_SHARD" if reshard_after_forward(m) else "SHARD_GRAD_OP"
     note = (f"FSDP2 fully_shard ({strategy}, like ZeRO-{m.zero}) over {layers} decoder layers and the root: rank 0 "
             f"of {m.world}, simulated with a fake process group")
     return dataclasses.replace(_estimate(report, m, name, gpu, safety_margin, total, trainable, (note,)),
@@ -205,47 +181,12 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
 
 
 def _check_model_type(config: dict) -> None:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
     if config.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise FtmixError(f"transformers {_version()} cannot build model_type {config.get('model_type')!r}")
 
 
 def _version() -> str:
-    import transformers
-
     return transformers.__version__
-
-
-def run_steps(model, optimizer, params, m: Mixture, twin: DeviceTwin, autocast: bool = True, ids=None,
-              micro_steps: int = MICRO_STEPS) -> None:
-    """STEPS optimizer steps of ``micro_steps`` micro steps each, the loss divided over them, clipping to
-    1.0, ``zero_grad(set_to_none=True)``. ``autocast``: HF Trainer's mixed precision (FSDP2 casts
-    through its policy instead). ``ids``: real token ids (checks on real tensors), else zeros."""
-    mixed = autocast and m.precision in ("bf16", "fp16")
-    dtype = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
-    for step in range(1, STEPS + 1):
-        twin.begin_step(step)
-        for _ in range(micro_steps):
-            batch = ids if ids is not None else torch.zeros(m.micro_batch, m.seq_len, dtype=torch.long)
-            mask = None  # packed rows carry none
-            if not m.packing:
-                # padded rows carry a mask (SDPA then repeats grouped K/V); one padded token, as real
-                # data has: transformers drops an all-ones mask (a data-dependent check that a fake
-                # tensor cannot answer, so under fake tensors the mask always stays)
-                mask = torch.ones_like(batch)
-                mask[:, -1] = 0
-            with torch.autocast("cpu", dtype=dtype, enabled=mixed):
-                loss = model(input_ids=batch, attention_mask=mask, labels=batch).loss / micro_steps
-            loss.backward()
-            del loss
-        twin.set_phase("optimizer step")
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with twin.paused():
-            twin.mark_optimizer(optimizer)
-        twin.set_phase("between steps")
 
 
 ROLE_WORDS = {"parameter": "weights", "fp32 master": "fp32 master weights", "optimizer state": "optimizer states",
@@ -259,8 +200,6 @@ PARTS = (("attention", "attention"), ("attn", "attention"), ("loss", "the loss")
 def holder(site: dict) -> str:
     """A top allocation site in a user's terms: what it holds, for which part, how much (the
     library function in brackets)."""
-    from ftmix.units import human_bytes
-
     where = site["site"].rsplit(":", 1)[-1]
     low = site["site"].lower()
     part = next((name for key, name in PARTS if key in low), None)

@@ -32,6 +32,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ftmix.engines import twin_rules
+
 DEVICE, HOST = "device", "host"
 VIRTUAL_DEVICE = "cpu:0"  # what DeepSpeed's CPU accelerator answers while the twin runs
 
@@ -40,25 +42,23 @@ ROLES = ("parameter", "fp32 master", "optimizer state", "bucket", "gradient", "d
          "activation", "temporary")
 _PRIORITY = {r: i for i, r in enumerate(ROLES)}
 
-# Frames the code-site search walks past: torch itself, this module and decorators' wrappers.
-_FSDP = "/torch/distributed/fsdp/_fully_shard/"
-_SKIP = ("/torch/", "/ftmix/measure/", "/contextlib.py", "/functools.py", "<", "deepspeed/utils/nvtx.py")
+# What each engine's own allocations are (ftmix.engines): the rules of all, merged in order.
+_ENGINES = twin_rules()
+_FSDP = next(r.named_frames for r in _ENGINES if r.named_frames)
+# Frames the code-site search walks past: torch itself, this room, ftmix's engine wrappers (they
+# call the engine, whose own frames name the site) and decorators' wrappers.
+_SKIP = ("/torch/", "/ftmix/measure/", "/ftmix/engines/", "/contextlib.py", "/functools.py", "<") + sum(
+    (r.skip_sites for r in _ENGINES), ())
 # A storage never marked gets its role from where it was allocated.
-_SITE_ROLES = (("deepspeed/ops/adam", "optimizer state"), ("deepspeed/", "deepspeed buffer"),
-               ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_reduce", "bucket"))
-# Sites whose allocations keep their role whatever marks say: ZeRO-3's and FSDP2's gathered
-# parameters (autograd also saves them for the backward, but they are the engine's parameters).
-_STRONG_SITE_ROLES = (("deepspeed/runtime/zero/partition_parameters", "parameter"),
-                      ("deepspeed/runtime/zero/partitioned_param_coordinator", "parameter"),
-                     # FSDP2's all-gathered (unsharded) parameters
-                     ("torch/distributed/fsdp/_fsdp_param.py", "parameter"),
-                     ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_all_gather", "parameter"))
-
-
-# Functions that allocate gradient reduction buckets: DeepSpeed's (stage_1_and_2 ``setup_buckets``,
-# stage3 ``_setup_for_real_optimizer``'s ipg buffers) and torch DDP's reducer, built inside
-# accelerate's ``prepare_model`` (torch frames are skipped when naming a site).
-_BUCKET_FUNCTIONS = (":setup_buckets", ":_setup_for_real_optimizer", "accelerate/accelerator.py:prepare_model")
+_SITE_ROLES = sum((r.site_roles for r in _ENGINES), ())
+# Sites whose allocations keep their role whatever marks say (an engine's gathered parameters)
+_STRONG_SITE_ROLES = sum((r.strong_site_roles for r in _ENGINES), ())
+# Functions that allocate gradient reduction buckets
+_BUCKET_FUNCTIONS = sum((r.bucket_functions for r in _ENGINES), ())
+_HOST_SITES = sum((r.host_sites for r in _ENGINES), ())
+_HOST_ATTRIBUTES = frozenset().union(*(r.host_attributes for r in _ENGINES))
+_BACK_TO_DEVICE_SITES = frozenset().union(*(r.back_to_device_sites for r in _ENGINES))
+_OFFLOAD_CODE = sum((r.offload_code for r in _ENGINES), ())
 
 
 @dataclass
@@ -157,15 +157,6 @@ class _Dispatch(TorchDispatchMode):
 
 _RESIZES = {torch.ops.aten.resize_.default}
 _DROPOUT_MASKS = {torch.ops.aten.bernoulli_.float}
-_HOST_SITES = ("deepspeed/ops/adam/cpu_adam",)
-# DeepSpeed offload buffers that live on the host (0.19.8): ZeRO-1/2's (stage_1_and_2.py), and
-# stage 3's flat 16-bit parameter partitions under parameter offload, which it makes with a bare
-# ``torch.empty`` (host memory on a GPU too; stage3 ``_create_param_groups_fp16_flat_cpu_memory``).
-_HOST_ATTRIBUTES = {"param_buffer_of_bit16_for_cpu_offload_groups", "single_partition_of_fp32_groups",
-                    "temp_grad_buffer_for_cpu_offload", "accumulated_grads_in_cpu", "offload_gradient_dict",
-                    "param_groups_fp16_flat_cpu_memory"}
-
-
 class _Placement(TorchFunctionMode):
     """Where each call asks its result to live, read before torch normalizes the device.
 
@@ -201,12 +192,6 @@ class _Placement(TorchFunctionMode):
                     and out.untyped_storage()._cdata == src.untyped_storage()._cdata:
                 out = out.clone()
         return out
-
-
-# functions that stage tensors through host memory and send them back with ``.to(t.device)``, a
-# ``torch.device('cpu')`` object that on a GPU is the accelerator: stage3's parameter partitions
-# are flattened this way when parameters are not offloaded (``zero/utils.py:defragment``)
-_BACK_TO_DEVICE_SITES = {"deepspeed/runtime/zero/utils.py:defragment"}
 
 
 def _bare_cpu(obj):
@@ -280,7 +265,7 @@ class DeviceTwin:
         name = getattr(raw, "value", raw)
         if name.startswith("cpu:"):
             return DEVICE
-        if name == "cpu" and self.offload and _site().startswith("deepspeed/"):
+        if name == "cpu" and self.offload and _site().startswith(_OFFLOAD_CODE):
             return HOST
         return None
 
@@ -428,9 +413,11 @@ class DeviceTwin:
             if isinstance(state, dict):
                 for s in state.values():
                     self.mark(s, "optimizer state")
-            if type(optimizer).__module__.startswith("deepspeed"):
+            rules = next((r for r in _ENGINES if r.optimizer_module
+                          and type(optimizer).__module__.startswith(r.optimizer_module)), None)
+            if rules is not None:
                 for name, value in vars(optimizer).items():
-                    role = _deepspeed_role(name)
+                    role = rules.attribute_role(name)
                     if role:
                         self.mark(value, role, name)
                     if self.offload and self.virtual and name in _HOST_ATTRIBUTES:
@@ -507,7 +494,9 @@ class DeviceTwin:
     def __enter__(self) -> DeviceTwin:
         self._stack = ExitStack()
         if self.virtual:
-            self._stack.enter_context(_virtual_accelerator())
+            for rules in _ENGINES:
+                if rules.virtual_device is not None:
+                    self._stack.enter_context(rules.virtual_device(VIRTUAL_DEVICE))
         self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._saved, lambda t: t))
         self._stack.enter_context(_Placement(self))
         self._stack.enter_context(_Dispatch(self))
@@ -566,19 +555,6 @@ class DeviceTwin:
         }
 
 
-def _deepspeed_role(name: str) -> str | None:
-    n = name.lower()
-    if "fp32" in n:
-        return "fp32 master"
-    if "ipg" in n or "bucket" in n:
-        return "bucket"
-    if "grad" in n:
-        return "gradient"
-    if any(k in n for k in ("bit16", "fp16", "bf16", "partitioned_params")):
-        return "parameter"
-    return None
-
-
 def _local(t):
     """A DTensor's (FSDP2's) bytes are its local shard's; the wrapper's own storage has the global
     size."""
@@ -612,20 +588,3 @@ def _storage_resizes(twin: DeviceTwin):
         yield
     finally:
         torch.UntypedStorage.resize_ = original
-
-
-@contextmanager
-def _virtual_accelerator():
-    """DeepSpeed's CPU accelerator names the virtual device while the twin runs."""
-    try:
-        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
-    except Exception:  # DeepSpeed is optional for the twin
-        yield
-        return
-    saved = CPU_Accelerator.current_device_name, CPU_Accelerator.device_name
-    CPU_Accelerator.current_device_name = lambda self: VIRTUAL_DEVICE
-    CPU_Accelerator.device_name = lambda self, device_index=None: VIRTUAL_DEVICE
-    try:
-        yield
-    finally:
-        CPU_Accelerator.current_device_name, CPU_Accelerator.device_name = saved

@@ -1,7 +1,8 @@
 """What the user may switch on: one Mixture type shared by estimate, plan and train."""
 
-from ftmix.mixture.mixture import (ATTN_KERNELS, DEFAULTS, OFFLOADS, PRECISIONS, Mixture, check_flags,
+from ftmix.mixture.mixture import (ATTN_KERNELS, DEFAULTS, KEYS, OFFLOADS, PRECISIONS, Mixture, check_flags,
                                    check_mixture, grad_accum, mixture_from_flags, resolve_targets)
+from ftmix.mixture.resolve import resolve_mixture
 
-__all__ = ["ATTN_KERNELS", "DEFAULTS", "OFFLOADS", "PRECISIONS", "Mixture", "check_flags", "check_mixture",
-           "grad_accum", "mixture_from_flags", "resolve_targets"]
+__all__ = ["ATTN_KERNELS", "DEFAULTS", "KEYS", "OFFLOADS", "PRECISIONS", "Mixture", "check_flags", "check_mixture",
+           "grad_accum", "mixture_from_flags", "resolve_mixture", "resolve_targets"]

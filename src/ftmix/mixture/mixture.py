@@ -1,7 +1,7 @@
 """The Mixture: ZeRO stage, offload, LoRA, gradient checkpointing, attention kernel, precision, shape.
 
-Defaults are the study's recommended setup (../shared/docs/study.md, "Experimental setup" and
-finding 1): ZeRO-2 with optimizer-state offload, LoRA r=64 alpha=32 on q_proj,v_proj, no GC,
+Defaults are the study's recommended setup ("A Study of Optimizations for Fine-Tuning Large
+Language Models", Singh et al., Microsoft, 2024: "Experimental setup" and finding 1): ZeRO-2 with optimizer-state offload, LoRA r=64 alpha=32 on q_proj,v_proj, no GC,
 FlashAttention-2 where the GPU supports it (else PyTorch SDPA), bf16 where supported (else fp16),
 micro batch 1, sequence length 256, one GPU on one node.
 """
@@ -9,10 +9,13 @@ micro batch 1, sequence length 256, one GPU on one node.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
-from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
+
+if TYPE_CHECKING:  # the catalog's types, for annotations only: the mixture imports no other room
+    from ftmix.catalog import GpuSpec, ModelSpec
 
 OFFLOADS = ("none", "optimizer", "all")
 ATTN_KERNELS = ("eager", "sdpa", "fa2")
@@ -23,27 +26,55 @@ ATTN_KERNELS = ("eager", "sdpa", "fa2")
 PRECISIONS = ("fp16", "bf16", "fp32", "bf16-true", "fp16-true")
 ALL_LINEAR = "all-linear"
 
-DEFAULTS = dict(zero=2, offload="optimizer", lora=64, lora_alpha=32, lora_targets="q_proj,v_proj", gc=False,
-                attn=None, precision=None, micro_batch=1, seq_len=256, gpus=1, nodes=1, packing=False)
+def _declare(default, flag: str, metavar: str | None, help: str, default_text: str | None = None,
+             per_gpu: bool = False, check: tuple | None = None):
+    """One mixture key: its default, the CLI flag and help that ``ftmix.cli.options`` makes from
+    it, the train config key of the same name (``ftmix.job.config``), and its own check
+    (``check_mixture``): ``("choices", values)``, ``("whole", least[, what])``, ``("number",
+    least)`` (above ``least``), or ``("bool",)``. ``per_gpu``: left unset (None), the key is resolved for
+    the GPU by ``mixture_from_flags``."""
+    text = default_text or f"Default {str(default).lower() if isinstance(default, bool) else default}."
+    return field(default=default, metadata={"flag": flag, "metavar": metavar, "help": f"{help} {text}",
+                                            "per_gpu": per_gpu, "check": check})
 
 
 @dataclass(frozen=True)
 class Mixture:
-    zero: int = 2
-    offload: str = "optimizer"
-    lora: int = 64  # rank; 0 = full fine-tuning
-    lora_alpha: float = 32  # PEFT's LoraConfig takes any positive number
-    lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
-    gc: bool = False
-    attn: str = "sdpa"
-    precision: str = "bf16"
-    micro_batch: int = 1
-    seq_len: int = 256
-    gpus: int = 1  # per node
-    nodes: int = 1
+    """What the user may switch on; every key declared here once, with its default, flag and help."""
+
+    zero: int = _declare(2, "--zero", "0-3", "DeepSpeed ZeRO stage 0-3 (0 = no DeepSpeed: one GPU, or torch DDP over "
+                         "several).", check=("choices", (0, 1, 2, 3)))
+    offload: str = _declare("optimizer", "--offload", "none|optimizer|all",
+                            "What DeepSpeed moves to CPU RAM: nothing, the optimizer states, or the optimizer states and "
+                            "parameters (stage 3).", "Default optimizer with a ZeRO stage, none without.",
+                            check=("choices", OFFLOADS))
+    lora: int = _declare(64, "--lora", "RANK", "LoRA rank; 0 = full fine-tuning.", check=("whole", 0, "a rank >= 0 (0 = full fine-tuning)"))
+    # PEFT's LoraConfig takes any positive number
+    lora_alpha: float = _declare(32, "--lora-alpha", "ALPHA", "LoRA alpha (scaling = alpha / rank).",
+                                 check=("number", 0))
+    lora_targets: str = _declare("q_proj,v_proj", "--lora-targets", "NAMES",
+                                 "Comma list of the model's linear module names, or all-linear.",
+                                 "Default q_proj,v_proj (a fused qkv where the model has one).")
+    gc: bool = _declare(False, "--gc/--no-gc", None, "Gradient checkpointing (non-reentrant).", "Default off.",
+                        check=("bool",))
+    attn: str = _declare("sdpa", "--attn", "eager|sdpa|fa2",
+                         "Attention kernel: eager (plain PyTorch, stores the s x s scores), sdpa (PyTorch "
+                         "scaled_dot_product_attention), fa2 (FlashAttention-2, Ampere or newer).",
+                         "Default fa2 where the GPU supports it, else sdpa.", per_gpu=True,
+                         check=("choices", ATTN_KERNELS))
+    precision: str = _declare("bf16", "--precision", "NAME",
+                              "bf16 | fp16 (mixed: fp32 master weights) | bf16-true | fp16-true (pure 16-bit, --zero 0) "
+                              "| fp32.", "Default bf16 where the GPU supports it, else fp16; train on CPU: bf16 (fp32 "
+                              "with --no-twin).", per_gpu=True, check=("choices", PRECISIONS))
+    micro_batch: int = _declare(1, "--micro-batch", "N", "Samples per GPU per micro step.", check=("whole", 1))
+    seq_len: int = _declare(256, "--seq-len", "TOKENS", "Sequence length in tokens.", check=("whole", 1))
+    gpus: int = _declare(1, "--gpus", "N", "GPUs per node.", check=("whole", 1))
+    nodes: int = _declare(1, "--nodes", "N", "Nodes.", check=("whole", 1))
     # packed sequences (every row s tokens, no padding mask) or padded ones (the study's way: each
     # example padded to s; with a mask, SDPA cannot use grouped-query K/V natively)
-    packing: bool = False
+    packing: bool = _declare(False, "--packing/--padding", None,
+                             "Packed rows (no padding mask) or rows padded to --seq-len.", "Default padding.",
+                             check=("bool",))
 
     @property
     def pure16(self) -> bool:
@@ -100,6 +131,11 @@ class Mixture:
         return replace(self, **changes)
 
 
+KEYS = tuple(f.name for f in fields(Mixture))
+# what a key left unset (None) becomes: its declared default, or resolved for the GPU
+DEFAULTS = {f.name: None if f.metadata["per_gpu"] else f.default for f in fields(Mixture)}
+
+
 def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     """Fill the flags the user left out (None) with the study's defaults, resolved for the GPU.
 
@@ -131,31 +167,14 @@ MIN_SEQ_LEN = 2
 
 def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | None = None) -> Mixture:
     """Reject impossible mixtures with one clear FtmixError; return the mixture unchanged."""
-    for key in ("micro_batch", "seq_len", "gpus", "nodes"):
-        value = getattr(m, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise FtmixError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    for declared in fields(Mixture):
+        _check_key(declared.name, getattr(m, declared.name), declared.metadata["check"])
     if m.gpus > MAX_GPUS_PER_NODE:
         raise FtmixError(f"gpus {m.gpus} per node: a node holds at most {MAX_GPUS_PER_NODE} GPUs; give the rest as "
                          f"--nodes (for example --gpus 8 --nodes {math.ceil(m.gpus / 8)})")
     if m.seq_len < MIN_SEQ_LEN:
         raise FtmixError(f"seq-len {m.seq_len} is too short to train on: a sequence needs at least {MIN_SEQ_LEN} "
                          "tokens (each predicts the next)")
-    alpha = m.lora_alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise FtmixError(f"lora-alpha must be a positive number, got {alpha!r}")
-    if isinstance(m.lora, bool) or not isinstance(m.lora, int) or m.lora < 0:
-        raise FtmixError(f"lora must be a rank >= 0 (0 = full fine-tuning), got {m.lora!r}")
-    if not isinstance(m.packing, bool) or not isinstance(m.gc, bool):
-        raise FtmixError("gc and packing must be true or false")
-    if m.zero not in (0, 1, 2, 3):
-        raise FtmixError(f"zero must be 0, 1, 2 or 3, got {m.zero!r}")
-    if m.offload not in OFFLOADS:
-        raise FtmixError(f"offload must be one of {', '.join(OFFLOADS)}, got {m.offload!r}")
-    if m.attn not in ATTN_KERNELS:
-        raise FtmixError(f"attn must be one of {', '.join(ATTN_KERNELS)}, got {m.attn!r}")
-    if m.precision not in PRECISIONS:
-        raise FtmixError(f"precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}")
     if m.offload != "none" and m.zero < 1:
         raise FtmixError(f"offload {m.offload} needs a ZeRO stage >= 1 (got --zero 0)")
     if m.pure16 and m.zero >= 1:
@@ -177,6 +196,22 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
                 raise FtmixError(f"LoRA rank {m.lora} exceeds {model.name}'s hidden size {model.hidden}: the update "
                                  "cannot have that rank, only that many parameters")
     return m
+
+
+def _check_key(key: str, value, check: tuple | None) -> None:
+    """One key's own check, as declared (``_declare``): one clear line naming the key."""
+    name = key.replace("_", "-")
+    kind = check[0] if check else None
+    if kind == "choices" and (isinstance(value, bool) or value not in check[1]):
+        raise FtmixError(f"{name} must be one of {', '.join(map(str, check[1]))}, got {value!r}")
+    if kind == "whole" and (isinstance(value, bool) or not isinstance(value, int) or value < check[1]):
+        what = check[2] if len(check) > 2 else "a positive integer" if check[1] == 1 else f"a whole number >= {check[1]}"
+        raise FtmixError(f"{name} must be {what}, got {value!r}")
+    if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                             or not math.isfinite(value) or value <= check[1]):
+        raise FtmixError(f"{name} must be a positive number, got {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise FtmixError(f"{name} must be true or false, got {value!r}")
 
 
 def check_flags(flags: dict) -> None:

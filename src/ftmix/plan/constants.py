@@ -9,10 +9,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ftmix.estimate.overheads import DEFAULT_OVERHEADS, MemoryOverheads
-from ftmix.estimate.overheads import RANGES as MEMORY_RANGES
-
 from ftmix.errors import FtmixError
+from ftmix.estimate.overheads import DEFAULT_OVERHEADS
+from ftmix.estimate.overheads import RANGES as MEMORY_RANGES
+from ftmix.estimate.overheads import MemoryOverheads
 from ftmix.files import finite, read_json
 
 

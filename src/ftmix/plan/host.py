@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+from ftmix.catalog import match_gpu
 from ftmix.files import proc_bytes
 
 
@@ -30,9 +33,6 @@ def local_cpu_ram() -> int | None:
 def detected_gpu_name() -> str | None:
     """The catalog name of this machine's first NVIDIA GPU, read with nvidia-smi (no torch); None
     without one, or when it is not in the catalog."""
-    import shutil
-    import subprocess
-
     if not has_nvidia_gpu() or shutil.which("nvidia-smi") is None:
         return None
     try:
@@ -42,7 +42,6 @@ def detected_gpu_name() -> str | None:
         return None
     if not out or "," not in out[0]:
         return None
-    from ftmix.catalog import match_gpu
 
     name, mib = out[0].rsplit(",", 1)
     try:

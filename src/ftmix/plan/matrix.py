@@ -55,9 +55,11 @@ def png_path(path: str) -> Path:
 
 def write_png(cells: list[Cell], path: str | Path, title: str) -> None:
     try:
+        # lazy: matplotlib loads only when a figure is drawn
         import matplotlib
 
         matplotlib.use("Agg")
+        # lazy: matplotlib loads only when a figure is drawn
         import matplotlib.pyplot as plt
     except ImportError as exc:  # the planning side installs without matplotlib
         raise FtmixError(f"--png needs matplotlib ({exc})") from None

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
-from ftmix.units import human_bytes
 from ftmix.estimate import Estimate, estimate
 from ftmix.estimate.constants import GB, SAFETY_MARGIN
 from ftmix.mixture import Mixture, grad_accum, mixture_from_flags
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 from ftmix.plan.runtime import STUDY_EFFECTIVE_BATCH, StepTime, step_time
+from ftmix.units import human_bytes
 
 SEARCHED = ("zero", "offload", "gc", "attn")
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, fields, replace
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu, spec_from_hf_config
 from ftmix.errors import FtmixError
 from ftmix.estimate import estimate
-from ftmix.estimate.overheads import DEFAULT_OVERHEADS, MemoryOverheads, with_overheads
+from ftmix.estimate.overheads import DEFAULT_OVERHEADS
 from ftmix.estimate.overheads import RANGES as MEMORY_RANGES
+from ftmix.estimate.overheads import MemoryOverheads, with_overheads
 from ftmix.mixture import Mixture
 from ftmix.plan.constants import DEFAULT, RANGES, RuntimeConstants
 from ftmix.plan.runtime import step_time
@@ -156,6 +157,7 @@ def _at(names: list[str], x, start: RuntimeConstants = DEFAULT) -> RuntimeConsta
 
 
 def _residuals(obs, names, x, prior: float):
+    # lazy: numpy only for the fit
     import numpy as np
 
     c = _at(names, x)
@@ -165,6 +167,7 @@ def _residuals(obs, names, x, prior: float):
 
 def _levenberg_marquardt(obs, names, prior: float, iterations: int = 60):
     """Least squares in log space: min sum(log(pred/meas)^2)/n + prior * sum(log(c/default)^2)."""
+    # lazy: numpy only for the fit
     import numpy as np
 
     x = np.zeros(len(names))

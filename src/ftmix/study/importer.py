@@ -3,7 +3,7 @@
 Three kinds of file, told apart by their content:
 - a ``run.json`` of ``ftmix train`` from any machine (a GPU run's CUDA counters, or the CPU twin's);
 - the JSON Lines of ``benchmarks/gpu_groundtruth.py`` (first line ``{"environment": ...}``);
-- published rows in the format of ``shared/data/published-rows.jsonl``: the rows whose setup ftmix
+- published rows in the format of ``benchmarks/data/published-rows.jsonl``: the rows whose setup ftmix
   can represent (``study.published``); the others are counted and listed with the reason.
 
 Each becomes a finished trial with its predictions (ftmix's default constants), and the inputs that
@@ -16,11 +16,17 @@ import hashlib
 import json
 from pathlib import Path
 
-from ftmix.catalog import load_gpu, match_gpu
+from ftmix.catalog import load_gpu, load_model, match_gpu
 from ftmix.errors import FtmixError
+from ftmix.estimate import estimate
 from ftmix.files import json_lines, read_text
+from ftmix.job.record import RunRecord
 from ftmix.mixture import Mixture
+from ftmix.plan import step_time
+from ftmix.study.predict import inputs_of, model_config
+from ftmix.study.published import NotRepresented, model_states_floor, represent
 from ftmix.study.store import Store
+from ftmix.study.trial import measurements
 
 
 def import_files(store: Store, paths: list[str], study: str | None = None) -> dict:
@@ -81,7 +87,7 @@ def _parse(path, text: str) -> tuple[str, list[dict]]:
                      "gpu_groundtruth output (first line {\"environment\": ...})")
 
 
-# what every row of shared/data/published-rows.jsonl carries to be a measurement
+# what every row of benchmarks/data/published-rows.jsonl carries to be a measurement
 PUBLISHED_KEYS = frozenset({"model", "gpu", "method", "measured", "seq_len"})
 
 
@@ -98,8 +104,7 @@ def _ident(prefix: str, *parts) -> str:
 
 
 def _from_run_json(record: dict, path) -> dict:
-    from ftmix.study.runner import measurements
-
+    record = RunRecord.from_json(record, str(path)).to_json()  # read as train writes it: job.record
     meas = measurements(record)
     config = record.get("config") or {}
     return dict(meas, id=_ident("run-", config.get("output_dir"), record.get("mixture"), record.get("versions"),
@@ -109,11 +114,6 @@ def _from_run_json(record: dict, path) -> dict:
 
 
 def _from_groundtruth(row: dict) -> dict | str:
-    from ftmix.catalog import load_model
-    from ftmix.estimate import estimate
-    from ftmix.plan import step_time
-    from ftmix.study.predict import inputs_of, model_config
-
     env = row["_environment"]
     if env.get("gpu") in (None, "cpu"):
         return "gpu_groundtruth run on CPU: its memory figures are RSS, not device bytes"
@@ -139,11 +139,6 @@ def _from_groundtruth(row: dict) -> dict | str:
 
 
 def _from_published(raw: dict) -> dict | str:
-    from ftmix.estimate import estimate
-    from ftmix.plan import step_time
-    from ftmix.study.predict import inputs_of
-    from ftmix.study.published import NotRepresented, model_states_floor, represent
-
     try:
         row = represent(raw)
     except NotRepresented as exc:

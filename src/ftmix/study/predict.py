@@ -8,46 +8,33 @@ from __future__ import annotations
 import dataclasses
 
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu
+from ftmix.catalog import model_config as catalog_model_config
 from ftmix.errors import FtmixError
-from ftmix.mixture import Mixture, check_mixture, grad_accum, mixture_from_flags
+from ftmix.estimate import estimate
+from ftmix.job.config import TrainConfig
+from ftmix.job.preflight import model_spec, on_cpu
+from ftmix.mixture import Mixture, check_mixture, grad_accum
+from ftmix.plan import plan, step_time
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 
 
 def model_config(config: dict) -> dict | None:
     """The HF config dict the trial builds (catalog entry or local config.json, plus overrides)."""
-    from ftmix.files import read_json
-    from ftmix.train.model import catalog_config, config_path
-
-    model = config.get("model", "smollm2-135m")
-    base = catalog_config(model)
-    if base is None:
-        path = config_path(model)
-        if path is None:
-            return None
-        base = read_json(path, "model config")
-    return dict(base, **(config.get("model_overrides") or {}))
+    found = catalog_model_config(config.get("model", "smollm2-135m"), config.get("model_overrides"))
+    return None if found is None else found[0]
 
 
 def trial_inputs(config: dict, gpu: GpuSpec | None) -> tuple[ModelSpec, Mixture] | None:
     """(the model shape, the mixture) a trial runs; None when the shape is unknown without a download."""
-    from ftmix.train.config import TrainConfig
-    from ftmix.train.preflight import model_spec, on_cpu
-
     cfg = TrainConfig(**config)
     spec = model_spec(cfg)
     if spec is None:
         return None
-    flags = cfg.mixture_flags()
-    if on_cpu(cfg) and flags.get("precision") is None and gpu is None:
-        flags["precision"] = "bf16" if cfg.twin else "fp32"
-    return spec, check_mixture(mixture_from_flags(gpu, **flags), spec, gpu)
+    return spec, check_mixture(cfg.to_mixture(gpu, cpu=on_cpu(cfg) and gpu is None), spec, gpu)
 
 
 def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DEFAULT) -> dict:
     """{label, mixture, predicted_peak_gb, predicted_step_s, predicted_fits, inputs} for one trial."""
-    from ftmix.estimate import estimate
-    from ftmix.plan import plan, step_time
-
     gpu_name = gpu_name or config.get("gpu")  # the GPU the study is predicted for (--gpu) wins
     gpu = load_gpu(gpu_name) if gpu_name else None
     limit = config.get("memory_limit_gb")  # the twin's limit (a CPU form's small GPU): verdicts honour it

@@ -1,4 +1,4 @@
-"""Published measurements (``shared/data/published-rows.jsonl``, one JSON object per row) as ftmix
+"""Published measurements (``benchmarks/data/published-rows.jsonl``, one JSON object per row) as ftmix
 inputs: each row becomes a model spec, a Mixture, a GPU and the figure its source measured, or a
 reason why ftmix cannot represent it yet (that list is the roadmap). Pure: no torch.
 

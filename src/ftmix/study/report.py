@@ -111,9 +111,11 @@ def scatter_data(rows: list[dict]) -> dict:
 
 
 def _plt():
+    # lazy: matplotlib loads only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib loads only when a figure is drawn
     import matplotlib.pyplot as plt
 
     return plt
@@ -200,6 +202,7 @@ def draw_context(data: dict, title: str, out: Path, stem: str) -> list[str]:
 
 def text_colour(background) -> str:
     """Black on light cells, white on dark ones (relative luminance, WCAG's weights)."""
+    # lazy: matplotlib loads only when a figure is drawn
     from matplotlib.colors import to_rgb
 
     r, g, b = to_rgb(background)
@@ -240,6 +243,7 @@ def draw_matrix(data: dict, title: str, out: Path, stem: str) -> list[str]:
 def readable_log_axes(ax) -> None:
     """Log axes with labelled ticks at 1, 2 and 5 of each decade, so that a range inside one decade
     (MB-scale peaks of tiny models) still has numbers on it."""
+    # lazy: matplotlib loads only when a figure is drawn
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):

@@ -9,23 +9,19 @@ run again from scratch.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftmix.errors import FtmixError
+from ftmix.study.predict import predict
+from ftmix.study.slurm import run_slurm
 from ftmix.study.spec import StudySpec, Trial, expand
 from ftmix.study.store import Store
-
-ERROR_LINES = 12  # the last lines of a failed trial's stderr kept in the store
-OOM_EXIT = 3  # `ftmix train`: the run ran out of memory (docs/train.md)
+from ftmix.study.trial import collect, prepare_trial, trial_command
 
 
 @dataclass
@@ -53,8 +49,6 @@ def plan_trials(store: Store, spec: StudySpec, opts: Options) -> list[Trial]:
     """Every trial in the store with its prediction: new ones pending, or ``invalid`` (never run)
     when the GPU cannot take the mixture (FA2 on a V100). A trial that ran keeps the predictions
     made for it; one that has not is predicted again when asked for another GPU."""
-    from ftmix.study.predict import predict
-
     trials = expand(spec)
     for t in trials:
         known = store.get(t.id)
@@ -101,22 +95,6 @@ def to_run(store: Store, trials: list[Trial], opts: Options) -> list[tuple[Trial
 
 def _predicted_status(row: dict) -> str:
     return "predicted_oom" if row["predicted_fits"] == 0 else "predicted"
-
-
-def trial_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "ftmix", "train", str(config_path), "--json"]
-
-
-def prepare_trial(trial: Trial, root: Path) -> tuple[Path, Path]:
-    """(the trial's folder, its config file) with a fresh run folder: a trial is re-run from scratch."""
-    folder = root / trial.id
-    run = folder / "run"
-    if run.exists():
-        shutil.rmtree(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / "config.yaml"
-    config_path.write_text(json.dumps({**trial.config, "output_dir": str(run)}, indent=1))  # JSON is YAML
-    return folder, config_path
 
 
 def stop_leftover(row: dict) -> None:
@@ -173,78 +151,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def collect(folder: Path, rc: int | None, timed_out: bool, time_limit_s: float) -> dict:
-    """The trial's outcome and measurements from its exit, stderr and run.json."""
-    err = (folder / "stderr.log").read_text(errors="replace") if (folder / "stderr.log").exists() else ""
-    tail = "\n".join(line for line in err.strip().splitlines()[-ERROR_LINES:])
-    if timed_out:
-        return {"status": "timeout", "error": f"stopped at the time limit of {time_limit_s:g} s\n{tail}".strip()}
-    run_json = folder / "run" / "run.json"
-    if rc == 0 and run_json.exists():
-        return dict(status="ok", error=None, **measurements(json.loads(run_json.read_text())))
-    oom = rc == OOM_EXIT or "out of memory" in err.lower()
-    return {"status": "oom" if oom else "error", "error": tail or f"exit code {rc}"}
-
-
-def measurements(record: dict) -> dict:
-    """The store's columns from a run record (``ftmix train``'s run.json, any machine)."""
-    meas = record.get("measured") or {}
-    twin = meas.get("twin") or {}
-    if meas.get("peak_gpu_allocated_gb") is not None:
-        peak, what = meas["peak_gpu_allocated_gb"], "gpu_allocated"
-    elif twin.get("device_peak_bytes") is not None:
-        peak, what = twin["device_peak_bytes"] / 1e9, "twin_device"
-    else:
-        peak, what = None, None
-    predicted = record.get("predicted") or {}
-    curve = meas.get("loss_curve") or []
-    loss = curve[-1][1] if curve else meas.get("train_loss")
-    out = {"peak_gb": peak, "peak_what": what, "step_s": meas.get("median_step_s"),
-           "tokens_per_s": meas.get("tokens_per_s"), "final_loss": loss, "label": record.get("label"),
-           "device": record.get("device"), "gpu": record.get("gpu"), "versions": record.get("versions"),
-           "hardware": hardware(record), "git_commit": git_commit(), "record": record}
-    if predicted.get("peak_bytes") is not None:
-        out["predicted_peak_gb"] = predicted["peak_bytes"] / 1e9
-    if predicted.get("step_time_s") is not None:
-        out["predicted_step_s"] = predicted["step_time_s"]
-    if predicted.get("estimate") and record.get("mixture"):
-        from ftmix.study.predict import model_config
-
-        config = (record.get("config") or {})
-        out["inputs"] = {"model_config": _safe(model_config, config), "mixture": record["mixture"],
-                         "gpu": record.get("gpu"), "effective_batch": config.get("effective_batch", 8),
-                         "memory_what": "allocated"}
-    return out
-
-
-def _safe(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 - a record from another machine may name a model not here
-        return None
-
-
-def hardware(record: dict) -> dict:
-    meas = record.get("measured") or {}
-    return {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "device": record.get("device"), "gpu": record.get("gpu"), "ranks": meas.get("ranks")}
-
-
-_COMMIT: list = []
-
-
-def git_commit() -> str | None:
-    """The commit of the ftmix source that ran the trial (None outside a git checkout)."""
-    if not _COMMIT:
-        here = Path(__file__).resolve().parent
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-            _COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
-        except (OSError, subprocess.TimeoutExpired):
-            _COMMIT.append(None)
-    return _COMMIT[0]
-
-
 def run_study(store: Store, spec: StudySpec, opts: Options, on_event=None) -> dict:
     """Plan, then run what is left; ``on_event(kind, trial, row, counts)`` reports progress."""
     trials = plan_trials(store, spec, opts)
@@ -254,8 +160,6 @@ def run_study(store: Store, spec: StudySpec, opts: Options, on_event=None) -> di
     if opts.predict_only or not pending:
         return summary(store, spec)
     if opts.launcher == "slurm":
-        from ftmix.study.slurm import run_slurm
-
         run_slurm(store, pending, root, spec.time_limit_s, opts, on_event, counts)
         return summary(store, spec)
     for trial, seen in pending:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from ftmix.errors import FtmixError
-from ftmix.study.runner import collect, prepare_trial, trial_command
 from ftmix.study.spec import Trial
+from ftmix.study.trial import collect, prepare_trial, trial_command
 
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
 

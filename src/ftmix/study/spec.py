@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
+from ftmix.job.config import TrainConfig
+from ftmix.plan import host
 
 PRESETS = ("mixtures", "context", "matrix")
 FORMS = ("gpu", "cpu")
@@ -41,8 +43,6 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _keys(self) -> StudySpec:
-        from ftmix.train.config import TrainConfig
-
         known = set(TrainConfig.model_fields) - set(OWNED)
         varied = [k for k in self.grid] + [k for group in self.linked for k in group]
         for key in list(self.base) + varied:
@@ -90,8 +90,6 @@ def trial_id(study: str, config: dict, repeat: int) -> str:
 
 def expand(spec: StudySpec) -> list[Trial]:
     """Every trial: the grid's product times the linked groups' rows times the repeats, in order."""
-    from ftmix.train.config import TrainConfig
-
     # each axis value: (the keys it sets, how the trial's name shows it: a linked group by its tag)
     axes: list[list[tuple[dict, dict]]] = [[({k: v}, {k: v}) for v in values] for k, values in spec.grid.items()]
     for group in spec.linked:
@@ -121,12 +119,8 @@ def expand(spec: StudySpec) -> list[Trial]:
 def _check_mixture(study: str, varied: dict, cfg) -> None:
     """A mixture no GPU could run (zero: 7, offload all below stage 3) is the spec's error; one a
     particular GPU cannot (FA2 on a V100) is left to the trial (``invalid``)."""
-    from ftmix.mixture import check_flags, check_mixture, mixture_from_flags
-
     try:
-        flags = cfg.mixture_flags()
-        check_flags(flags)
-        check_mixture(mixture_from_flags(None, **flags))
+        cfg.to_mixture()
     except FtmixError as exc:
         raise FtmixError(f"study {study}: trial {_short(varied)}: {exc}") from None
 
@@ -138,9 +132,7 @@ def preset_path(name: str, form: str) -> Path:
 def resolve_form(form: str) -> str:
     """``auto``: the GPU form where this machine has an NVIDIA GPU, else the CPU form."""
     if form == "auto":
-        from ftmix.plan.host import has_nvidia_gpu
-
-        return "gpu" if has_nvidia_gpu() else "cpu"
+        return "gpu" if host.has_nvidia_gpu() else "cpu"  # looked up when called: tests stand in a GPU
     if form not in FORMS:
         raise FtmixError(f"--form must be gpu, cpu or auto, got {form!r}")
     return form

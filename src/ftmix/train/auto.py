@@ -18,24 +18,26 @@ import os
 import shutil
 from pathlib import Path
 
+from ftmix.catalog import load_gpu
 from ftmix.errors import FtmixError
-from ftmix.train.config import TrainConfig
+from ftmix.job.checkpoints import last_checkpoint
+from ftmix.job.config import TrainConfig
+from ftmix.job.preflight import model_spec, on_cpu
+from ftmix.job.record import RunRecord, write_record
+from ftmix.mixture import Mixture
+from ftmix.plan.constants import calibration_for
+from ftmix.plan.search import plan
 from ftmix.train.measure import INJECT_OOM
+from ftmix.train.run import detect_gpu
 
 OPEN = ("zero", "offload", "gc", "attn")  # what auto may choose; the rest is the user's
 
 
 def ranked(cfg: TrainConfig) -> tuple[list, object]:
     """(the fitting candidates, fastest first; the GpuSpec planned for)."""
-    from ftmix.catalog import load_gpu
-    from ftmix.plan.search import plan
-    from ftmix.train.preflight import model_spec, on_cpu
-
     if not cfg.gpu:
         if on_cpu(cfg):
             raise FtmixError("--mixture auto on CPU plans for a GPU you name: add --gpu (see `ftmix gpus`)")
-        from ftmix.train.run import detect_gpu
-
         gpu = detect_gpu("cuda")
         if gpu is None:
             raise FtmixError("--mixture auto: this GPU is not in the catalog; name the closest with --gpu")
@@ -47,7 +49,6 @@ def ranked(cfg: TrainConfig) -> tuple[list, object]:
     flags = {k: v for k, v in cfg.mixture_flags().items() if v is not None}
     if on_cpu(cfg) and "precision" not in flags:
         flags["precision"] = "bf16"
-    from ftmix.plan.constants import calibration_for
 
     cal = calibration_for(cfg.calibration, gpu.name, cfg.calibration_any_gpu)  # as the run's predictions use it
     result = plan(spec, gpu, flags, effective_batch=cfg.effective_batch, constants=cal.runtime, overheads=cal.memory)
@@ -63,12 +64,9 @@ def is_oom(exc: BaseException) -> bool:
 
 def run_auto(cfg: TrainConfig, launch, progress=None) -> dict:
     """Attempts until one finishes; returns its run record with every attempt listed."""
-    import json
-
     fitting, gpu = ranked(cfg)
     out = Path(cfg.output_dir)
     limit = cfg.memory_limit_gb
-    from ftmix.train.preflight import on_cpu
 
     if limit is None and on_cpu(cfg) and cfg.twin:
         limit = gpu.memory_bytes / 1e9
@@ -102,19 +100,14 @@ def run_auto(cfg: TrainConfig, launch, progress=None) -> dict:
         attempts.append(entry)
         record["attempts"] = attempts
         record["auto"] = {"gpu": gpu.name, "candidates": len(fitting), "memory_limit_gb": limit}
-        (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
-        return record
+        return write_record(out, RunRecord.from_json(record))
 
 
 def _mix(entry: dict):
-    from ftmix.mixture import Mixture
-
     return Mixture(**entry["mixture"])
 
 
 def _has_checkpoint(out: Path) -> bool:
-    from ftmix.train.run import last_checkpoint
-
     return last_checkpoint(str(out)) is not None
 
 

@@ -1,13 +1,13 @@
 """``ftmix eval --run DIR``: how good the fine-tuned model is on rows it did not train on.
 
 Held-out rows: the run's own data past the rows it trained on (``max_rows``), or ``--data`` in any
-format training reads (``ftmix.train.formats``). For each row the model generates the response to
+format training reads (``ftmix.job.formats``). For each row the model generates the response to
 the row's prompt, rendered as in training (the chat template, or the plain or dialogue prompt;
 greedy by default; the generation settings are flags) and ROUGE-1/2/L F1 is taken against the
 row's last response with Google's ``rouge-score`` (Porter stemming, as the SAMSum and DialogSum
 papers report it); a dialogue's summary is its first generated line. Plain text rows have no
 response: eval loss only. The eval loss is the mean cross-entropy on the response tokens (every
-token for text), computed on the same tokenized rows as training (``ftmix.train.data.tokenize``). ``--base`` evaluates the base model without the
+token for text), computed on the same tokenized rows as training (``ftmix.job.data.tokenize``). ``--base`` evaluates the base model without the
 fine-tuning, for the before/after comparison. Results go to ``DIR/eval.json`` and into
 ``run.json`` under ``eval``.
 """
@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftmix.errors import FtmixError
-from ftmix.files import read_json
+from ftmix.job.data import data_format, generation_prompt, load_records, tokenize
+from ftmix.job.formats import read_row
+from ftmix.job.record import RunRecord, read_record, write_record
+from ftmix.train.export import final_folder, rebuild_base
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,9 @@ class Generation:
     repetition_penalty: float = 1.0
 
 
-def held_out_rows(record: dict, data: str | None, rows: int | None) -> tuple[list[dict], str]:
+def held_out_rows(record: RunRecord, data: str | None, rows: int | None) -> tuple[list[dict], str]:
     """(rows, where they come from)."""
-    from ftmix.train.data import load_records
-
-    cfg = record["config"]
+    cfg = record.config
     if data:
         found = load_records(data, cfg.get("split", "train"))
         where = f"{data}"
@@ -54,11 +55,8 @@ def held_out_rows(record: dict, data: str | None, rows: int | None) -> tuple[lis
 
 def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, base: bool = False,
              gen: Generation = Generation()) -> dict:
-    from ftmix.train.data import data_format
-    from ftmix.train.formats import read_row
-
-    record = read_json(run_dir / "run.json", "run record")
-    cfg = record["config"]
+    record = read_record(run_dir)
+    cfg = record.config
     found, where = held_out_rows(record, data, rows)  # bad data fails before torch loads
     fmt = data_format(found, cfg.get("format", "auto"), cfg.get("columns"), cfg.get("tags"))
     template = cfg.get("template") or "{dialogue}"
@@ -68,28 +66,27 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
         first = next(why for _, why in read if why).split(": ", 1)[1]
         raise FtmixError(f"no usable held-out rows in {where} ({fmt.name} format); first: {first}")
 
+    # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
     import torch
     import transformers
-
-    from ftmix.train.data import tokenize
-    from ftmix.train.export import final_folder, rebuild_base
 
     final = final_folder(run_dir, record)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(final))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lora = bool(record["mixture"].get("lora"))
+    lora = bool(record.mixture.get("lora"))
     if base or lora:
         model = rebuild_base(record).float()
         if lora and not base:
+            # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(final))
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32)
     model.eval()
-    chat = bool((record.get("data") or {}).get("chat_template"))
-    seq_len = int(record["mixture"]["seq_len"])
+    chat = bool((record.data or {}).get("chat_template"))
+    seq_len = int(record.mixture["seq_len"])
     sequences, _ = tokenize(found, tokenizer, seq_len, template, "truncate", fmt=fmt, chat_template=chat,
                             train_on_prompt=bool(cfg.get("train_on_prompt")))
     losses = []
@@ -112,10 +109,9 @@ def evaluate(run_dir: Path, data: str | None = None, rows: int | None = None, ba
 
 def _rouge(model, tokenizer, examples, fmt, chat: bool, seq_len: int, gen: Generation) -> tuple[dict, list]:
     """ROUGE-1/2/L F1 of each generated response against the row's own."""
+    # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
     import torch
     from rouge_score import rouge_scorer
-
-    from ftmix.train.data import generation_prompt
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores, samples = {"rouge1": [], "rouge2": [], "rougeL": []}, []
@@ -145,14 +141,14 @@ def _rouge(model, tokenizer, examples, fmt, chat: bool, seq_len: int, gen: Gener
     return scores, samples
 
 
-def _record(run_dir: Path, record: dict, result: dict) -> None:
+def _record(run_dir: Path, record: RunRecord, result: dict) -> None:
     """eval.json holds every evaluation of the run (base and fine-tuned); run.json the latest of each."""
     path = run_dir / "eval.json"
     history = json.loads(path.read_text()) if path.is_file() else []
     history.append(result)
     path.write_text(json.dumps(history, indent=1) + "\n")
-    evals = dict(record.get("eval") or {})
+    evals = dict(record.eval or {})
     evals["base" if result["model"].startswith("base") else "fine_tuned"] = {
         k: v for k, v in result.items() if k != "samples"}
-    record["eval"] = evals
-    (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    record.eval = evals
+    write_record(run_dir, record)

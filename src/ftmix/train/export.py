@@ -20,12 +20,17 @@ which transformers de-quantizes, or a random init) is written as a transformers 
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ftmix.errors import FtmixError
 from ftmix.files import read_json, writable_path
+from ftmix.job.config import TrainConfig
+from ftmix.job.record import RunRecord, read_record
+from ftmix.job.source import resolve_source
+from ftmix.mixture import Mixture
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -40,21 +45,16 @@ class ExportPlan:
     lora: bool
     merge: bool
     dtype: str
-    record: dict
+    record: RunRecord
 
 
 def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> ExportPlan:
     run = Path(run_dir).expanduser()
-    if not (run / "run.json").is_file():
-        raise FtmixError(f"--run {run_dir}: no run.json there (a finished `ftmix train` output dir)")
-    record = read_json(run / "run.json", "run record")
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
-            or not isinstance(record.get("mixture"), dict):
-        raise FtmixError(f"{run / 'run.json'} is not an ftmix run record (no config or mixture)")
+    record = read_record(run_dir)
     final = final_folder(run, record)
     if not final.is_dir():
         raise FtmixError(f"the run's final model is missing: {final}")
-    lora = bool(record["mixture"].get("lora"))
+    lora = bool(record.mixture.get("lora"))
     marker = "adapter_config.json" if lora else "config.json"
     if not (final / marker).is_file():
         raise FtmixError(f"{final} has no {marker}: not the final model of this run")
@@ -67,15 +67,16 @@ def plan_export(run_dir: str, out: str | None, merge: bool, dtype: str) -> Expor
     return ExportPlan(run, final, target, lora, merge, dtype, record)
 
 
-def final_folder(run: Path, record: dict) -> Path:
+def final_folder(run: Path, record: RunRecord) -> Path:
     """The run's final model: where run.json says, or the run's own final/ if the folder moved."""
-    final = Path((record.get("artifacts") or {}).get("model") or run / "final")
+    final = Path((record.artifacts or {}).get("model") or run / "final")
     return final if final.is_dir() else run / "final"
 
 
 def base_checksum(model) -> float:
     """Sum of the base model's weights in fp64 (LoRA matrices left out): enough to tell a rebuilt
     random-init base from another draw."""
+    # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
     import torch
 
     with torch.no_grad():
@@ -105,10 +106,7 @@ def export(plan: ExportPlan) -> dict:
 
 def _loadable_base(plan: ExportPlan) -> tuple[str, object, str | None]:
     """(what the adapter names as its base, the rebuilt base if one was built, a note)."""
-    from ftmix.train.config import TrainConfig
-    from ftmix.train.model import resolve_source
-
-    cfg = TrainConfig(**plan.record["config"])
+    cfg = TrainConfig(**plan.record.config)
     source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
     if source.kind == "pretrained":
         local = Path(source.ref).expanduser()
@@ -126,8 +124,6 @@ def _loadable_base(plan: ExportPlan) -> tuple[str, object, str | None]:
 
 
 def _name_base(adapter: Path, base_ref: str) -> None:
-    import json
-
     path = adapter / "adapter_config.json"
     config = read_json(path, "adapter config")
     config["base_model_name_or_path"] = base_ref
@@ -140,16 +136,15 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
             shutil.copy2(p, target / p.name)
 
 
-def rebuild_base(record: dict):
+def rebuild_base(record: RunRecord):
     """The base model the run trained on, in the run's weight dtype."""
+    # lazy: the torch world loads only when a base is rebuilt (``ftmix export`` plans without it)
     import transformers
 
-    from ftmix.mixture import Mixture
-    from ftmix.train.config import TrainConfig
-    from ftmix.train.model import build_model, resolve_source
+    from ftmix.model.build import build_model
 
-    cfg = TrainConfig(**record["config"])
-    m = Mixture(**record["mixture"])
+    cfg = TrainConfig(**record.config)
+    m = Mixture(**record.mixture)
     source = resolve_source(cfg.model, cfg.random_init, cfg.gguf_file, cfg.model_overrides)
     transformers.set_seed(cfg.seed)  # the run seeds before building: a random init draws the same weights
     # the base in the dtype the run built it in (a random init draws in that dtype): LoRA's frozen
@@ -157,7 +152,7 @@ def rebuild_base(record: dict):
     precision = m.precision if m.precision == "fp32" or m.pure16 else f"{m.precision}-true"
     base_mix = m.with_(lora=0, gc=False, zero=0, offload="none", gpus=1, nodes=1, precision=precision)
     base = build_model(source, base_mix, "cpu").model
-    expected = (record.get("artifacts") or {}).get("base_checksum")
+    expected = (record.artifacts or {}).get("base_checksum")
     if expected is not None:
         got = base_checksum(base)
         if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
@@ -167,6 +162,7 @@ def rebuild_base(record: dict):
 
 
 def _merge(plan: ExportPlan, base=None) -> Path:
+    # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
     import torch
     from peft import PeftModel
 

@@ -9,17 +9,22 @@ record holds every rank.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from ftmix.errors import FtmixError
-from ftmix.train.config import TrainConfig
-
+from ftmix.job.config import TrainConfig
+from ftmix.job.record import merge_ranks
 
 STALE_LOCK_S = 600  # an op build takes a minute or two here; a lock older than this lost its owner
 
@@ -27,8 +32,6 @@ STALE_LOCK_S = 600  # an op build takes a minute or two here; a lock older than 
 def clear_stale_locks(older_than_s: float = STALE_LOCK_S) -> int:
     """A run killed while DeepSpeed compiled an op leaves a lock that hangs every later run. Only
     old locks go: a fresh one belongs to a build another run is doing now."""
-    import time
-
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
     removed = 0
     for lock in Path(root).glob("**/lock"):
@@ -46,7 +49,6 @@ def rendezvous_port(cfg: TrainConfig) -> int:
         return cfg.master_port
     if cfg.nnodes > 1:
         return 29512  # every node must agree on it without talking first
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,8 +83,6 @@ def start_fresh(cfg: TrainConfig) -> None:
 
 
 def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dict:
-    from ftmix.train.record import merge_ranks
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ranks = out / "ranks"
@@ -90,9 +90,7 @@ def launch(cfg: TrainConfig, progress=None, timeout: float | None = None) -> dic
         shutil.rmtree(ranks)
     clear_stale_locks()
     if cfg.nproc == 1 and cfg.nnodes == 1:
-        import signal
-        import threading
-
+        # lazy: the launcher is torch-free; a one-process run loads the training stack here
         from ftmix.train.measure import Interrupt
         from ftmix.train.run import train
 
@@ -127,8 +125,6 @@ def run_ranks(cmd: list[str], env: dict, log, timeout: float | None = None) -> i
     terminal's whole group), a time-out or any other exit from here stops every rank: SIGINT to
     the group, then SIGKILL after ``GRACE_S``, so no rank lives on as an orphan. The launcher also
     dies with this process (PR_SET_PDEATHSIG) if it is killed outright."""
-    import signal
-
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=_die_with_parent)
     try:
@@ -142,8 +138,6 @@ def run_ranks(cmd: list[str], env: dict, log, timeout: float | None = None) -> i
 
 
 def _stop_group(proc: subprocess.Popen, sig) -> None:
-    import signal
-
     for s, wait in ((sig, GRACE_S), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, s)
@@ -162,9 +156,6 @@ def _stop_group(proc: subprocess.Popen, sig) -> None:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
-    import ctypes
-    import signal
-
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:

@@ -8,6 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from ftmix.files import proc_bytes
@@ -72,13 +73,9 @@ class Meter(TrainerCallback):
 
     def _sync(self):
         if self.device == "cuda":
-            import torch
-
             torch.cuda.synchronize()
 
     def on_train_begin(self, args, state, control, **kw):
-        import torch
-
         self._sync()
         self.memory_after_setup = {"cpu_rss": cpu_rss_bytes()}
         if self.device == "cuda":
@@ -147,8 +144,6 @@ class Meter(TrainerCallback):
     def peaks(self) -> dict:
         out = {"cpu_hwm": cpu_peak_bytes()}
         if self.device == "cuda":
-            import torch
-
             out["gpu_allocated"] = torch.cuda.max_memory_allocated()
             out["gpu_reserved"] = torch.cuda.max_memory_reserved()
         return out

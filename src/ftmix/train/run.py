@@ -1,13 +1,14 @@
 """One rank of a fine-tuning run: data, model, mixture, HF Trainer (+ DeepSpeed), measurement.
 
-HF Trainer drives the loop; with a ZeRO stage it hands the model to DeepSpeed with the config
-generated from the Mixture (``ftmix.mixture.engine``) or the user's own JSON. ``--zero 0`` is plain
+HF Trainer drives the loop under the mixture's engine (``ftmix.engines``): with a ZeRO stage
+DeepSpeed, with the config generated from the Mixture or the user's own JSON; ``--zero 0`` plain
 HF Trainer (torch DDP with several processes). Each rank writes ranks/rank{N}.json; the launcher
 merges them into run.json.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -16,24 +17,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+import transformers
+from accelerate.state import AcceleratorState
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers.trainer_callback import PrinterCallback
+
 from ftmix.catalog import GpuSpec, load_gpu, match_gpu
+from ftmix.engines import Engine, engine_for
 from ftmix.errors import FtmixError
-from ftmix.mixture import Mixture, check_mixture, grad_accum, mixture_from_flags
-from ftmix.mixture.engine import apply_deepspeed, deepspeed_config, read_deepspeed_config
-from ftmix.train.config import TrainConfig
+from ftmix.estimate import estimate
+from ftmix.job.checkpoints import CHECKPOINT_MIXTURE, checkpoint_record, checkpoint_step, last_checkpoint
+from ftmix.job.config import TrainConfig
+from ftmix.job.data import data_format, load_records, tokenize
+from ftmix.job.source import resolve_source
+from ftmix.measure.twin import DeviceTwin
+from ftmix.mixture import Mixture, check_mixture, grad_accum
+from ftmix.mixture.engine import read_deepspeed_config
+from ftmix.model.build import build_model, load_tokenizer
+from ftmix.plan import step_time
+from ftmix.plan.constants import Calibration, calibration_for
+from ftmix.train.export import base_checksum
+from ftmix.train.measure import Meter, cpu_rss_bytes
+
 
 def detect_gpu(device: str) -> GpuSpec | None:
     if device != "cuda":
         return None
-    import torch
-
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     return match_gpu(props.name, props.total_memory)
 
 
 def pick_device(cfg: TrainConfig) -> str:
-    import torch
-
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise FtmixError("device cuda requested but no CUDA device is visible")
     if cfg.device == "auto":
@@ -41,34 +57,15 @@ def pick_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None, user_ds: dict | None = None) -> Mixture:
+def resolve_mixture(cfg: TrainConfig, device: str, gpu: GpuSpec | None) -> Mixture:
     """The same Mixture as estimate/plan; fa2 falls back on CPU. On CPU precision defaults to bf16
     while the device-memory twin measures (the bytes a GPU run holds), else to fp32. The user's
     DeepSpeed JSON fixes stage, offload and precision, as it does for ``estimate --deepspeed``."""
-    flags = cfg.mixture_flags()
-    if user_ds is not None:
-        flags = apply_deepspeed(flags, user_ds, cfg.deepspeed_config)
-    if device == "cpu" and flags["precision"] is None:
-        flags["precision"] = "bf16" if cfg.twin else "fp32"
-    m = mixture_from_flags(gpu, **flags)
-    check_mixture(m, None, gpu if device == "cuda" else None)
-    return m
+    return cfg.to_mixture(gpu, cpu=device == "cpu")
 
 
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _checkpoint_step(path: str | None) -> int:
-    return int(Path(path).name.split("-")[-1]) if path else 0
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint: HF Trainer writes trainer_state.json last, so a save cut
-    short (Ctrl-C, a kill) is passed over rather than resumed from."""
-    steps = [(int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(steps)[1]) if steps else None
 
 
 @dataclass
@@ -81,10 +78,11 @@ class Prepared:
     gpu: GpuSpec | None
     rank: int
     world: int
-    built: object  # ftmix.train.model.BuiltModel
+    built: object  # ftmix.model.build.BuiltModel
     sequences: list
-    report: object  # ftmix.train.data.DataReport
-    ds_config: dict | None
+    report: object  # ftmix.job.data.DataReport
+    engine: Engine
+    engine_config: dict | None  # the engine's own (DeepSpeed's JSON), None for plain torch
     rss_before_model: int | None
     tokenizer: object = None  # saved beside the final model, so an export is a standard folder
     base_checksum: float | None = None  # random init: export rebuilds the base and checks it is the same
@@ -93,13 +91,6 @@ class Prepared:
 def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     """Check, load data and tokenizer, build the model; ``twin`` starts counting right before the
     model is built (bad input fails before it, with one clean error line)."""
-    import torch
-    import transformers
-
-    from ftmix.train.data import data_format, load_records, tokenize
-    from ftmix.train.measure import cpu_rss_bytes
-    from ftmix.train.model import build_model, load_tokenizer, resolve_source
-
     if cfg.resume and last_checkpoint(cfg.output_dir) is None:
         raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
     rank, world, local_rank = _dist_env()
@@ -110,7 +101,7 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
         torch.set_num_threads(cfg.threads_per_process())
     gpu = load_gpu(cfg.gpu) if cfg.gpu else detect_gpu(device)
     user_ds = read_deepspeed_config(cfg.deepspeed_config) if cfg.deepspeed_config else None
-    m = resolve_mixture(cfg, device, gpu, user_ds)
+    m = resolve_mixture(cfg, device, gpu)
     if m.world != world:
         m = m.with_(gpus=world // m.nodes or 1)
     transformers.set_seed(cfg.seed)
@@ -130,21 +121,18 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
     if built.spec is not None:
         check_mixture(m, built.spec, None)
-    ds_config = user_ds
-    if ds_config is None and m.zero >= 1:
-        trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
-        ds_config = deepspeed_config(m, trainable)
+    engine = engine_for(m, user_ds)
+    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    engine_config = engine.config(m, trainable, user_ds)
     checksum = None
     if cfg.random_init:
-        from ftmix.train.export import base_checksum
-
         if twin is not None:
             with twin.paused():
                 checksum = base_checksum(built.model)
         else:
             checksum = base_checksum(built.model)
-    return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, ds_config, rss_before_model,
-                    tokenizer, checksum)
+    return Prepared(cfg, m, device, gpu, rank, world, built, sequences, report, engine, engine_config,
+                    rss_before_model, tokenizer, checksum)
 
 
 @contextmanager
@@ -163,8 +151,6 @@ def isolated_run(deepspeed: bool):
     try:
         yield
     finally:
-        from accelerate.state import AcceleratorState
-
         # the one-process group stays up: DeepSpeed's comm layer caches it and the next run reuses it
         os.environ.clear()
         os.environ.update(saved)
@@ -176,35 +162,20 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     device-memory twin counts every tensor from the model's build to the end."""
     twin = None
     if cfg.twin:
-        from ftmix.measure.twin import DeviceTwin
-
         limit = cfg.memory_limit_gb * 1e9 if cfg.memory_limit_gb else None
         twin = DeviceTwin(virtual=pick_device(cfg) == "cpu", limit=limit)
     try:
         prep = prepare(cfg, twin)
         if twin is not None:
-            twin.offload = offloads(prep.ds_config)
-        with isolated_run(prep.ds_config is not None):
+            twin.offload = prep.engine.offloads(prep.engine_config)
+        with isolated_run(prep.engine_config is not None):
             return fit(prep, progress, twin)
     finally:
         if twin is not None:
             twin.stop()
 
 
-def offloads(ds_config: dict | None) -> bool:
-    """Whether a DeepSpeed config offloads optimizer states or parameters to the host."""
-    zero = (ds_config or {}).get("zero_optimization") or {}
-    return any((zero.get(key) or {}).get("device", "none") not in ("none", None)
-               for key in ("offload_optimizer", "offload_param"))
-
-
 def fit(prep: Prepared, progress=None, twin=None) -> dict:
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
-    from transformers.trainer_callback import PrinterCallback
-
-    from ftmix.train.measure import Meter
-
     cfg, m, device, world = prep.cfg, prep.mixture, prep.device, prep.world
     accum = grad_accum(cfg.effective_batch, m.micro_batch, world)
     # mixed precision: autocast over fp32 masters; pure 16-bit and fp32 runs need none
@@ -215,9 +186,9 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, save_total_limit=cfg.keep_last, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
-        use_cpu=device == "cpu", deepspeed=prep.ds_config, remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=device == "cpu", remove_unused_columns=False, dataloader_num_workers=0,
         optim="adamw_torch_fused",  # a GPU run's AdamW; on CPU too, so the twin sees a GPU's temporaries
-        ddp_backend="gloo" if (device == "cpu" and world > 1) else None, save_only_model=False, **precision)
+        save_only_model=False, **prep.engine.trainer_args(prep.engine_config, device, world), **precision)
     meter = Meter(device, progress if prep.rank == 0 else None, twin)
     trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
                       data_collator=default_data_collator, callbacks=[meter])
@@ -243,14 +214,14 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         trainer.save_model(str(final))
     if prep.rank == 0 and prep.tokenizer is not None:
         prep.tokenizer.save_pretrained(str(final))
-    resumed_at = _checkpoint_step(resume)
+    resumed_at = checkpoint_step(resume)
 
     median = meter.median_step(cfg.warmup_measure_steps)
     tokens_per_step = accum * m.micro_batch * world * m.seq_len
     record = {
         "rank": prep.rank, "mixture": m.to_dict(), "label": m.label, "model": cfg.model, "device": device,
         "gpu": prep.gpu.name if prep.gpu else None, "attn_implementation": prep.built.attn_implementation,
-        "notes": notes, "config": cfg.model_dump(), "engine": _engine_report(trainer, m, prep.ds_config),
+        "notes": notes, "config": cfg.model_dump(), "engine": prep.engine.report(trainer, prep.engine_config),
         "artifacts": {"model": str(final), "kind": "LoRA adapter (PEFT)" if m.lora else "model (transformers)",
                       "tokenizer": str(final), "base_checksum": prep.base_checksum},
         "data": prep.report.to_json(), "peaks": meter.peaks(), "twin": twin_report,
@@ -266,7 +237,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
             "memory_after_setup": meter.memory_after_setup,
         },
         "predicted": _predict(replace(prep.built.spec, name=cfg.model), m, prep.gpu, cfg.effective_batch,
-                              prep.ds_config if cfg.deepspeed_config else None,
+                              prep.engine_config if cfg.deepspeed_config else None,
                               (cfg.calibration, cfg.calibration_any_gpu)) if prep.built.spec else
         {"note": f"the analytic method does not model {prep.built.config.get('model_type')!r}: "
                  "ftmix estimate --method simulate predicts it"},
@@ -290,11 +261,7 @@ def length_note(report, m: Mixture) -> list[str]:
 
 def checkpoint_callback(cfg: TrainConfig, m: Mixture):
     """A callback that writes into each checkpoint the settings a resume must share with it
-    (``--resume`` compares them before anything loads: ``ftmix.train.preflight``)."""
-    from transformers import TrainerCallback
-
-    from ftmix.train.preflight import CHECKPOINT_MIXTURE, checkpoint_record
-
+    (``--resume`` compares them before anything loads: ``ftmix.job.preflight``)."""
     record = json.dumps(checkpoint_record(cfg, m), indent=1) + "\n"
 
     class CheckpointRecord(TrainerCallback):
@@ -306,34 +273,8 @@ def checkpoint_callback(cfg: TrainConfig, m: Mixture):
     return CheckpointRecord()
 
 
-def _engine_report(trainer, m: Mixture, ds_config) -> dict:
-    """What the engine itself says it runs: stage, offload, optimizer, trainable parameters."""
-    engine = trainer.model_wrapped
-    if ds_config is None or not hasattr(engine, "zero_optimization_stage"):
-        params = [p for p in trainer.model.parameters() if p.requires_grad]
-        return {"name": "torch" + (" DDP" if trainer.args.world_size > 1 else ""), "zero_stage": 0,
-                "offload_optimizer": False, "offload_param": False,
-                "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__,
-                "trainable_params": sum(p.numel() for p in params),
-                "dtype": str(params[0].dtype) if params else None}
-    params = [p for p in engine.module.parameters() if p.requires_grad]
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    return {"name": "deepspeed", "zero_stage": engine.zero_optimization_stage(),
-            "offload_optimizer": bool(engine.zero_offload_optimizer() and engine.zero_offload_optimizer().device != "none"),
-            "offload_param": bool(engine.zero_offload_param() and engine.zero_offload_param().device != "none"),
-            "optimizer": type(inner).__name__, "zero_optimizer": type(engine.optimizer).__name__,
-            "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),
-            "dtype": str(engine.get_data_types()[0]) if hasattr(engine, "get_data_types") else None,
-            "bf16": engine.bfloat16_enabled(), "fp16": engine.fp16_enabled(),
-            "reduce_bucket_size": (ds_config.get("zero_optimization") or {}).get("reduce_bucket_size")}
-
-
 def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_ds: dict | None = None,
              calibration: tuple = (None, False)) -> dict:
-    from ftmix.estimate import estimate
-    from ftmix.plan import step_time
-    from ftmix.plan.constants import Calibration, calibration_for
-
     try:  # checked before training where the GPU was named; a detected GPU may not match the file
         cal = calibration_for(calibration[0], gpu.name if gpu else None, calibration[1])
     except FtmixError as exc:
@@ -353,8 +294,7 @@ def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_d
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
+    md = importlib.metadata
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "deepspeed", "accelerate", "datasets"):
         try:

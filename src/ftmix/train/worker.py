@@ -3,8 +3,11 @@
 import json
 import sys
 
+import torch.distributed as dist
+
 from ftmix.errors import FtmixError
-from ftmix.train.config import TrainConfig
+from ftmix.job.config import TrainConfig
+from ftmix.train.auto import is_oom
 from ftmix.train.run import train
 
 
@@ -18,8 +21,6 @@ def main() -> None:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - an out-of-memory of any engine: one line, exit 3
-        from ftmix.train.auto import is_oom
-
         if not is_oom(exc):
             raise
         sys.stderr.write(f"error: {str(exc).strip().splitlines()[0]}\n")
@@ -30,8 +31,6 @@ def _leave_process_group() -> None:
     """Destroy the process group while the interpreter is whole, as accelerate's ``end_training``
     does: left to interpreter finalization, gloo's worker threads can abort a finished run
     (pytorch/pytorch#179291)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

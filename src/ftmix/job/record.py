@@ -1,12 +1,80 @@
 """The run record (run.json): the mixture, what the engine reports, the measurements (max over
-ranks) and ftmix's own predictions for the same mixture, side by side."""
+ranks) and ftmix's own predictions for the same mixture, side by side. Typed and versioned
+(``RunRecord``), and written and read here only."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ftmix.errors import FtmixError
+from ftmix.files import read_json
+
 GB = 1e9
+# 2: the version written into the record (1: run.json before it was, read the same way)
+SCHEMA_VERSION = 2
+RUN_JSON = "run.json"
+
+
+@dataclass
+class RunRecord:
+    """One run, as run.json holds it (docs/train.md, "The run record")."""
+
+    config: dict  # the TrainConfig, every key
+    mixture: dict  # the Mixture the run resolved
+    label: str = ""
+    model: str = ""
+    device: str | None = None
+    gpu: str | None = None
+    attn_implementation: str | None = None
+    notes: list = field(default_factory=list)
+    engine: dict = field(default_factory=dict)  # what the engine says it ran (ftmix.engines)
+    artifacts: dict = field(default_factory=dict)  # the final model and tokenizer, the random init's checksum
+    data: dict = field(default_factory=dict)  # the data report
+    measured: dict = field(default_factory=dict)  # peaks over ranks, step times, the loss curve, the twin
+    predicted: dict = field(default_factory=dict)  # ftmix's estimate (and step time) for the same mixture
+    versions: dict = field(default_factory=dict)
+    comparison: dict = field(default_factory=dict)  # predicted beside measured, where both are the same thing
+    comparison_components: dict | None = None  # the estimate's components beside the twin's roles
+    eval: dict | None = None  # `ftmix eval`'s latest scores, base and fine-tuned
+    attempts: list | None = None  # --mixture auto: every mixture tried
+    auto: dict | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, data, where: str = RUN_JSON) -> RunRecord:
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict) \
+                or not isinstance(data.get("mixture"), dict):
+            raise FtmixError(f"{where} is not an ftmix run record (no config or mixture)")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise FtmixError(f"{where}: run record version {version!r} is newer than this ftmix reads "
+                             f"({SCHEMA_VERSION}); upgrade ftmix")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}, **({} if "schema_version" in data
+                                                                        else {"schema_version": 1}))
+
+    def to_json(self) -> dict:
+        """The record as run.json holds it; keys a run did not have (eval, attempts) left out."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if v is not None or k in ("device", "gpu", "attn_implementation")}
+
+
+def read_record(run_dir: str | Path) -> RunRecord:
+    """A run folder's run.json, checked (one clear error for a folder without one or a foreign file)."""
+    path = Path(run_dir).expanduser() / RUN_JSON
+    if not path.is_file():
+        raise FtmixError(f"--run {run_dir}: no run.json there (a finished `ftmix train` output dir)")
+    return RunRecord.from_json(read_json(path, "run record"), str(path))
+
+
+def write_record(run_dir: str | Path, record: RunRecord) -> dict:
+    """run.json of the record, written at the current version; returns what was written."""
+    record.schema_version = SCHEMA_VERSION
+    data = record.to_json()
+    (Path(run_dir) / RUN_JSON).write_text(json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def merge_ranks(output_dir: str | Path) -> dict:
@@ -36,8 +104,7 @@ def merge_ranks(output_dir: str | Path) -> dict:
         top = max((r for r in ranks if r.get("twin")), key=lambda r: r["twin"]["device_peak_bytes"])
         record["comparison_components"] = compare_components(record["predicted"]["breakdown_bytes"],
                                                              top["twin"]["device_by_role"])
-    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record
+    return write_record(out, RunRecord.from_json(record))
 
 
 def merge_twins(ranks: list[dict]) -> dict | None:

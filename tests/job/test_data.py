@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ftmix.errors import FtmixError
-from ftmix.train.data import IGNORE, builtin_path, load_records, tokenize, train_tokenizer
+from ftmix.job.data import IGNORE, builtin_path, load_records, tokenize, train_tokenizer
 
 ROWS = [
     {"id": "a", "dialogue": "Ann: Lunch at noon?\nBob: Sure, see you there.", "summary": "Ann and Bob meet for lunch at noon."},

@@ -1,7 +1,7 @@
 """Training data as people have it -> token ids with the loss on the responses.
 
 Sources: ftmix's built-in dialogues, a JSON, JSONL, CSV or Parquet file, a folder saved with
-``datasets`` (``save_to_disk``), or a hub dataset id. Formats (``ftmix.train.formats``): alpaca,
+``datasets`` (``save_to_disk``), or a hub dataset id. Formats (``ftmix.job.formats``): alpaca,
 sharegpt, openai messages, plain text and ftmix's dialogue/summary rows, detected from the columns
 or named. A chat model's own chat template (``tokenizer.apply_chat_template``) renders
 conversations; without one, a plain ``User: ... / Assistant: ...`` form does (dialogue rows: the
@@ -27,8 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 from ftmix.errors import FtmixError
-from ftmix.train.formats import DataFormat, Example, read_row, resolve
-from ftmix.train.hub import check_reachable
+from ftmix.job.formats import DataFormat, Example, read_row, resolve
+from ftmix.job.hub import check_reachable
 
 IGNORE = -100
 FIELDS = ("id", "dialogue", "summary")
@@ -60,11 +60,12 @@ class DataReport:
 
 
 def builtin_path() -> str:
-    return str(resources.files("ftmix.train").joinpath("data/dialogues.jsonl"))
+    return str(resources.files("ftmix.job").joinpath("data/dialogues.jsonl"))
 
 
 def load_records(source: str, split: str = "train", max_rows: int | None = None) -> list[dict]:
     """Rows from the built-in set, a local file or ``datasets`` folder, or a hub dataset id."""
+    # lazy: datasets (pyarrow) only for files that need it
     import datasets
 
     datasets.disable_progress_bars()
@@ -114,6 +115,7 @@ def check_data_file(path: Path) -> str:
 
 def _load_folder(path: Path, split: str):
     """A folder written by ``Dataset.save_to_disk`` (or a DatasetDict's, whose ``split`` is taken)."""
+    # lazy: datasets (pyarrow) only for files that need it
     import datasets
 
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
@@ -350,6 +352,7 @@ def _pack(examples, seq_len, pad):
 
 def train_tokenizer(rows: list[dict], vocab_size: int = 1024):
     """A byte-level BPE tokenizer trained on the data itself (tests and random-init runs, offline)."""
+    # lazy: only when a tokenizer is trained
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

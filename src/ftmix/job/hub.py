@@ -5,6 +5,7 @@ said in seconds rather than after the libraries' retries."""
 from __future__ import annotations
 
 import os
+import socket
 from urllib.parse import urlparse
 
 from ftmix.errors import FtmixError
@@ -18,7 +19,6 @@ def check_reachable(what: str, timeout_s: float = 3.0) -> None:
     """Online: one TCP connection to the hub's host, or one FtmixError naming ``what``."""
     if offline():
         return
-    import socket
 
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
@@ -33,6 +33,7 @@ def check_model(hub_id: str) -> None:
     if not offline():
         check_reachable(f"model {hub_id!r}")
         return
+    # lazy: only for a hub lookup
     from huggingface_hub import try_to_load_from_cache
 
     try:

@@ -6,20 +6,36 @@ effective batch 8, one epoch, LoRA r=64 alpha=32, s = 256, optimizer offload wit
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import os
+from dataclasses import fields
+from typing import TYPE_CHECKING, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ftmix.errors import FtmixError, first_problem
 from ftmix.files import read_text
-from ftmix.mixture import DEFAULTS
+from ftmix.mixture import KEYS, Mixture, resolve_mixture
+from ftmix.mixture.engine import read_deepspeed_config
+
+if TYPE_CHECKING:  # for annotations only
+    from ftmix.catalog import GpuSpec
 
 PROMPT = "Summarize the dialogue.\n{dialogue}\nSummary: "
 BUILTIN_TRAIN_ROWS = 48  # of the 60 built-in dialogues; the other 12 are held out for eval
 
 
-class TrainConfig(BaseModel):
+# The mixture's keys, made from their one declaration (``ftmix.mixture.Mixture``): each optional,
+# None meaning its default. GPUs and nodes are the launch's ``nproc`` and ``nnodes`` here.
+TRAIN_MIXTURE_KEYS = tuple(k for k in KEYS if k not in ("gpus", "nodes"))
+MixtureKeys = create_model(
+    "MixtureKeys", __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+    **{f.name: (Optional[{"int": int, "str": str, "bool": bool, "float": float}[f.type]],
+                Field(default=None, description=f.metadata["help"]))
+       for f in fields(Mixture) if f.name in TRAIN_MIXTURE_KEYS})
+
+
+class TrainConfig(MixtureKeys):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # what to train
@@ -28,7 +44,7 @@ class TrainConfig(BaseModel):
     random_init: bool = False  # random weights of the real shape (no download)
     model_overrides: dict = Field(default_factory=dict)  # config.json keys, e.g. tiny test shapes
     tokenizer: Optional[str] = None  # default: the model's; "train" = BPE trained on the data
-    # data: alpaca, sharegpt, openai messages, text or dialogue rows (ftmix.train.formats)
+    # data: alpaca, sharegpt, openai messages, text or dialogue rows (ftmix.job.formats)
     data: str = "builtin"  # "builtin", a .jsonl/.json/.csv/.parquet file, a datasets folder, or a hub dataset id
     format: Literal["auto", "alpaca", "sharegpt", "openai", "text", "dialogue"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # LLaMA-Factory's dataset_info "columns"
@@ -38,7 +54,6 @@ class TrainConfig(BaseModel):
     split: str = "train"
     max_rows: Optional[int] = Field(default=None, gt=0)
     template: str = PROMPT
-    packing: bool = False
     too_long: Literal["truncate", "skip"] = "truncate"
     # optimisation
     lr: float = Field(default=4e-4, gt=0)  # also spelled learning_rate (HF's name)
@@ -53,17 +68,7 @@ class TrainConfig(BaseModel):
     max_steps: int = -1  # -1: the epochs decide
     seed: int = 42
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    # the mixture (None = the default, as for `ftmix estimate`)
-    zero: Optional[int] = None
-    offload: Optional[str] = None
-    lora: Optional[int] = None
-    lora_alpha: Optional[float] = None
-    lora_targets: Optional[str] = None
-    gc: Optional[bool] = None
-    attn: Optional[str] = None
-    precision: Optional[str] = None
-    micro_batch: Optional[int] = None
-    seq_len: Optional[int] = None
+    # the mixture's keys come from MixtureKeys (None = the default, as for `ftmix estimate`)
     deepspeed_config: Optional[str] = None  # the user's own DeepSpeed JSON instead of the generated one
     # where and how
     gpu: Optional[str] = None  # catalog GPU for the predictions (detected on CUDA when left out)
@@ -114,12 +119,18 @@ class TrainConfig(BaseModel):
     def threads_per_process(self) -> int:
         """Each rank's share of the cores (2 ranks on 2 cores with 2 threads each run ~10x slower
         than with 1: they preempt each other inside every matmul)."""
-        import os
-
         return self.threads or max(1, (os.cpu_count() or 1) // self.nproc)
 
+    def to_mixture(self, gpu: GpuSpec | None = None, cpu: bool = False) -> Mixture:
+        """The run's mixture: its keys (YAML, ``key=value`` and flags all spell them alike), its
+        DeepSpeed JSON's stage, offload and precision, the defaults for the rest; on CPU precision
+        is bf16 while the device-memory twin measures (the bytes a GPU run holds), else fp32."""
+        ds = read_deepspeed_config(self.deepspeed_config) if self.deepspeed_config else None
+        unset = {"precision": "bf16" if self.twin else "fp32"} if cpu else None
+        return resolve_mixture(self.mixture_flags(), gpu, ds, self.deepspeed_config or "--deepspeed", unset)
+
     def mixture_flags(self) -> dict:
-        flags = {k: getattr(self, k) for k in DEFAULTS if k not in ("gpus", "nodes")}
+        flags = {k: getattr(self, k) for k in TRAIN_MIXTURE_KEYS}
         flags["gpus"], flags["nodes"] = self.nproc, self.nnodes
         return flags
 

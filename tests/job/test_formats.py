@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ftmix.errors import FtmixError
-from ftmix.train.data import IGNORE, data_format, load_records, tokenize, train_tokenizer
+from ftmix.job.data import IGNORE, data_format, load_records, tokenize, train_tokenizer
 
 DATA = Path(__file__).parent / "data"
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -178,6 +178,7 @@ def test_non_utf8_csv_names_the_byte(tmp_path):
         load_records(str(path))
 
 
+@pytest.mark.slow
 def test_end_to_end_alpaca_with_a_chat_template_and_eval(tmp_path):
     """The real CLI: alpaca rows, a tokenizer with a chat template, --eval on held-out rows."""
     from tests.train.conftest import run_train_cli, tiny_flags, yaml_args

@@ -75,7 +75,7 @@ def test_a_model_too_big_for_this_machine(refuse, tmp_path):
 
 
 def test_overrides_merge_into_the_yaml(tmp_path):
-    from ftmix.train.config import load_config
+    from ftmix.job.config import load_config
 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"model_overrides": TINY}))
@@ -90,7 +90,7 @@ def test_existing_checkpoints_need_resume(refuse, tmp_path):
 
 
 def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
-    from ftmix.train.run import last_checkpoint
+    from ftmix.job.checkpoints import last_checkpoint
 
     for step, complete in ((2, True), (3, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -108,6 +108,7 @@ def test_first_rank_error_is_shown():
     assert first_rank_error("noise\nerror: data x holds no rows\nerror: second\n") == "data x holds no rows"
 
 
+@pytest.mark.slow
 def test_random_init_from_a_config_json_folder_saves_the_final_adapter(tmp_path):
     folder = tmp_path / "shape"
     folder.mkdir()
@@ -131,7 +132,7 @@ def test_random_init_from_a_config_json_folder_saves_the_final_adapter(tmp_path)
 def test_threads_per_process_share_the_cores():
     import os
 
-    from ftmix.train.config import TrainConfig
+    from ftmix.job.config import TrainConfig
 
     cores = os.cpu_count()
     assert TrainConfig(nproc=2).threads_per_process() == max(1, cores // 2)
@@ -139,6 +140,7 @@ def test_threads_per_process_share_the_cores():
     assert TrainConfig(nproc=2, threads=3).threads_per_process() == 3
 
 
+@pytest.mark.slow
 def test_interrupted_run_says_how_to_resume_and_resume_counts_its_own_steps(tmp_path):
     import os
     import signal
@@ -189,6 +191,7 @@ def test_csv_with_other_columns_names_the_needed_ones(refuse, tmp_path):
     assert "dialogue" in line and "summary" in line and "body, label" in line
 
 
+@pytest.mark.slow
 def test_a_failing_rank_shows_its_own_error_line(tmp_path):
     # a tokenizer folder is read by each rank, not by the pre-flight
     flags = yaml_args(tiny_flags(tmp_path / "run", zero=2, lora=8, max_steps=1, tokenizer=str(tmp_path / "no-tok")))
@@ -197,6 +200,7 @@ def test_a_failing_rank_shows_its_own_error_line(tmp_path):
     assert "cannot load tokenizer" in proc.stderr and "launcher.log" in proc.stderr
 
 
+@pytest.mark.slow
 def test_deepspeed_chatter_stays_in_the_log(tmp_path):
     proc = run_train_cli(yaml_args(tiny_flags(tmp_path / "run", zero=2, lora=8, max_steps=2)) + ["--json"],
                          timeout=600)
@@ -207,9 +211,27 @@ def test_deepspeed_chatter_stays_in_the_log(tmp_path):
     assert "DeepSpeed" in log or "deepspeed" in log
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_one_line_and_exit_code_3(tmp_path):
     """The twin's limit (a GPU's out-of-memory on CUDA): one error line naming where, exit 3, no traceback."""
     proc = run_train_cli(yaml_args(tiny_flags(tmp_path / "run", zero=0, lora=8, max_steps=2, memory_limit_gb=0.001)),
                          timeout=600)
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith("error: device out of memory") and "train.log" in proc.stderr
+
+
+def test_preflight_checks_the_mixture_a_users_deepspeed_json_sets(tmp_path):
+    """Found while giving the run config one way to a Mixture (issue 24): pre-flight checked the
+    flags' default mixture (ZeRO-2, optimizer offload) while the run trained the JSON's, so a resume
+    of a stage-3 run was refused as "saved with zero=3; this run asks zero=2"."""
+    from ftmix.job.checkpoints import checkpoint_record
+    from ftmix.job.config import TrainConfig
+    from ftmix.job.preflight import preflight
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {
+        "stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}))
+    cfg = TrainConfig(**tiny_flags(tmp_path / "run", deepspeed_config=str(ds)))
+    m = preflight(cfg)
+    assert (m.zero, m.offload, m.precision) == (3, "all", "bf16")
+    assert checkpoint_record(cfg, m)["zero"] == 3

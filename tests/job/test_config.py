@@ -3,7 +3,7 @@ import pytest
 from ftmix.errors import FtmixError
 from ftmix.mixture.engine import deepspeed_config
 from ftmix.mixture import Mixture
-from ftmix.train.config import load_config
+from ftmix.job.config import load_config
 
 
 def test_defaults_are_the_studys_setup():

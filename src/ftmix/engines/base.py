@@ -1,0 +1,47 @@
+"""The interface every engine implements, and what the device-memory twin must know of each."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ftmix.mixture import Mixture
+
+
+@dataclass(frozen=True)
+class TwinRules:
+    """What the device-memory twin must know of an engine's own allocations (code sites are
+    "path/inside/site-packages:function" prefixes, as the twin names them)."""
+
+    site_roles: tuple[tuple[str, str], ...] = ()  # a storage never marked: its role from where it was made
+    strong_site_roles: tuple[tuple[str, str], ...] = ()  # these sites' storages keep their role whatever marks say
+    bucket_functions: tuple[str, ...] = ()  # functions that allocate gradient reduction buckets
+    host_sites: tuple[str, ...] = ()  # sites whose bare "cpu" tensors are host memory
+    host_attributes: frozenset[str] = frozenset()  # optimizer attributes holding host buffers under offload
+    back_to_device_sites: frozenset[str] = frozenset()  # sites that send host-staged tensors back to the device
+    skip_sites: tuple[str, ...] = ()  # wrappers the site search walks past
+    optimizer_module: str | None = None  # optimizers from here have flat buffers, marked by attribute name
+    attribute_role: Callable[[str], str | None] | None = None  # such a buffer's role, by its attribute name
+    offload_code: tuple[str, ...] = ()  # code whose bare "cpu" means host memory while the engine offloads
+    named_frames: str | None = None  # frames inside torch that name a site (the engine's own collectives)
+    virtual_device: Callable[[str], AbstractContextManager] | None = None  # makes the engine answer this device
+
+
+class Engine(Protocol):
+    """One engine, every concern of it in one place."""
+
+    name: str
+    twin: TwinRules
+
+    def config(self, m: Mixture, trainable_params: int, user_config: dict | None = None) -> dict | None:
+        """The engine's own configuration for a mixture (the user's, when given); None if it has none."""
+
+    def trainer_args(self, config: dict | None, device: str, world: int) -> dict:
+        """What HF ``TrainingArguments`` need to run under this engine."""
+
+    def offloads(self, config: dict | None) -> bool:
+        """Whether the engine keeps optimizer states or parameters in host memory."""
+
+    def report(self, trainer, config: dict | None) -> dict:
+        """What the engine itself says it ran: stage, offload, optimizer, trainable parameters."""
