@@ -2,51 +2,38 @@
 device-memory twin measures (issue 10), for architectures the analytic method does not know too."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from ftmix.measure.simulate import simulate
 from ftmix.mixture import mixture_from_flags
-from tests.train.conftest import run_train_cli
 
 pytestmark = pytest.mark.slow  # real training or simulation: make test runs it, make test-fast not
 
-TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512, "tie_word_embeddings": False}
-CONFIGS = {
-    "llama": {"model_type": "llama", **TINY},
-    "mistral": {"model_type": "mistral", **TINY, "sliding_window": 4096},
-    "qwen2": {"model_type": "qwen2", **TINY, "use_sliding_window": False},
-    # architectures the analytic method does not know: transformers builds them, simulate runs them
-    "qwen3": {"model_type": "qwen3", **TINY, "head_dim": 32},
-    "gemma2": {"model_type": "gemma2", **TINY, "head_dim": 32},
-    "gemma3_text": {"model_type": "gemma3_text", **TINY, "head_dim": 32},
-    "phi3": {"model_type": "phi3", **TINY, "pad_token_id": 0},
-    "mixtral": {"model_type": "mixtral", **TINY, "num_local_experts": 4, "num_experts_per_tok": 2},
-}
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import simulate_vs_twin  # noqa: E402 - the benchmark's cases and configs, from benchmarks/
+
+CONFIGS = simulate_vs_twin.CONFIGS
+COMMITTED = json.loads((BENCH / "results" / "simulate_vs_twin.json").read_text())
 
 
-def _real_peak(tmp_path, config: dict, lora: int, gc: bool, attn: str) -> int:
-    folder = tmp_path / "shape"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "run"
-    args = [f"model={folder}", "max_rows=8", "seq_len=128", "effective_batch=2", "max_steps=2", f"output_dir={out}",
-            "--zero", "0", "--lora", str(lora), "--gc" if gc else "--no-gc", "--attn", attn, "--precision", "bf16",
-            "lr=0.001"]
-    proc = run_train_cli(args, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "run.json").read_text())["measured"]["twin"]["device_peak_bytes"]
+def _committed(case) -> int:
+    row = COMMITTED[simulate_vs_twin.case_id(*case)]
+    assert row["config"] == CONFIGS[case[0]] and row["case"] == list(case)
+    return row["measured_bytes"]
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("arch,lora,gc,attn", [("llama", 8, False, "sdpa"), ("llama", 0, True, "eager"),
-                                               ("mistral", 8, True, "sdpa"), ("qwen2", 0, False, "sdpa"),
-                                               ("qwen3", 8, False, "sdpa"), ("gemma2", 8, False, "eager"),
-                                               ("gemma3_text", 0, True, "sdpa"), ("phi3", 8, False, "sdpa"),
-                                               ("mixtral", 8, False, "sdpa")])
-def test_simulated_peak_is_the_real_runs(tmp_path, arch, lora, gc, attn):
-    measured = _real_peak(tmp_path, CONFIGS[arch], lora, gc, attn)
+@pytest.mark.parametrize("case", simulate_vs_twin.ONE_RANK, ids=[simulate_vs_twin.case_id(*c) for c in
+                                                                 simulate_vs_twin.ONE_RANK])
+def test_simulated_peak_is_the_real_runs(case):
+    """The twin of the real run (committed, benchmarks/simulate_vs_twin.py) within 0.5%."""
+    arch, _, lora, gc, attn, _ = case
+    measured = _committed(case)
     m = mixture_from_flags(None, zero=0, lora=lora, gc=gc, attn=attn, precision="bf16", seq_len=128, micro_batch=1)
     est = simulate(CONFIGS[arch], m, arch)
     assert est.peak == pytest.approx(measured, rel=0.005), (est.peak, measured, est.breakdown)
@@ -54,31 +41,27 @@ def test_simulated_peak_is_the_real_runs(tmp_path, arch, lora, gc, attn):
     assert est.notes[0].startswith("peak at: ")
 
 
-def _real_sharded_peak(tmp_path, config: dict, zero: int, lora: int, gc: bool, attn: str) -> int:
-    folder = tmp_path / "shape"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "run"
-    args = [f"model={folder}", "max_rows=8", "seq_len=128", "effective_batch=4", "max_steps=2", f"output_dir={out}",
-            "--zero", str(zero), "--offload", "none", "--lora", str(lora), "--gc" if gc else "--no-gc",
-            "--attn", attn, "--precision", "bf16", "lr=0.001", "--nproc", "2"]
-    proc = run_train_cli(args, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "run.json").read_text())["measured"]["twin"]["device_peak_bytes"]
-
-
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("arch,zero,lora,gc,attn", [("llama", 3, 8, True, "eager"), ("qwen3", 3, 0, True, "sdpa"),
-                                                    ("qwen3", 2, 8, False, "sdpa"), ("phi3", 1, 0, False, "sdpa")])
-def test_sharded_simulation_is_the_real_two_rank_run(tmp_path, arch, zero, lora, gc, attn):
+@pytest.mark.parametrize("case", simulate_vs_twin.SHARDED, ids=[simulate_vs_twin.case_id(*c) for c in
+                                                                simulate_vs_twin.SHARDED])
+def test_sharded_simulation_is_the_real_two_rank_run(case):
     """DeepSpeed stages on two ranks: model states sharded as the engine does, activations from
-    the one-rank simulation; the highest rank's twin peak of a real 2-rank `ftmix train`."""
-    measured = _real_sharded_peak(tmp_path, CONFIGS[arch], zero, lora, gc, attn)
+    the one-rank simulation; the highest rank's twin peak of a real 2-rank `ftmix train`
+    (committed) within 1%."""
+    arch, zero, lora, gc, attn, ranks = case
+    measured = _committed(case)
     m = mixture_from_flags(None, zero=zero, offload="none", lora=lora, gc=gc, attn=attn, precision="bf16",
-                           seq_len=128, micro_batch=1, gpus=2)
+                           seq_len=128, micro_batch=1, gpus=ranks)
     est = simulate(CONFIGS[arch], m, arch)
     assert est.method == "simulate" and "ZeRO-%d" % zero in est.notes[-1]
     assert est.peak == pytest.approx(measured, rel=0.01), (est.peak, measured, est.breakdown)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("case", [simulate_vs_twin.ONE_RANK[0], simulate_vs_twin.SHARDED[2]],
+                         ids=lambda c: simulate_vs_twin.case_id(*c))
+def test_a_fresh_run_measures_what_was_committed(tmp_path, case):
+    assert simulate_vs_twin.real_peak(tmp_path, *case) == _committed(case)
 
 
 def test_simulate_through_the_cli(tmp_path):
