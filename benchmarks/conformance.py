@@ -41,15 +41,46 @@ ENGINES = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimiz
            (3, "optimizer"), (3, "all")]
 
 
-def case_name(shape, zero, offload, lora, gc, attn, ranks) -> str:
+# the quantized setups' keys (issue 20), with the values that leave a case as it was before them
+QLORA_KEYS = {"quantize": "none", "optimizer": "adamw_torch", "dora": False, "modules_to_save": ""}
+
+
+def case_name(shape, zero, offload, lora, gc, attn, ranks, quantize="none", optimizer="adamw_torch", dora=False,
+              modules_to_save="") -> str:
+    extra = "".join([f" {quantize}" if quantize != "none" else "", f" r{lora}" if quantize != "none" else "",
+                     f" {optimizer}" if optimizer != "adamw_torch" else "", " dora" if dora else "",
+                     f" +{modules_to_save}" if modules_to_save else ""])
     return (f"{shape} z{zero}-{offload} {'lora' if lora else 'full'}{' gc' if gc else ''} {attn} "
-            f"{ranks}rank")
+            f"{ranks}rank{extra}")
+
+
+def qlora_cases() -> list[dict]:
+    """The quantized grid (issue 20): NF4, NF4 with double quantization and LLM.int8 bases, GC on
+    and off, both shapes; then DoRA, ``modules_to_save`` (head, embedding), bitsandbytes' 8-bit and
+    paged AdamW (rank 64, so the adapters reach bitsandbytes' 4096-element floor for 8-bit states),
+    under one GPU, ZeRO-2 (with and without optimizer offload) and two ranks (DDP and ZeRO-2)."""
+    base = dict(offload="none", lora=8, attn="sdpa", ranks=1, **QLORA_KEYS)
+    cases = []
+    for shape, quantize, gc in itertools.product(SHAPES, ("bnb.nf4", "bnb.nf4-dq", "bnb.int8"), (False, True)):
+        cases.append(dict(base, shape=shape, zero=0, quantize=quantize, gc=gc))
+    g = dict(base, shape="gqa-untied", quantize="bnb.nf4", gc=False)
+    cases += [dict(g, zero=2), dict(g, zero=2, offload="optimizer"), dict(g, zero=1), dict(g, zero=0, ranks=2),
+              dict(g, zero=2, ranks=2), dict(g, zero=0, dora=True), dict(g, zero=0, dora=True, gc=True),
+              dict(g, zero=0, modules_to_save="lm_head"), dict(g, zero=0, modules_to_save="embed_tokens,lm_head"),
+              dict(g, shape="mha-tied", zero=0, modules_to_save="embed_tokens"),
+              dict(g, zero=0, lora=64, optimizer="adamw_8bit"), dict(g, zero=0, lora=64, optimizer="paged_adamw_8bit"),
+              dict(g, zero=0, lora=64, optimizer="paged_adamw_32bit"), dict(g, zero=2, lora=64, optimizer="adamw_8bit"),
+              dict(g, quantize="none", zero=0, lora=64, optimizer="adamw_8bit"),
+              dict(g, quantize="none", zero=0, dora=True), dict(g, quantize="none", zero=0, modules_to_save="lm_head")]
+    return cases
 
 
 def all_cases(grid: str = "standard") -> list[dict]:
     """``full``: every combination (256 runs, about an hour here). ``standard`` (the committed
     result, ~80 runs): GQA/untied over every engine x LoRA/full x GC x kernel on one rank, and
     MHA/tied over every engine x LoRA/full on two ranks. ``quick``: GQA, sdpa, no GC."""
+    if grid == "qlora":
+        return qlora_cases()
     cases = []
     for shape, (zero, offload), lora, gc, attn, ranks in itertools.product(
             SHAPES, ENGINES, (8, 0), (False, True), ("sdpa", "eager"), (1, 2)):
@@ -73,6 +104,9 @@ def run_case(case: dict, workdir: Path, deepspeed_config: str | None = None, seq
              "--output-dir", str(out), "--zero", str(case["zero"]), "--offload", case["offload"],
              "--lora", str(case["lora"]), "--gc" if case["gc"] else "--no-gc", "--attn", case["attn"],
              "--nproc", str(case["ranks"]), "--precision", "bf16", "--json", "lr=0.001"]
+    for key, default in QLORA_KEYS.items():
+        if case.get(key, default) != default:
+            flags += [f"{key}={json.dumps(case[key]) if isinstance(case[key], bool) else case[key]}"]
     if deepspeed_config:
         flags.append(f"deepspeed_config={deepspeed_config}")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -101,7 +135,8 @@ def repredict(row: dict, seq_len: int = 128) -> dict:
     cfg = load_config(None, [], dict(random_init=True, model_overrides=SHAPES[row["shape"]], max_rows=8,
                                      seq_len=seq_len, effective_batch=2 * row["ranks"], zero=row["zero"],
                                      offload=row["offload"], lora=row["lora"], gc=row["gc"], attn=row["attn"],
-                                     nproc=row["ranks"], precision="bf16"))
+                                     nproc=row["ranks"], precision="bf16",
+                                     **{k: row.get(k, v) for k, v in QLORA_KEYS.items()}))
     m = mixture_from_flags(None, **cfg.mixture_flags())
     est = estimate(model_spec(cfg), m, None, grad_accum=grad_accum(cfg.effective_batch, m.micro_batch, m.world))
     components = {}
@@ -167,7 +202,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--grid", choices=("quick", "standard", "full"), default="standard")
+    ap.add_argument("--grid", choices=("quick", "standard", "full", "qlora"), default="standard")
     ap.add_argument("--only", default=None,
                     help="run the cases whose name contains each of these comma-separated parts")
     ap.add_argument("--merge", action="store_true",
@@ -178,7 +213,7 @@ def main() -> None:
                     help="keep the committed measurements; recompute the predictions with the current estimate")
     args = ap.parse_args()
     if args.repredict:
-        name = {"standard": "conformance", "full": "conformance_full"}[args.grid]
+        name = {"standard": "conformance", "full": "conformance_full", "qlora": "conformance_qlora"}[args.grid]
         path = Path(args.out) / f"{name}.json"
         old = json.loads(path.read_text())["rows"]
         rows = [repredict(r) if isinstance(r.get("error"), float) else r for r in old]
@@ -201,7 +236,7 @@ def main() -> None:
             print(f"[{i}/{len(cases)}] {r['name']}: {err}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = {"standard": "conformance", "full": "conformance_full"}.get(args.grid)
+    name = {"standard": "conformance", "full": "conformance_full", "qlora": "conformance_qlora"}.get(args.grid)
     if args.merge and name and (out / f"{name}.json").exists():
         fresh = {r["name"]: r for r in rows}
         old = json.loads((out / f"{name}.json").read_text())["rows"]

@@ -111,6 +111,19 @@ def plan(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, search_batch: boo
                   deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
 
 
+def compare_quantize(model: str = "llama-2-7b", gpu: str = "a100-80gb", scheme: str = "bnb.nf4", **plan_args) -> dict:
+    """``ftmix plan --compare-quantize SCHEME``: the plan as the flags give it (base weights as they
+    are) and the same plan with ``quantize=SCHEME``, side by side. Quantization stays the user's
+    choice: plan never turns it on by itself."""
+    given = plan_args.get("quantize")
+    if given not in (None, "none"):
+        raise FtmixError(f"--compare-quantize compares against unquantized weights; drop --quantize {given}")
+    if plan_args.get("lora") == 0:
+        raise FtmixError("--compare-quantize needs LoRA: quantized base weights train only adapters (drop --lora 0)")
+    without = plan(model, gpu, **dict(plan_args, quantize="none"))
+    return {"without": without, "with": plan(model, gpu, **dict(plan_args, quantize=scheme)), "scheme": scheme}
+
+
 def matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b", gpu: str = "a100-80gb",
            seq_lens: str | list[int] = "256,512,1024,2048,4096", *, search_batch: bool = False,
            effective_batch: int = 8, cpu_ram: str | float | None = NO_GPU_RAM, safety_margin: float = 0.05,

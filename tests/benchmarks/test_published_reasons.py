@@ -86,7 +86,7 @@ def test_the_published_report_has_the_shape_the_issue_asks_for(tmp_path):
     fixture = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
     # an OOM row (litgpt) and a row with a step time (PEFT), as in shared/data
     oom, timed = [json.loads(line) for line in (ROWS.parent / "report_rows.jsonl").read_text().splitlines()]
-    qlora = dict(fixture[0], id="made-up-qlora", method="qlora", quantization="bitsandbytes NF4")
+    qlora = dict(fixture[0], id="made-up-qlora", method="qlora", quantization="torchao NF4")
     rows.write_text("\n".join(json.dumps(r) for r in fixture + [oom, timed, qlora]) + "\n")
     report = published.main(["--rows", str(rows), "--out", str(tmp_path)])
     assert set(report) >= {"overall", "by_source", "rows", "not_represented"}
@@ -106,6 +106,6 @@ def test_the_published_report_has_the_shape_the_issue_asks_for(tmp_path):
     assert checked["id"] == oom["id"] and checked["oom"]["ok"] and not checked["oom"]["predicted_fits"]
     assert report["goal"]["oom_rows_predicted_to_fit"] == []
     assert report["not_represented"] == [{"id": "made-up-qlora", "source": fixture[0]["source_group"],
-                                          "trust": fixture[0]["trust"], "why": "QLoRA / quantized base weights"}]
+                                          "trust": fixture[0]["trust"], "why": "torchao NF4 (torchtune's own quantized linear; ftmix models bitsandbytes')"}]
     md = (tmp_path / "published.md").read_text()
-    assert "## By source" in md and "| QLoRA / quantized base weights | 1 |" in md
+    assert "## By source" in md and "| torchao NF4 (torchtune's own quantized linear; ftmix models bitsandbytes') | 1 |" in md

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
+KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch", "quantize", "optimizer", "modules_to_save", "dora",
         "seq_len", "gpus", "nodes", "packing"}
 
 

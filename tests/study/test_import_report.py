@@ -13,7 +13,7 @@ from tests.train.conftest import run_train_cli, yaml_args
 def _published(tmp_path):
     ok = dict(LITGPT, id="row-ok")
     oom = dict(LITGPT, id="row-oom", row_type="oom", micro_batch=64, measured={})
-    qlora = dict(LITGPT, id="row-qlora", method="qlora", quantization="nf4")
+    qlora = dict(LITGPT, id="row-qlora", method="qlora", quantization="torchao NF4")
     padded = dict(LITGPT, id="row-padded", seq_len_note="Alpaca padded per batch; longest example 512 tokens")
     tokens = dict(LITGPT, id="row-tokens", gpu="NVIDIA L40S (48 GB)",
                   measured={"speed": {"value": 4000.0, "unit": "tokens/s"},
@@ -26,7 +26,8 @@ def _published(tmp_path):
 def test_published_rows_are_imported_or_listed_with_why(tmp_path):
     db = tmp_path / "s.sqlite"
     result = as_json(study("import", _published(tmp_path), "--db", db, "--json"))
-    assert result["imported"] == 4 and result["not_represented_by_reason"] == {"QLoRA / quantized base weights": 1}
+    assert result["imported"] == 4 and result["not_represented_by_reason"] == {
+        "torchao NF4 (torchtune's own quantized linear; ftmix models bitsandbytes')": 1}
     by_id = {r["id"]: r for r in rows(db)}
     ok = by_id["pub-row-ok"]
     assert ok["status"] == "ok" and ok["peak_gb"] == pytest.approx(16.0) and ok["peak_what"] == "allocated"

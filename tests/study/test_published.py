@@ -30,16 +30,30 @@ def test_a_litgpt_row_maps_to_ftmix_flags():
     assert row.speed == ("s_per_micro_step", pytest.approx(0.0972))
 
 
+@pytest.mark.parametrize("change, mixture", [
+    (dict(method="qlora", quantization="bitsandbytes NF4 + double quantization, bf16 compute",
+          optimizer="bitsandbytes PagedAdamW"), dict(quantize="bnb.nf4-dq", optimizer="paged_adamw_32bit")),
+    (dict(method="qlora", quantization="bitsandbytes 4-bit (axolotl qlora: nf4, double quant)"),
+     dict(quantize="bnb.nf4-dq")),
+    (dict(method="lora", quantization="bitsandbytes LLM.int8 8-bit base (load_in_8bit: true)", optimizer="adamw_8bit"),
+     dict(quantize="bnb.int8", optimizer="adamw_8bit")),
+    (dict(method_detail="LoRA use_dora"), dict(dora=True)),
+])
+def test_quantized_rows_map_to_the_mixture_switches(change, mixture):
+    m = represent(dict(LITGPT, **change)).mixture
+    assert {k: getattr(m, k) for k in mixture} == mixture
+
+
 @pytest.mark.parametrize("change,why", [
-    (dict(method="qlora"), "QLoRA"),
+    (dict(method="qlora", quantization="torchao NF4"), "torchao NF4"),
+    (dict(method="qlora", quantization="4-bit"), "quantization '4-bit'"),
     (dict(engine="fsdp (FULL_SHARD)"), "FSDP"),
-    (dict(optimizer="bitsandbytes PagedAdamW"), "8-bit or paged"),
+    (dict(optimizer="torchao adamw_torch_8bit"), "torchao 8-bit"),
     (dict(model="google/gemma-7b"), "not modelled"),
     (dict(special_kernels="Liger (RMSNorm, RoPE)"), "fused kernels"),
     (dict(row_type="max_context_at_budget"), "longest context"),
     (dict(lora_targets=["query", "lm_head"]), "output head"),
     (dict(precision="bf16-mixed (fp32 weights)"), "fp32 base"),
-    (dict(method_detail="LoRA use_dora"), "DoRA"),
     (dict(method_detail="LoRA optimizer lora-fa", optimizer="lora-fa {'r': 32}"), "LoRA-FA"),
     (dict(method_detail="LoRA bd-lora"), "BD-LoRA"),
 ])

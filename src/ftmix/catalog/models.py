@@ -59,6 +59,8 @@ class ModelSpec:
     nominal_size: str | None = None
     hub_id: str | None = None
     notes: tuple[str, ...] = ()  # what the spec leaves out (a multimodal model's other towers)
+    # a pre-quantized checkpoint's (method, bits, group size): GPTQ or AWQ, from its config.json
+    quantization: tuple | None = None
 
     @property
     def norm_params(self) -> int:
@@ -209,11 +211,40 @@ def spec_from_hf_config(cfg: dict, name: str = "custom", nominal_size: str | Non
             linears += (lin("q_norm", 1, hd, False, "norm"), lin("k_norm", 1, hd, False, "norm"))
         targets = ("q_proj", "v_proj")
     nominal = parse_size(nominal_size) if nominal_size else None
+    quantization = prequantized(cfg)
+    if quantization:
+        notes += (f"{quantization[0].upper()} checkpoint: {quantization[1]}-bit base weights in groups of "
+                  f"{quantization[2]} (estimate, plan, matrix and study; `ftmix train` loads bitsandbytes only)",)
     return ModelSpec(name=name, model_type=mtype, layers=layers, hidden=h, heads=heads, kv_heads=kv, head_dim=hd,
                      intermediate=inter, vocab=vocab, tied_embeddings=tied, max_positions=max_pos,
                      linears=linears, gated_mlp=gated, norm=norm, norms_per_layer=norms,
                      lm_head_bias=head_bias, peft_default_targets=targets, nominal_params=nominal,
-                     nominal_size=nominal_size, hub_id=hub_id, notes=notes)
+                     nominal_size=nominal_size, hub_id=hub_id, notes=notes, quantization=quantization)
+
+
+PREQUANTIZED = ("gptq", "awq")
+
+
+def prequantized(cfg: dict) -> tuple | None:
+    """(method, bits, group size) of a config.json's ``quantization_config`` for GPTQ and AWQ
+    (transformers' ``GPTQConfig``: ``bits``, ``group_size``; ``AwqConfig``: ``bits``, ``group_size``,
+    AutoAWQ's own ``w_bit``, ``q_group_size``)."""
+    qc = cfg.get("quantization_config")
+    if not qc:
+        return None
+    if not isinstance(qc, dict):
+        raise FtmixError("config.json: quantization_config must be an object")
+    method = str(qc.get("quant_method", "")).lower()
+    if method not in PREQUANTIZED:
+        raise FtmixError(f"config.json: quantization_config quant_method {method or '(none)'!r} is not modelled "
+                         f"(ftmix reads {' and '.join(PREQUANTIZED)} checkpoints; bitsandbytes is --quantize)")
+    bits = qc.get("bits", qc.get("w_bit"))
+    group = qc.get("group_size", qc.get("q_group_size", 128))
+    if isinstance(bits, bool) or bits not in (2, 3, 4, 8):
+        raise FtmixError(f"config.json: quantization_config bits must be 2, 3, 4 or 8, got {bits!r}")
+    if isinstance(group, bool) or not isinstance(group, int) or group == 0 or group < -1:
+        raise FtmixError(f"config.json: quantization_config group_size must be a positive integer or -1, got {group!r}")
+    return (method, bits, group)
 
 
 def multimodal_note(cfg: dict) -> str:

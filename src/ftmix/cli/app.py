@@ -18,7 +18,7 @@ from ftmix.api import positive_int, split_list
 from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
-from ftmix.cli.render import (LazyProgress, console, estimate_table, eval_table, matrix_table, plan_report, print_json,
+from ftmix.cli.render import (LazyProgress, compare_report, console, estimate_table, eval_table, matrix_table, plan_report, print_json,
                               train_summary)
 from ftmix.cli.study import study_app
 from ftmix.errors import FtmixError
@@ -128,6 +128,8 @@ def estimate_cmd(
     lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
     micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None,
     packing: o.MIX.packing = None,
+    quantize: o.MIX.quantize = None, optimizer: o.MIX.optimizer = None, modules_to_save: o.MIX.modules_to_save = None,
+    dora: o.MIX.dora = None,
     safety_margin: Margin = 0.05,
     deepspeed: o.DeepSpeed = None,
     grad_accum: o.GradAccum = None,
@@ -269,12 +271,26 @@ def plan_cmd(
     lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
     micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None,
     packing: o.MIX.packing = None,
+    quantize: o.MIX.quantize = None, optimizer: o.MIX.optimizer = None, modules_to_save: o.MIX.modules_to_save = None,
+    dora: o.MIX.dora = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     calibration_any_gpu: AnyGpu = False,
-    safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto", json_out: o.Json = False,
+    safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto",
+    compare_quantize: Annotated[Optional[str], typer.Option("--compare-quantize", metavar="SCHEME", help="Also plan with the base weights quantized (bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.int8...) and show both winners side by side; quantization stays your choice.")] = None,
+    json_out: o.Json = False,
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
     Exit code 3 when nothing fits."""
+    if compare_quantize is not None:
+        both = api.compare_quantize(model, gpu, compare_quantize.strip().lower(), search_batch=search_batch,
+                                    effective_batch=effective_batch, deepspeed=deepspeed, cpu_ram=cpu_ram,
+                                    safety_margin=safety_margin, calibration=calibration,
+                                    calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
+        if json_out:
+            print_json({"scheme": both["scheme"], "without": both["without"].to_json(), "with": both["with"].to_json()})
+        else:
+            compare_report(both)
+        return 0 if (both["without"].best or both["with"].best) else NOTHING_FITS
     result = api.plan(model, gpu, search_batch=search_batch, effective_batch=effective_batch, deepspeed=deepspeed,
                       cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
                       calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
@@ -297,6 +313,8 @@ def matrix_cmd(
     zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
     lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
     micro_batch: o.MIX.micro_batch = None, gpus: o.MIX.gpus = None, nodes: o.MIX.nodes = None, packing: o.MIX.packing = None,
+    quantize: o.MIX.quantize = None, optimizer: o.MIX.optimizer = None, modules_to_save: o.MIX.modules_to_save = None,
+    dora: o.MIX.dora = None,
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     calibration_any_gpu: AnyGpu = False, safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
     png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Also write the matrix as a heatmap (.png added when the name has no extension).")] = None,
@@ -349,6 +367,8 @@ def train_cmd(
     zero: o.MIX.zero = None, offload: o.MIX.offload = None, lora: o.MIX.lora = None, lora_alpha: o.MIX.lora_alpha = None,
     lora_targets: o.MIX.lora_targets = None, gc: o.MIX.gc = None, attn: o.MIX.attn = None, precision: o.MIX.precision = None,
     micro_batch: o.MIX.micro_batch = None, seq_len: o.MIX.seq_len = None,
+    quantize: o.MIX.quantize = None, optimizer: o.MIX.optimizer = None, modules_to_save: o.MIX.modules_to_save = None,
+    dora: o.MIX.dora = None,
     calibration: Calibration = None,
     calibration_any_gpu: Annotated[Optional[bool], typer.Option("--calibration-any-gpu", help="Use a calibration fitted on other GPU types too.")] = None,
     mixture: Annotated[Optional[str], typer.Option("--mixture", metavar="manual|auto", help="auto: the planner's fastest mixture that fits the GPU (detected, or --gpu on CPU) under the flags you fix; on out-of-memory the next that needs less. Default manual.")] = None,

@@ -63,6 +63,21 @@ def estimate_table(est: Estimate) -> None:
         console.print(f"[dim]{note}[/dim]")
 
 
+def compare_report(both: dict) -> None:
+    """``plan --compare-quantize``: the two winners side by side."""
+    table = Table(title=f"fastest fitting mixture, base weights as they are vs {both['scheme']}")
+    for col in ("", "mixture", "peak GB", "device GB", "host GB", "step s"):
+        table.add_column(col, justify="left" if col in ("", "mixture") else "right")
+    for key, name in (("without", "16-bit base"), ("with", both["scheme"])):
+        best = both[key].best
+        if best is None:
+            table.add_row(name, f"nothing fits: {both[key].suggestion or ''}", "-", "-", "-", "-")
+            continue
+        table.add_row(name, best.mixture.label, gb(best.memory.peak), gb(best.memory.device_total),
+                      gb(best.memory.cpu_bytes), f"{best.time.total:.3f}")
+    console.print(table)
+
+
 def plan_report(result) -> None:
     """Chosen mixture, why it wins, runners-up; or the smallest change when nothing fits."""
     best = result.best

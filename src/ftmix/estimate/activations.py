@@ -89,13 +89,32 @@ def autocast_fp32_weights(m: Mixture) -> bool:
     return m.zero == 0 and m.lora == 0 and m.precision in ("bf16", "fp16")
 
 
+def quantized_stream(m: Mixture) -> bool:
+    """QLoRA as PEFT prepares it, without DeepSpeed (whose engine casts the module back to 16 bits):
+    ``prepare_model_for_kbit_training`` upcasts the embedding, norms and head to fp32, so the
+    residual stream is fp32, and bitsandbytes' ``Linear4bit.forward`` casts each output back to its
+    input's dtype (``.to(inp_dtype)``): the MLP's gate, up and activation outputs are fp32 too;
+    the fp32 head runs under autocast, which keeps its 16-bit weight copy (measured by the twin).
+    Pure 16-bit QLoRA (``bf16-true``, litgpt's way) prepares nothing: all stays 16-bit."""
+    return m.quantize != "none" and m.zero == 0 and not m.pure16
+
+
+def fp32_residual(m: Mixture) -> bool:
+    return autocast_fp32_weights(m) or quantized_stream(m)
+
+
+def linear_output_bytes(m: Mixture) -> int:
+    """Bytes per element of a decoder linear's output: fp32 from a quantized linear on an fp32 stream."""
+    return FP32 if quantized_stream(m) else element_bytes(m)
+
+
 def autocast_weight_copies(model: ModelSpec, m: Mixture) -> float:
     """Bytes of autocast's 16-bit weight copies that autograd saves for backward: every linear and
     the head when the model is fp32, every LoRA matrix when PEFT's adapters are (measured). With
     GC a layer's copies are dropped with its other saved tensors and made again in its recompute.
     Without GC under LoRA, the first layer's attention lora_A copies are not kept: its input (the
     embedding's output) needs no gradient, so autograd saves only what the weight gradient needs."""
-    head = element_bytes(m) * model.vocab * model.hidden if autocast_fp32_weights(m) else 0.0
+    head = element_bytes(m) * model.vocab * model.hidden if fp32_residual(m) else 0.0
     if m.gc:
         return head
     first = 0.0
@@ -148,14 +167,27 @@ def layer_activations(model: ModelSpec, m: Mixture) -> LayerActivations:
         mlp_in = inputs_saved(model, m, "mlp_in", h, targets)
     else:  # parallel block (phi-2): the MLP reads the attention's normed input, already counted
         mlp_in = _lora_only(model, m, "mlp_in", targets) + _fp32_casts(model, m, "mlp_in", h, targets)
+    out = linear_output_bytes(m)
     if model.gated_mlp:
-        act = 3 * e * inter  # SiLU input, SiLU output, up (the product's operands)
+        act = 3 * out * inter  # SiLU input, SiLU output, up (the product's operands)
     elif model.model_type == "phi":
-        act = 3 * e * inter  # gelu_new, a tanh formula: input, cube term, tanh output
+        act = 3 * out * inter  # gelu_new, a tanh formula: input, cube term, tanh output
     else:
-        act = e * inter  # nn.GELU keeps its input
+        act = out * inter  # nn.GELU keeps its input
     mlp = mlp_norm + mlp_in + act + inputs_saved(model, m, "mlp_out", inter, targets)
+    attention += dora_saved(model, m, ("attn_in", "attn_out"), targets)
+    mlp += dora_saved(model, m, ("mlp_in", "mlp_out"), targets)
     return LayerActivations(attention=attention, scores=scores, mlp=mlp)
+
+
+def dora_saved(model: ModelSpec, m: Mixture, roles: tuple[str, ...], targets: tuple[str, ...]) -> float:
+    """Bytes per token DoRA adds per wrapped linear (PEFT ``DoraLinearLayer.forward``: ``(mag_norm_scale
+    - 1) * base_result + mag_norm_scale * lora_result * scaling``, the magnitude trained): the base
+    output and the adapter's output, saved for the magnitude's gradient (measured by the twin)."""
+    if not m.dora:
+        return 0.0
+    outs = sum(lin.d_out for lin in model.linears if lin.role in roles and lin.name in targets)
+    return outs * (linear_output_bytes(m) + element_bytes(m))
 
 
 def _lora_only(model: ModelSpec, m: Mixture, role: str, targets: tuple[str, ...]) -> float:
@@ -174,7 +206,7 @@ def _fp32_casts(model: ModelSpec, m: Mixture, role: str, width: int, targets: tu
 
 def residual_bytes(m: Mixture) -> int:
     """Bytes per element of the residual stream: fp32 when autocast runs an fp32 model."""
-    return FP32 if autocast_fp32_weights(m) else element_bytes(m)
+    return FP32 if fp32_residual(m) else element_bytes(m)
 
 
 def checkpoint_bytes(model: ModelSpec, m: Mixture) -> float:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmix.catalog import ModelSpec
+from ftmix.estimate import quantized as q
 from ftmix.estimate.constants import ADAM_K, FP32_GRAD_PARTITION, LORA_PARAM_BYTES
-from ftmix.mixture import Mixture, resolve_targets
+from ftmix.mixture import Mixture, resolve_saved_modules, resolve_targets
 from ftmix.mixture.engine import (DS_MAX_REUSE_DISTANCE, DS_PARAM_PERSISTENCE, DS_PREFETCH_BUCKET, bucket_settings,
                                   deepspeed_config, stage3_settings)
 
@@ -29,9 +30,51 @@ def trainable_params(model: ModelSpec, m: Mixture) -> int:
     (PEFT's lora_A: r x d_in, lora_B: d_out x r, no bias)."""
     if m.lora == 0:
         return model.total_params
+    return sum(trainable_tensors(model, m))
+
+
+def trainable_tensors(model: ModelSpec, m: Mixture) -> list[int]:
+    """Element counts of every trainable tensor under LoRA: lora_A (r x d_in) and lora_B
+    (d_out x r) per wrapped linear, DoRA's magnitude (d_out) beside them (PEFT
+    ``DoraLinearLayer``), and the full copies ``modules_to_save`` trains (``ModulesToSaveWrapper``)."""
     targets = set(resolve_targets(m, model))
-    per_layer = sum(m.lora * (lin.d_in + lin.d_out) for lin in model.linears if lin.name in targets)
-    return per_layer * model.layers
+    layer = []
+    for lin in model.linears:
+        if lin.name in targets:
+            layer += [m.lora * lin.d_in, m.lora * lin.d_out] + ([lin.d_out] if m.dora else [])
+    return layer * model.layers + [saved_module_params(model, name) for name in resolve_saved_modules(m, model)]
+
+
+def saved_module_params(model: ModelSpec, name: str) -> int:
+    if name == "embed_tokens":
+        return model.embedding_params
+    return model.vocab * model.hidden + (model.vocab if model.lm_head_bias else 0)
+
+
+def upcast_fp32(m: Mixture) -> bool:
+    """PEFT's ``prepare_model_for_kbit_training`` keeps the non-quantized parameters in fp32
+    (embeddings, head, norms, biases); DeepSpeed's engine casts the module back to 16 bits, and
+    pure 16-bit QLoRA (litgpt's ``bf16-true``) does not prepare the model."""
+    return m.quantize != "none" and m.zero == 0 and not m.pure16
+
+
+def is_quantized(lin) -> bool:
+    """bitsandbytes replaces ``nn.Linear`` modules: not the q/k norms, nor fused 3-D experts."""
+    return lin.role != "norm" and not lin.name.startswith("experts.")
+
+
+def frozen_bytes(model: ModelSpec, m: Mixture) -> float:
+    """Bytes of the frozen base under LoRA: 16-bit, or quantized linears (``quantized``) with the
+    rest in 16 bits or, prepared for k-bit training, fp32."""
+    e = m.element_bytes
+    prequantized = model.quantization
+    if m.quantize == "none" and not prequantized:
+        return model.total_params * e
+    rest = 4 if upcast_fp32(m) else e
+    quantized = [lin for lin in model.linears if is_quantized(lin)]
+    linear = sum(q.quantized_bytes(lin.d_in, lin.d_out, m, prequantized) for lin in quantized)
+    other = model.total_params - model.layers * sum(lin.d_in * lin.d_out for lin in quantized)
+    return model.layers * linear + other * rest
 
 
 def _layer_tensors(model: ModelSpec, m: Mixture) -> list[int]:
@@ -49,6 +92,11 @@ def _head_tensors(model: ModelSpec) -> list[int]:
     if model.tied_embeddings:
         return [model.embedding_params]
     return [model.vocab * model.hidden] + ([model.vocab] if model.lm_head_bias else [])
+
+
+def _all_tensors(model: ModelSpec) -> list[int]:
+    return (_layer_tensors(model, Mixture(lora=0)) * model.layers + _head_tensors(model)
+            + ([] if model.tied_embeddings else [model.embedding_params]) + [model.hidden])
 
 
 def persistent_params(model: ModelSpec, m: Mixture, threshold: int = DS_PARAM_PERSISTENCE) -> int:
@@ -107,7 +155,7 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     lora = m.lora > 0
     # PEFT adds the adapters beside the base weights (which all stay, frozen); full fine-tuning
     # trains the base itself
-    frozen = model.total_params if lora else 0
+    frozen = frozen_bytes(model, m) if lora else 0.0
     # bytes per trainable parameter: parameter, gradient, optimizer states (with master copy)
     if m.zero >= 1:
         # DeepSpeed keeps an fp32 master partition and its fp32 gradient whatever the precision:
@@ -133,9 +181,14 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
         p_b, g_b, o_b = e, e, ADAM_K
         needs_fp32_grad = True
 
-    params = frozen * e + trainable * p_b
+    params = frozen + trainable * p_b
     grads = trainable * g_b
     opt = trainable * o_b
+    if m.optimizer != "adamw_torch":
+        # bitsandbytes' moments: 8-bit for tensors of 4096 elements or more (a ZeRO partition is one
+        # flat tensor), fp32 below; the fp32 master under DeepSpeed stays
+        opt = (trainable * (ADAM_K - 8 + q.optimizer_bytes_per_element(m)) if m.zero >= 1
+               else q.optimizer_bytes(trainable_tensors(model, m) if lora else _all_tensors(model), m))
     temp = trainable * FP32_GRAD_PARTITION if needs_fp32_grad else 0.0
     host_temp = temp
     if m.zero >= 1 and e != FP32_GRAD_PARTITION:

@@ -87,7 +87,12 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
     config = dict(base, **cfg.model_overrides)
     if config.get("model_type", "llama") not in ARCHITECTURES:
         return None  # transformers builds it; the analytic model does not know it (simulate does)
-    return spec_from_hf_config(config, name=cfg.model)
+    spec = spec_from_hf_config(config, name=cfg.model)
+    if spec.quantization:
+        raise FtmixError(f"{cfg.model} is a {spec.quantization[0].upper()} checkpoint: `ftmix train` loads "
+                         "bitsandbytes quantization only (--quantize bnb.*; GPTQ/AWQ are for estimate, plan, matrix and "
+                         "study)")
+    return spec
 
 
 def _check_override_keys(base: dict, overrides: dict) -> None:

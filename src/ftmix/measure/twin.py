@@ -402,6 +402,14 @@ class DeviceTwin:
                 self.mark(p.grad, "gradient")
         for b in model.buffers():
             self.mark(b, "parameter")
+        for module in model.modules():  # bitsandbytes' quantization constants: part of the weights
+            weight = getattr(module, "weight", None)
+            state = getattr(weight, "quant_state", None)
+            while state is not None:
+                self.mark([v for v in vars(state).values() if isinstance(v, torch.Tensor)], "parameter")
+                state = getattr(state, "state2", None)
+            if isinstance(getattr(weight, "SCB", None), torch.Tensor):
+                self.mark(weight.SCB, "parameter")
 
     def mark_optimizer(self, optimizer) -> None:
         """A torch optimizer's states and, for DeepSpeed's ZeRO optimizers, their flat buffers by

@@ -25,6 +25,11 @@ ATTN_KERNELS = ("eager", "sdpa", "fa2")
 # states all in 16 bits, no master copy.
 PRECISIONS = ("fp16", "bf16", "fp32", "bf16-true", "fp16-true")
 ALL_LINEAR = "all-linear"
+# base weights quantized at load, as litgpt's ``--quantize`` names them (bitsandbytes: NF4/FP4 in
+# 64-element blocks, "-dq" double quantization of their scales; LLM.int8 with row scales)
+QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
+# optimizers as HF TrainingArguments' ``optim`` names them (8-bit and paged ones: bitsandbytes)
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 def _declare(default, flag: str, metavar: str | None, help: str, default_text: str | None = None,
              per_gpu: bool = False, check: tuple | None = None):
@@ -75,6 +80,32 @@ class Mixture:
     packing: bool = _declare(False, "--packing/--padding", None,
                              "Packed rows (no padding mask) or rows padded to --seq-len.", "Default padding.",
                              check=("bool",))
+    quantize: str = _declare("none", "--quantize", "SCHEME",
+                             "none | bnb.nf4 | bnb.nf4-dq | bnb.fp4 | bnb.fp4-dq | bnb.int8: base weights quantized by "
+                             "bitsandbytes at load (QLoRA with --lora): 4-bit NF4/FP4, -dq "
+                             "double-quantized scales, or 8-bit; with PEFT's prepare_model_for_kbit_training. A GPTQ/AWQ "
+                             "checkpoint is read from its config.json instead.", check=("choices", QUANTIZE))
+    optimizer: str = _declare("adamw_torch", "--optimizer", "NAME",
+                              "adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit (HF's names; 8-bit and "
+                              "paged: bitsandbytes).", check=("choices", OPTIMIZERS))
+    modules_to_save: str = _declare("", "--modules-to-save", "NAMES",
+                                    "PEFT modules_to_save: comma list of embed_tokens and/or lm_head, trained as full "
+                                    "copies beside the LoRA adapters (\"LoRA (emb)\").", "Default none.")
+    dora: bool = _declare(False, "--dora/--no-dora", None, "DoRA (PEFT use_dora): LoRA with a trained magnitude "
+                          "vector per wrapped layer.", "Default off.", check=("bool",))
+
+    @property
+    def bits(self) -> int:
+        """Bits per base weight the quantization stores: 4, 8, or 16 (none)."""
+        return 4 if self.quantize.startswith(("bnb.nf4", "bnb.fp4")) else 8 if self.quantize == "bnb.int8" else 16
+
+    @property
+    def double_quant(self) -> bool:
+        return self.quantize.endswith("-dq")
+
+    @property
+    def saved_modules(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.modules_to_save.split(",") if x.strip())
 
     @property
     def pure16(self) -> bool:
@@ -108,7 +139,14 @@ class Mixture:
             parts.append("offload opt")
         elif self.offload == "all":
             parts.append("offload all")
-        parts.append(f"LoRA r{self.lora}" if self.lora else "full FT")
+        adapter = ("QLoRA" if self.bits == 4 else "LoRA") + (" DoRA" if self.dora else "")
+        parts.append(f"{adapter} r{self.lora}" if self.lora else "full FT")
+        if self.quantize != "none":
+            parts.append(self.quantize)
+        if self.saved_modules:
+            parts.append("+" + ",".join(self.saved_modules))
+        if self.optimizer != "adamw_torch":
+            parts.append(self.optimizer)
         if self.gc:
             parts.append("GC")
         parts.append({"fa2": "FA2", "sdpa": "SDPA", "eager": "eager"}[self.attn])
@@ -119,7 +157,7 @@ class Mixture:
         """A matrix cell: "ZeRO-3 LoRA GC" (SDPA, the neutral kernel, left out)."""
         parts = [self.engine]
         parts += {"optimizer": ["off-opt"], "all": ["off-all"]}.get(self.offload, [])
-        parts.append("LoRA" if self.lora else "full")
+        parts.append(("QLoRA" if self.bits == 4 else "LoRA8" if self.bits == 8 else "LoRA") if self.lora else "full")
         parts += ["GC"] if self.gc else []
         parts += {"fa2": ["FA2"], "eager": ["eager"]}.get(self.attn, [])
         return " ".join(parts)
@@ -147,7 +185,7 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     if unknown:
         raise FtmixError(f"unknown mixture keys: {', '.join(sorted(unknown))}")
     values = {k: (DEFAULTS[k] if flags.get(k) is None else flags[k]) for k in DEFAULTS}
-    for key in ("offload", "attn", "precision"):  # names are case-insensitive, as GPU and model names are
+    for key in ("offload", "attn", "precision", "quantize", "optimizer"):  # names are case-insensitive, as GPU and model names are
         if isinstance(values[key], str):
             values[key] = values[key].strip().lower()
     if flags.get("offload") is None and values["zero"] == 0:
@@ -156,8 +194,9 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
         values["attn"] = "fa2" if (gpu is not None and gpu.flash_attention_2) else "sdpa"
     if values["precision"] is None:
         values["precision"] = "bf16" if (gpu is None or gpu.bf16) else "fp16"
-    if isinstance(values["lora_targets"], (list, tuple)):
-        values["lora_targets"] = ",".join(values["lora_targets"])
+    for key in ("lora_targets", "modules_to_save"):
+        if isinstance(values[key], (list, tuple)):
+            values[key] = ",".join(values[key])
     return Mixture(**values)
 
 
@@ -182,20 +221,68 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
                          "always keeps fp32 master weights; use --precision bf16 for its mixed precision")
     if m.offload == "all" and m.zero != 3:
         raise FtmixError(f"parameter offload (--offload all) needs ZeRO stage 3 (got --zero {m.zero})")
+    _check_quantized(m)
     if gpu is not None:
         if m.attn == "fa2" and not gpu.flash_attention_2:
             raise FtmixError(f"FlashAttention-2 needs an Ampere or newer GPU; {gpu.name} is {gpu.architecture}")
         if m.precision.startswith("bf16") and not gpu.bf16:
             raise FtmixError(f"bf16 is not supported on {gpu.name} ({gpu.architecture}); use --precision fp16")
     if model is not None:
+        if model.quantization and m.quantize != "none":
+            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()} checkpoint, already quantized to "
+                             f"{model.quantization[1]} bits: drop --quantize {m.quantize}")
+        if model.quantization and m.lora == 0:
+            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()} checkpoint: its quantized weights "
+                             "cannot be trained, only LoRA adapters beside them (--lora RANK)")
         if m.seq_len > model.max_positions:
             raise FtmixError(f"seq-len {m.seq_len} exceeds {model.name}'s {model.max_positions} positions")
         if m.lora:
             resolve_targets(m, model)
+            if m.saved_modules:
+                resolve_saved_modules(m, model)
             if m.lora > model.hidden:
                 raise FtmixError(f"LoRA rank {m.lora} exceeds {model.name}'s hidden size {model.hidden}: the update "
                                  "cannot have that rank, only that many parameters")
     return m
+
+
+SAVABLE = ("embed_tokens", "lm_head")
+
+
+def _check_quantized(m: Mixture) -> None:
+    """What bitsandbytes, PEFT and the engines refuse, said before anything loads."""
+    if m.quantize != "none" and m.lora == 0:
+        raise FtmixError(f"--quantize {m.quantize} needs LoRA (--lora RANK): quantized base weights cannot be trained, "
+                         "only adapters beside them (QLoRA)")
+    if m.quantize != "none" and m.precision == "fp32":
+        raise FtmixError(f"--quantize {m.quantize} computes in 16 bits: use --precision bf16 (PEFT's QLoRA: fp32 "
+                         "adapters and norms under autocast) or bf16-true (litgpt's: everything else in bf16)")
+    if m.quantize != "none" and m.offload == "all":
+        raise FtmixError(f"--quantize {m.quantize} with --offload all: ZeRO-3's parameter offload moves whole 16-bit "
+                         "parameters to the host and cannot hold bitsandbytes' quantized ones; use --offload optimizer "
+                         "(the adapters' states) or none")
+    if m.quantize == "bnb.int8" and m.zero == 3:
+        raise FtmixError("--quantize bnb.int8 with --zero 3: int8 weights (Int8Params) cannot be partitioned; use a "
+                         "4-bit scheme with a 16-bit quant storage, or --zero 2")
+    if m.optimizer != "adamw_torch" and m.offload != "none":
+        raise FtmixError(f"--optimizer {m.optimizer} with --offload {m.offload}: DeepSpeed's offload steps with its own "
+                         "CPU Adam; use --optimizer adamw_torch or --offload none")
+    if m.dora and m.lora == 0:
+        raise FtmixError("--dora needs LoRA (--lora RANK)")
+    if m.saved_modules and m.lora == 0:
+        raise FtmixError("--modules-to-save needs LoRA (--lora RANK): full fine-tuning trains every module already")
+    unknown = [x for x in m.saved_modules if x not in SAVABLE]
+    if unknown:
+        raise FtmixError(f"modules-to-save {', '.join(unknown)}: ftmix models {' and '.join(SAVABLE)} (the input "
+                         "embedding and the output head)")
+
+
+def resolve_saved_modules(m: Mixture, model: ModelSpec) -> tuple[str, ...]:
+    """The modules PEFT trains whole; a tied head is the embedding (one copy, PEFT ties them)."""
+    saved = set(m.saved_modules)
+    if model.tied_embeddings and saved:
+        return ("embed_tokens",)
+    return tuple(x for x in SAVABLE if x in saved)
 
 
 def _check_key(key: str, value, check: tuple | None) -> None:

@@ -5,11 +5,13 @@ function, so what it measures is what ``ftmix train`` runs."""
 from __future__ import annotations
 
 import importlib.util
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import transformers
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
@@ -73,26 +75,43 @@ def language_model_config(config: dict) -> tuple[dict, str | None]:
                         "trained alone; the other towers are not")
 
 
-def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0) -> BuiltModel:
+def quantization_config(m: Mixture):
+    """transformers' ``BitsAndBytesConfig`` for the mixture's ``quantize``: NF4/FP4 in bnb's
+    64-element blocks (``bnb_4bit_use_double_quant`` for "-dq"), the compute dtype set to the
+    mixture's 16 bits (transformers' default would be fp32); LLM.int8 with its default threshold."""
+    if m.quantize == "none":
+        return None
+    if m.bits == 8:
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
+    return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantize[4:7],
+                                           bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute,
+                                           bnb_4bit_quant_storage=torch.uint8)
+
+
+def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0,
+                aside=nullcontext) -> BuiltModel:
+    """``aside``: a context whose allocations are not the run's (the twin's ``paused``): the 16-bit
+    staging of a model quantized at load, which a real job reads from disk instead."""
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     attn, notes = attention_implementation(m, device)
     dtype = weight_dtype(m)
+    quant = quantization_config(m)
     try:
-        if source.kind == "catalog-config":
-            cfg, note = language_model_config(dict(source.config))
-            notes = notes + ([note] if note else [])
-            hf_cfg = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-            with torch.device(device):
-                model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)
+        if quant is not None and source.kind != "catalog-config" and not source.gguf_file:
+            model = _from_pretrained(source.ref, dtype, attn, device, quant)
+        elif quant is not None:
+            folder = tempfile.TemporaryDirectory(prefix="ftmix-quantize-")
+            with aside():
+                staged = _load_16bit(source, dtype, attn, device)
+                staged.save_pretrained(folder.name)
+                del staged
+            with folder:
+                model = _from_pretrained(folder.name, dtype, attn, device, quant)
             model.config._name_or_path = source.ref
         else:
-            kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-            model = transformers.AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype,
-                                                                      attn_implementation=attn, **kwargs)
-            model.to(device)
-            if source.gguf_file:
-                _forget_gguf_quantizer(model)
+            model = _load_16bit(source, dtype, attn, device)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0][:200]
         if "Unrecognized configuration class" in first:
@@ -100,8 +119,20 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
                              "(AutoModelForCausalLM), as a multimodal model often is not: ftmix fine-tunes its language "
                              "model from a config (random_init) or a text-only checkpoint") from None
         raise FtmixError(f"cannot load model {source.ref!r}: {first}") from None
+    if source.kind == "catalog-config":
+        note = language_model_config(dict(source.config))[1]
+        notes = notes + ([note] if note else [])
     config = model.config.to_dict()
+    config.pop("quantization_config", None)
     model.config.use_cache = False
+    if quant is not None and not m.pure16:
+        # PEFT's QLoRA preparation: every 16-bit parameter to fp32 (embeddings, head, norms), the
+        # base frozen; GC (inputs made to require grad) only when the mixture has it. Pure 16-bit
+        # QLoRA (litgpt's bf16-true) keeps them 16-bit
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m.gc,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        notes.append(f"{m.quantize}: the base linears quantized by bitsandbytes at load, the other parameters "
+                     "upcast to fp32 (PEFT prepare_model_for_kbit_training)")
     if m.gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.lora:
@@ -113,9 +144,36 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
             raise FtmixError(f"--lora-targets {','.join(targets)}: no such layer in {config.get('model_type')}; its "
                              f"linear layers are {', '.join(sorted(linear))} (or all-linear)")
         model = get_peft_model(model, LoraConfig(r=m.lora, lora_alpha=m.lora_alpha, target_modules=targets,
-                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"),
+                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM", use_dora=m.dora,
+                                                 modules_to_save=list(m.saved_modules) or None),
                                autocast_adapter_dtype=not m.pure16)
     return BuiltModel(model, config, attn, notes)
+
+
+def _load_16bit(source: ModelSource, dtype, attn: str, device: str):
+    if source.kind == "catalog-config":
+        cfg, _ = language_model_config(dict(source.config))
+        hf_cfg = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        with torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)
+        model.config._name_or_path = source.ref
+        return model
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype, attn_implementation=attn,
+                                                              **kwargs)
+    model.to(device)
+    if source.gguf_file:
+        _forget_gguf_quantizer(model)
+    return model
+
+
+def _from_pretrained(ref: str, dtype, attn: str, device: str, quant):
+    """Load with bitsandbytes quantizing each linear as it arrives (transformers'
+    ``Bnb4BitHfQuantizer``/``Bnb8BitHfQuantizer``; the output head and embeddings stay 16-bit)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise FtmixError("--quantize needs bitsandbytes (pip install bitsandbytes==0.50.2, in ftmix's train extra)")
+    return transformers.AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, attn_implementation=attn,
+                                                              quantization_config=quant, device_map={"": device})
 
 
 def linear_names(model) -> set[str]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.estimate import activations as act
-from ftmix.estimate.states import trainable_params
+from ftmix.estimate.quantized import quantized_bytes
+from ftmix.estimate.states import frozen_bytes, is_quantized, trainable_params
 from ftmix.mixture import Mixture, grad_accum
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 
@@ -34,17 +35,19 @@ class StepTime:
     overhead: float
     grad_accum: int
     samples: int  # per optimizer step, all ranks together
+    dequantize: float = 0.0  # quantized base weights expanded to 16 bits for each use
 
     @property
     def total(self) -> float:
         return (self.compute + self.attention + self.memory_bound + self.communication + self.offload
-                + self.optimizer + self.overhead)
+                + self.optimizer + self.overhead + self.dequantize)
 
     def to_json(self) -> dict:
         return {"step_time_s": round(self.total, 4), "compute_s": round(self.compute, 4),
                 "attention_s": round(self.attention, 4), "memory_bound_s": round(self.memory_bound, 4),
                 "communication_s": round(self.communication, 4), "offload_s": round(self.offload, 4),
                 "optimizer_s": round(self.optimizer, 4), "overhead_s": round(self.overhead, 4),
+                "dequantize_s": round(self.dequantize, 4),
                 "grad_accum": self.grad_accum, "samples_per_step": self.samples}
 
 
@@ -107,7 +110,8 @@ def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Run
         reduces = accum if m.zero == 2 else 1
         seconds = reduces * frac * grads / bw + frac * grads / bw
         return seconds * c.exposed_comm_zero12
-    weights = e * model.total_params  # stage 3 gathers every parameter, frozen or not
+    # stage 3 gathers every parameter, frozen or not (quantized ones in their packed bytes)
+    weights = frozen_bytes(model, m) if (m.lora and m.quantize != "none") else e * model.total_params
     per_micro = (gathers * frac * weights / bw + frac * grads / bw) * c.exposed_comm_zero3
     return accum * per_micro + hooks
 
@@ -152,4 +156,20 @@ def step_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int =
         optimizer = cpu_step
     return StepTime(compute=compute, attention=attention, memory_bound=memory_bound, communication=comm,
                     offload=transfers, optimizer=optimizer, overhead=accum * c.step_overhead_s,
-                    grad_accum=accum, samples=accum * m.micro_batch * m.world)
+                    grad_accum=accum, samples=accum * m.micro_batch * m.world,
+                    dequantize=accum * dequantize_time(model, gpu, m))
+
+
+def dequantize_time(model: ModelSpec, gpu: GpuSpec, m: Mixture) -> float:
+    """Seconds per micro step bitsandbytes spends expanding quantized weights: each use (forward,
+    the backward's input gradient, GC's recompute) reads the packed weight and its constants and
+    writes a 16-bit copy that the matmul reads again (``_gemm_4bit_default_impl``: dequantize, then
+    ``F.linear``; ``MatMul4Bit.backward`` likewise), at the GPU's memory bandwidth. A fixed cost per
+    step: QLoRA is a few % slower than LoRA on long batches and much slower on short ones (field notes)."""
+    if m.quantize == "none" and not model.quantization:
+        return 0.0
+    quantized = [lin for lin in model.linears if is_quantized(lin)]
+    packed = model.layers * sum(quantized_bytes(lin.d_in, lin.d_out, m, model.quantization) for lin in quantized)
+    expanded = model.layers * sum(2 * lin.d_in * lin.d_out for lin in quantized)
+    uses = 3 if m.gc else 2
+    return uses * (packed + 2 * expanded) / gpu.memory_bandwidth

@@ -81,8 +81,9 @@ def represent(row: dict) -> PublishedRow:
     if rtype == "max_context_at_budget":
         raise NotRepresented("longest context at a memory budget (a search over context length)")
     method = _text(row.get("method"))
-    if method == "qlora" or row.get("quantization"):
-        raise NotRepresented("QLoRA / quantized base weights")
+    quantize = _quantize(row)
+    if method == "qlora":
+        method = "lora"
     if method not in ("lora", "full"):
         raise NotRepresented(f"method {row.get('method')!r}")
     if method == "lora":
@@ -96,14 +97,15 @@ def represent(row: dict) -> PublishedRow:
     if any(k in kernels for k in ("liger", "unsloth", "cut cross", "chunked cross")) or "unsloth" in _text(row.get("attention")):
         raise NotRepresented("fused kernels (Liger, Unsloth, cut/chunked cross-entropy)")
     optimizer = _text(row.get("optimizer"))
-    if "8bit" in optimizer or "paged" in optimizer or "8-bit" in optimizer:
-        raise NotRepresented("8-bit or paged optimizer")
     if "optimizer_in_bwd" in optimizer:
         raise NotRepresented("optimizer step fused into the backward")
     if "offload" in _text(row.get("gradient_checkpointing")):
         raise NotRepresented("activation offload to CPU")
     spec, hf_config = _spec(row)
     mixture, notes = _mixture(row, spec, engine, method)
+    mixture = mixture.with_(quantize=quantize, optimizer=_optimizer(optimizer))
+    if quantize.startswith("bnb.nf4") and "nf4" not in _text(row.get("quantization")):
+        notes.append("bitsandbytes 4-bit, type not stated: NF4 and FP4 hold the same bytes")
     gpu = _gpu(row)
     check_mixture(mixture, spec, None)
     out = PublishedRow(id=row["id"], source=row.get("source_group", "?"), trust=row.get("trust", "low"),
@@ -115,6 +117,35 @@ def represent(row: dict) -> PublishedRow:
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
         raise NotRepresented("no memory or per-step speed figure")
     return out
+
+
+def _quantize(row: dict) -> str:
+    """The row's bitsandbytes scheme; torchao's NF4 (torchtune) and an unstated scheme stay out."""
+    text = _text(row.get("quantization"))
+    if not text or text == "none":
+        return "none"
+    if "torchao" in text:
+        raise NotRepresented("torchao NF4 (torchtune's own quantized linear; ftmix models bitsandbytes')")
+    if "int8" in text or "8-bit" in text or "load_in_8bit" in text:
+        return "bnb.int8"
+    if "bitsandbytes" not in text and "bnb" not in text:
+        raise NotRepresented(f"quantization {row.get('quantization')!r}")
+    if "4-bit" not in text and "4bit" not in text and "nf4" not in text and "fp4" not in text:
+        raise NotRepresented("quantization scheme not stated")
+    kind = "fp4" if "fp4" in text else "nf4"  # bitsandbytes 4-bit without a type: the bytes are the same
+    double = "double quant" in text or "nested" in text or "axolotl" in text  # axolotl's qlora default
+    return f"bnb.{kind}{'-dq' if double else ''}"
+
+
+def _optimizer(text: str) -> str:
+    """HF's optimizer name for the row's (litgpt's ``PagedAdamW`` is the 32-bit one)."""
+    if "torchao" in text or "adamw_torch_8bit" in text:
+        raise NotRepresented("torchao 8-bit AdamW")
+    paged = "paged" in text
+    eight = "8bit" in text or "8-bit" in text
+    if paged:
+        return "paged_adamw_8bit" if eight else "paged_adamw_32bit"
+    return "adamw_8bit" if eight else "adamw_torch"
 
 
 def model_states_floor(row: PublishedRow) -> float:
@@ -143,6 +174,8 @@ LORA_VARIANTS = (("dora", "DoRA (weight-decomposed LoRA)"), ("lora-fa", "LoRA-FA
 def _plain_lora(row: dict) -> None:
     said = f"{_text(row.get('method_detail'))} {_text(row.get('optimizer'))}"
     for key, name in LORA_VARIANTS:
+        if key == "dora":
+            continue  # DoRA is a mixture switch (``dora``), read in _mixture
         if key in said:
             raise NotRepresented(f"LoRA variant {name}")
 
@@ -248,10 +281,11 @@ def _mixture(row: dict, spec: ModelSpec, engine: str, method: str) -> tuple[Mixt
     if method == "lora" and not lora:
         raise NotRepresented("LoRA rank not stated")
     targets = _targets(row, spec) if lora else "q_proj,v_proj"
+    dora = "dora" in _text(row.get("method_detail"))
     alpha = row.get("lora_alpha") or 16
     mixture = Mixture(zero=zero, offload=offload, lora=lora, lora_alpha=max(1, int(alpha)), lora_targets=targets, gc=gc,
                       attn=kernel, precision=precision, micro_batch=int(row.get("micro_batch") or 1), seq_len=int(seq),
-                      gpus=gpus, nodes=nodes)
+                      gpus=gpus, nodes=nodes, dora=dora)
     if "pad" in _text(row.get("seq_len_note")) or "longest" in _text(row.get("seq_len_note")):
         notes.append("padded to the longest sample: predicted for a full-length batch")
     return mixture, notes

@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +40,12 @@ from ftmix.plan import step_time
 from ftmix.plan.constants import Calibration, calibration_for
 from ftmix.train.export import base_checksum
 from ftmix.train.measure import Meter, cpu_rss_bytes
+
+
+# HF TrainingArguments' ``optim`` for each mixture optimizer: torch's fused AdamW (a GPU run's, on
+# CPU too, so the twin sees a GPU's temporaries), bitsandbytes' 8-bit and paged AdamW
+HF_OPTIMIZERS = {"adamw_torch": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
+                 "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}
 
 
 def detect_gpu(device: str) -> GpuSpec | None:
@@ -115,7 +121,7 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     rss_before_model = cpu_rss_bytes()
     if twin is not None:
         twin.start()
-    built = build_model(source, m, device, cfg.lora_dropout)
+    built = build_model(source, m, device, cfg.lora_dropout, twin.paused if twin is not None else nullcontext)
     vocab = built.config.get("vocab_size") or (built.config.get("text_config") or {}).get("vocab_size")
     if vocab and len(tokenizer) > vocab:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
@@ -187,7 +193,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, save_total_limit=cfg.keep_last, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
         use_cpu=device == "cpu", remove_unused_columns=False, dataloader_num_workers=0,
-        optim="adamw_torch_fused",  # a GPU run's AdamW; on CPU too, so the twin sees a GPU's temporaries
+        optim=HF_OPTIMIZERS[m.optimizer],
         save_only_model=False, **prep.engine.trainer_args(prep.engine_config, device, world), **precision)
     meter = Meter(device, progress if prep.rank == 0 else None, twin)
     trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
