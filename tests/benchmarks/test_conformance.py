@@ -23,7 +23,7 @@ sys.path.insert(0, str(BENCH))
 import conformance  # noqa: E402 - the benchmark's own code, from benchmarks/
 
 GRIDS = {name: json.loads((BENCH / "results" / f"{name}.json").read_text())["rows"]
-         for name in ("conformance", "conformance_full")}
+         for name in ("conformance", "conformance_full", "conformance_qlora")}
 ROWS = [(grid, row) for grid, rows in GRIDS.items() for row in rows]
 
 # docs/groundtruth.md, "The four peaks outside 1%": gloo's timing, a first-step-only moment
@@ -52,8 +52,30 @@ def test_the_components_outside_2_percent_are_the_documented_ones():
     outside = {grid: [(r["name"], name) for r in rows for name, c in sizeable(r) if abs(c["error"]) > 0.02]
                for grid, rows in GRIDS.items()}
     assert len(outside["conformance_full"]) == 27 and len(outside["conformance"]) == 2
+    assert outside["conformance_qlora"] == []  # issue 20: every quantized row's components within 2%
     for grid in outside:
         assert all(" full gc " in case for case, _ in outside[grid]), outside[grid]
+
+
+QLORA_REAL = ["gqa-untied z0-none lora gc sdpa 1rank bnb.nf4-dq r8", "mha-tied z0-none lora sdpa 1rank bnb.int8 r8",
+              "gqa-untied z0-none lora sdpa 1rank bnb.nf4 r8 dora"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", QLORA_REAL)
+def test_a_fresh_quantized_run_measures_what_was_committed(tmp_path, name):
+    """Issue 20: bitsandbytes on CPU (4-bit with double quantization + GC, LLM.int8 on the GPU's
+    path, DoRA) measured again; the twin's bytes are the committed ones, the estimate within 1%."""
+    committed = next(r for r in GRIDS["conformance_qlora"] if r["name"] == name)
+    case = {k: committed[k] for k in ("shape", "zero", "offload", "lora", "gc", "attn", "ranks")}
+    case.update({k: committed.get(k, v) for k, v in conformance.QLORA_KEYS.items()})
+    row = conformance.run_case(case, tmp_path)
+    assert isinstance(row["error"], float), row["error"]
+    assert row["measured_bytes"] == pytest.approx(committed["measured_bytes"], abs=64)
+    assert row["predicted_bytes"] == committed["predicted_bytes"] and abs(row["error"]) <= 0.01
+    for comp_name, comp in sizeable(row):
+        assert comp["predicted"] == pytest.approx(comp["measured"], rel=0.02, abs=512), (comp_name, comp)
 
 
 # (stage, offload, LoRA rank, ranks, GC, attention): every stage and offload, LoRA and full, GC, 2 ranks

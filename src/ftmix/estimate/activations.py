@@ -180,6 +180,35 @@ def layer_activations(model: ModelSpec, m: Mixture) -> LayerActivations:
     return LayerActivations(attention=attention, scores=scores, mlp=mlp)
 
 
+def int8_inputs_saved(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per token per layer LLM.int8 layers hold for backward: ``MatMul8bitLt`` keeps its
+    input ``A`` as a context attribute (``ctx.tensors = (CAt, subA, A)``, not ``save_for_backward``),
+    so GC's saved-tensor hooks never drop it: every layer's stays, with GC as without. Measured by
+    the twin: the MLP's normed input (the residual stream's dtype), the attention output o_proj
+    reads (16-bit) and the product down_proj reads (the linear outputs' dtype); the attention's
+    normed input only under GC (without GC the twin finds it counted with what the layer saves
+    anyway). The outlier columns ``subA`` (threshold 6.0) depend on the data
+    and are left out."""
+    if m.quantize != "bnb.int8" or not m.lora:
+        return 0.0
+    inputs = residual_bytes(m) * model.hidden * (model.norms_per_layer - (0 if m.gc else 1))
+    return inputs + element_bytes(m) * model.q_dim + linear_output_bytes(m) * model.intermediate
+
+
+def dora_weights(model: ModelSpec, m: Mixture) -> float:
+    """Bytes per layer (not per token) DoRA saves for backward: each wrapped linear's combined
+    weight W + s B A in 16 bits under autocast, whose row norm ``get_weight_norm`` takes
+    (``torch.linalg.norm`` keeps its input), the norm, the r x d_in product ``get_lora_weight``
+    makes from an identity, and three fp32 d_out vectors of the magnitude's scale (measured by
+    the twin: PEFT 0.21). They stay for every layer under GC too (measured: the twin's loss-head
+    peak holds both layers' with GC as without)."""
+    if not m.dora or not m.lora:
+        return 0.0
+    e, targets = element_bytes(m), set(resolve_targets(m, model))
+    return sum(e * (lin.d_in * lin.d_out + lin.d_out + m.lora * lin.d_in) + 3 * FP32 * lin.d_out
+               for lin in model.linears if lin.name in targets)
+
+
 def dora_saved(model: ModelSpec, m: Mixture, roles: tuple[str, ...], targets: tuple[str, ...]) -> float:
     """Bytes per token DoRA adds per wrapped linear (PEFT ``DoraLinearLayer.forward``: ``(mag_norm_scale
     - 1) * base_result + mag_norm_scale * lora_result * scaling``, the magnitude trained): the base
@@ -233,7 +262,7 @@ def first_layer_unsaved(model: ModelSpec, m: Mixture) -> float:
     attention ``Q @ K^T`` keeps Q only when K needs a gradient (k_proj trained) and K only when Q
     does (measured by the device-memory twin). GC's ``enable_input_require_grads`` makes the input
     require one."""
-    if not m.lora or m.gc:
+    if not m.lora or m.gc or embedding_trained(model, m):
         return 0.0
     unsaved = norm_saved(model, m)
     if m.attn == "eager":
@@ -321,4 +350,18 @@ def logits_moments(model: ModelSpec, m: Mixture) -> tuple[float, float]:
 
 
 def final_norm_bytes(model: ModelSpec, m: Mixture) -> float:
-    return norm_saved(model, m) + (element_bytes(m) * model.hidden if saves_frozen_inputs(m) else 0)
+    """The final norm's saved tensors, and the head's 16-bit input when the head is trained (full
+    fine-tuning, ZeRO-3's linear, or PEFT ``modules_to_save`` of the head)."""
+    head_trained = saves_frozen_inputs(m) or (m.lora and head_saved(model, m))
+    return norm_saved(model, m) + (element_bytes(m) * model.hidden if head_trained else 0)
+
+
+def head_saved(model: ModelSpec, m: Mixture) -> bool:
+    """PEFT trains a copy of the output head (``modules_to_save``; a tied head is the embedding's)."""
+    saved = set(m.saved_modules)
+    return "lm_head" in saved or (model.tied_embeddings and "embed_tokens" in saved)
+
+
+def embedding_trained(model: ModelSpec, m: Mixture) -> bool:
+    saved = set(m.saved_modules)
+    return "embed_tokens" in saved or (model.tied_embeddings and "lm_head" in saved)

@@ -36,6 +36,7 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
     per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
     stored = (model.layers * per_layer + act.final_norm_bytes(model, m) + act.shared_inputs_bytes(model, m)
               - act.first_layer_unsaved(model, m)) * tokens + act.autocast_weight_copies(model, m)
+    stored += model.layers * (act.dora_weights(model, m) + act.int8_inputs_saved(model, m) * tokens)
     forward, backward = act.logits_moments(model, m)
     logits_forward = (forward + act.loss_forward_extra(model, m)) * tokens
     forward = logits_forward + act.autocast_cache(model, m)

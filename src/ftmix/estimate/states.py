@@ -184,11 +184,19 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     params = frozen + trainable * p_b
     grads = trainable * g_b
     opt = trainable * o_b
+    saved = sum(saved_module_params(model, x) for x in resolve_saved_modules(m, model)) if lora else 0
+    if saved and m.zero == 0 and not m.pure16 and not upcast_fp32(m) and m.precision != "fp32":
+        # PEFT upcasts only the adapters to fp32: a ``modules_to_save`` copy keeps the base's 16 bits,
+        # and torch's AdamW its moments in them (measured by the twin)
+        params -= saved * (p_b - e)
+        grads -= saved * (g_b - e)
+        opt -= saved * (o_b - 2 * e)
     if m.optimizer != "adamw_torch":
         # bitsandbytes' moments: 8-bit for tensors of 4096 elements or more (a ZeRO partition is one
         # flat tensor), fp32 below; the fp32 master under DeepSpeed stays
         opt = (trainable * (ADAM_K - 8 + q.optimizer_bytes_per_element(m)) if m.zero >= 1
                else q.optimizer_bytes(trainable_tensors(model, m) if lora else _all_tensors(model), m))
+
     temp = trainable * FP32_GRAD_PARTITION if needs_fp32_grad else 0.0
     host_temp = temp
     if m.zero >= 1 and e != FP32_GRAD_PARTITION:

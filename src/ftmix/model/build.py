@@ -125,6 +125,9 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     model.config.use_cache = False
+    if quant is not None and m.bits == 8 and device == "cpu":
+        gpu_int8_path()
+        notes.append("bnb.int8 on CPU: bitsandbytes' GPU path (MatMul8bitLt), so the twin counts a GPU's tensors")
     if quant is not None and not m.pure16:
         # PEFT's QLoRA preparation: every 16-bit parameter to fp32 (embeddings, head, norms), the
         # base frozen; GC (inputs made to require grad) only when the mixture has it. Pure 16-bit
@@ -165,6 +168,16 @@ def _load_16bit(source: ModelSource, dtype, attn: str, device: str):
     if source.gguf_file:
         _forget_gguf_quantizer(model)
     return model
+
+
+def gpu_int8_path() -> None:
+    """On CPU, bitsandbytes trains LLM.int8 layers with ``MatMul8bitFp`` (dequantize, then an
+    autocast matmul: 16-bit outputs); a GPU runs ``MatMul8bitLt`` (int8 matmul, outputs in the
+    input's dtype, the input saved for backward). Both run on CPU: ftmix takes the GPU's, so that
+    the twin measures what a GPU run holds."""
+    from bitsandbytes.autograd import _functions  # lazy: only an int8 run on CPU needs it
+
+    _functions.MatMul8bitFp = _functions.MatMul8bitLt
 
 
 def _from_pretrained(ref: str, dtype, attn: str, device: str, quant):
