@@ -54,7 +54,7 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
         freed += (act.final_norm_bytes(model, m) + act.checkpoint_bytes(model, m)) * tokens
     # full fine-tuning: the output head's weight gradient is the backward's first, and stage 2's
     # buckets arrive with it while every activation is still stored (measured)
-    head_moment = act.head_gradient_bytes(model, m) + buckets if m.lora == 0 else 0.0
+    head_moment = act.head_gradient_bytes(model, m) + buckets if (m.lora == 0 or act.head_saved(model, m)) else 0.0
     layer_moment = recompute + working + buckets - freed
     # GC under autocast: at the last layer's forward the cache holds every layer's 16-bit weights
     # beside that layer's working set (eager's s x s softmax); measured the peak of Phi-3-mini full

@@ -40,7 +40,7 @@ from ftmix.job.source import ModelSource
 from ftmix.measure.steps import MICRO_STEPS, measure_steps
 from ftmix.measure.twin import DeviceTwin
 from ftmix.mixture import Mixture, check_mixture
-from ftmix.model.build import build_model
+from ftmix.model.build import build_model, optimizer_for_mixture
 from ftmix.units import human_bytes
 
 BREAKDOWN = {"parameters": ("parameter",), "gradients": ("gradient",), "optimizer": ("optimizer state", "fp32 master"),
@@ -71,11 +71,43 @@ def _swappable(fake: FakeTensorMode):
 
 
 @contextlib.contextmanager
+def _fake_quantized_weights():
+    """PEFT's DoRA expands a quantized base weight by its class name (``dequantize_module_weight``:
+    Params4bit, Int8Params); a fake one is a plain parameter with the same attributes
+    (``model.build.quantize_in_place``): expand it with bitsandbytes' own functions alike."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora import dora, layer
+
+    original, copy = dora.dequantize_module_weight, dora.deepcopy
+
+    def dequantize(module):
+        weight = module.weight
+        if getattr(weight, "quant_state", None) is not None and type(weight).__name__ != "Params4bit":
+            return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+        if getattr(weight, "SCB", None) is not None and type(weight).__name__ != "Int8Params":
+            return bnb.functional.int8_vectorwise_dequant(weight.CB, weight.SCB)
+        return original(module)
+
+    def deepcopy(module):
+        # DoRA copies a Linear4bit before expanding it (for FSDP's sake); a deep copy of a fake
+        # parameter drops its attributes, so it reads the layer itself (the copy is transient)
+        return module if getattr(getattr(module, "weight", None), "quant_state", None) is not None else copy(module)
+
+    dora.dequantize_module_weight = layer.dequantize_module_weight = dequantize
+    dora.deepcopy = deepcopy
+    try:
+        yield
+    finally:
+        dora.dequantize_module_weight = layer.dequantize_module_weight = original
+        dora.deepcopy = copy
+
+
+@contextlib.contextmanager
 def _fake_twin():
     """Fake tensors (PEFT's swaps allowed) and the device-memory twin counting them; warnings off."""
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     twin = DeviceTwin(virtual=True)
-    with warnings.catch_warnings(), fake, _swappable(fake):
+    with warnings.catch_warnings(), fake, _swappable(fake), _fake_quantized_weights():
         warnings.simplefilter("ignore")
         twin.start()
         try:
@@ -140,9 +172,12 @@ def _one_rank(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_m
         m = m.with_(attn="sdpa", packing=True)
         notes = ("fa2 simulated as SDPA on unpadded rows (the same saved tensors)",)
     with _fake_twin() as twin:
-        model = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu").model
+        model = build_model(ModelSource("catalog-config", name, config=dict(config)), m, "cpu",
+                            quantize_in_memory=True).model
+        if m.quantize != "none":
+            twin.reset_peak()  # built in 16 bits, then quantized: a real job loads the quantized weights
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        optimizer = optimizer_for_mixture(params, m)
         cannot = f"{name} cannot be simulated with {m.label}"
         report, total, trainable = measure_steps(model, optimizer, m, twin, cannot, micro_steps=micro_steps)
     est = _estimate(report, m, name, gpu, safety_margin, total, trainable, notes)

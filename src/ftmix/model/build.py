@@ -90,16 +90,20 @@ def quantization_config(m: Mixture):
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0,
-                aside=nullcontext) -> BuiltModel:
+                aside=nullcontext, quantize_in_memory: bool = False) -> BuiltModel:
     """``aside``: a context whose allocations are not the run's (the twin's ``paused``): the 16-bit
-    staging of a model quantized at load, which a real job reads from disk instead."""
+    staging of a model quantized at load, which a real job reads from disk instead.
+    ``quantize_in_memory``: quantize the built model's linears where they are (``quantize_in_place``)
+    instead of a save and a quantized load: the simulation's way, under fake tensors (no files)."""
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     attn, notes = attention_implementation(m, device)
     dtype = weight_dtype(m)
     quant = quantization_config(m)
     try:
-        if quant is not None and source.kind != "catalog-config" and not source.gguf_file:
+        if quant is not None and quantize_in_memory:
+            model = quantize_in_place(_load_16bit(source, dtype, attn, device), m, device)
+        elif quant is not None and source.kind != "catalog-config" and not source.gguf_file:
             model = _from_pretrained(source.ref, dtype, attn, device, quant)
         elif quant is not None:
             folder = tempfile.TemporaryDirectory(prefix="ftmix-quantize-")
@@ -168,6 +172,68 @@ def _load_16bit(source: ModelSource, dtype, attn: str, device: str):
     if source.gguf_file:
         _forget_gguf_quantizer(model)
     return model
+
+
+def quantize_in_place(model, m: Mixture, device: str):
+    """The linears bitsandbytes quantizes, quantized where they are: transformers' own
+    ``replace_with_bnb_linear`` (every ``nn.Linear`` but the output head), then each weight through
+    bitsandbytes' ``quantize_4bit`` / ``int8_vectorwise_quant``, the calls ``Params4bit._quantize``
+    and ``Int8Params._quantize`` make when its loader moves a weight to the device. bitsandbytes'
+    ops have fake kernels, so this runs at full size under fake tensors, where a weight is a fake
+    parameter carrying the same attributes (``quant_state``; ``CB``/``SCB``): torch cannot make a
+    tensor subclass of a fake tensor."""
+    import bitsandbytes as bnb  # lazy: only a quantized model built in memory needs it
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+
+    old = {name: mod for name, mod in model.named_modules()
+           if type(mod) is torch.nn.Linear and name.rsplit(".", 1)[-1] != "lm_head"}
+    with unset_fake_temporarily():  # bitsandbytes' own code on first use (its 8-bit code book)
+        bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
+        model = replace_with_bnb_linear(model, ["lm_head"], quantization_config(m))
+    for name, linear in old.items():
+        new = model.get_submodule(name)
+        w = linear.weight.data.contiguous().to(device)
+        if m.bits == 4:
+            packed, state = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=m.double_quant,
+                                                         quant_type=m.quantize[4:7], quant_storage=torch.uint8)
+            attrs = dict(quant_state=state, blocksize=64, compress_statistics=m.double_quant,
+                         quant_type=m.quantize[4:7], quant_storage=torch.uint8, bnb_quantized=True, module=new)
+            kind = bnb.nn.Params4bit
+        else:
+            packed, scales, _ = bnb.functional.int8_vectorwise_quant(w.to(torch.float16))
+            attrs, kind = dict(CB=packed, SCB=scales, has_fp16_weights=False), bnb.nn.Int8Params
+        if isinstance(packed, FakeTensor):
+            weight = torch.nn.Parameter(packed, requires_grad=False)
+            for key, value in attrs.items():
+                setattr(weight, key, value)
+            if m.bits == 8:
+                # LLM.int8's outlier columns (threshold 6.0) are data: none under fake tensors, as the
+                # analytic method leaves them out
+                new.state.threshold = 0.0
+        else:
+            weight = kind(packed, requires_grad=False, **{k: v for k, v in attrs.items() if k not in ("CB", "SCB")})
+            if m.bits == 8:
+                weight.CB, weight.SCB = packed, scales
+        new.weight = weight
+        if linear.bias is not None:
+            new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+    setattr(model, "is_loaded_in_4bit" if m.bits == 4 else "is_loaded_in_8bit", True)
+    return model
+
+
+def optimizer_for_mixture(params, m: Mixture, lr: float = 1e-4):
+    """The optimizer ``ftmix train`` gets from HF's ``optim`` name (``train.run.HF_OPTIMIZERS``):
+    torch's fused AdamW, or bitsandbytes' 8-bit / paged AdamW."""
+    if m.optimizer == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    import bitsandbytes as bnb  # lazy: only a bitsandbytes optimizer needs it
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    kind = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+            "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[m.optimizer]
+    with unset_fake_temporarily():  # its code books are computed from Python numbers (fill_qmap)
+        return kind(params, lr=lr)
 
 
 def gpu_int8_path() -> None:
