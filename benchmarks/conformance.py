@@ -58,7 +58,8 @@ def qlora_cases() -> list[dict]:
     """The quantized grid (issue 20): NF4, NF4 with double quantization and LLM.int8 bases, GC on
     and off, both shapes; then DoRA, ``modules_to_save`` (head, embedding), bitsandbytes' 8-bit and
     paged AdamW (rank 64, so the adapters reach bitsandbytes' 4096-element floor for 8-bit states),
-    under one GPU, ZeRO-2 (with and without optimizer offload) and two ranks (DDP and ZeRO-2)."""
+    under one GPU, ZeRO-2 (with and without optimizer offload), ZeRO-3 (the 4-bit codes sharded) and
+    two ranks (DDP, ZeRO-2, ZeRO-3)."""
     base = dict(offload="none", lora=8, attn="sdpa", ranks=1, **QLORA_KEYS)
     cases = []
     for shape, quantize, gc in itertools.product(SHAPES, ("bnb.nf4", "bnb.nf4-dq", "bnb.int8"), (False, True)):
@@ -71,7 +72,10 @@ def qlora_cases() -> list[dict]:
               dict(g, zero=0, lora=64, optimizer="adamw_8bit"), dict(g, zero=0, lora=64, optimizer="paged_adamw_8bit"),
               dict(g, zero=0, lora=64, optimizer="paged_adamw_32bit"), dict(g, zero=2, lora=64, optimizer="adamw_8bit"),
               dict(g, quantize="none", zero=0, lora=64, optimizer="adamw_8bit"),
-              dict(g, quantize="none", zero=0, dora=True), dict(g, quantize="none", zero=0, modules_to_save="lm_head")]
+              dict(g, quantize="none", zero=0, dora=True), dict(g, quantize="none", zero=0, modules_to_save="lm_head"),
+              # ZeRO-3 shards the packed 4-bit codes in 16-bit storage (bnb_4bit_quant_storage)
+              dict(g, zero=3), dict(g, zero=3, ranks=2), dict(g, zero=3, gc=True, quantize="bnb.nf4-dq"),
+              dict(g, zero=3, offload="optimizer", ranks=2)]
     return cases
 
 

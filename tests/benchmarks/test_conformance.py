@@ -52,8 +52,10 @@ def test_the_components_outside_2_percent_are_the_documented_ones():
     outside = {grid: [(r["name"], name) for r in rows for name, c in sizeable(r) if abs(c["error"]) > 0.02]
                for grid, rows in GRIDS.items()}
     assert len(outside["conformance_full"]) == 27 and len(outside["conformance"]) == 2
-    assert outside["conformance_qlora"] == []  # issue 20: every quantized row's components within 2%
-    for grid in outside:
+    # issue 20: one quantized row's parameters: ZeRO-3 + GC peaks in the first step, before Adam's
+    # moments exist, with the recompute's gathered weights held (docs/estimate.md, "QLoRA")
+    assert outside["conformance_qlora"] == [("gqa-untied z3-none lora gc sdpa 1rank bnb.nf4-dq r8", "parameters")]
+    for grid in ("conformance", "conformance_full"):
         assert all(" full gc " in case for case, _ in outside[grid]), outside[grid]
 
 

@@ -38,8 +38,9 @@ def saves_frozen_inputs(m: Mixture) -> bool:
     """Whether every linear saves its input, trainable or not: in full fine-tuning (weight
     gradients need it), and under ZeRO-3, whose ``LinearFunctionForZeroStage3``
     (``deepspeed/runtime/zero/linear.py``) replaces ``F.linear`` and saves input and weight
-    whatever needs a gradient (measured by the twin)."""
-    return m.lora == 0 or m.zero == 3
+    whatever needs a gradient (measured by the twin). bitsandbytes' quantized linears run their own
+    matmul, not ``F.linear``: under ZeRO-3 they save no input (measured: the twin of a QLoRA run)."""
+    return m.lora == 0 or (m.zero == 3 and m.quantize == "none")
 
 
 def repeats_kv(m: Mixture) -> bool:
@@ -352,7 +353,7 @@ def logits_moments(model: ModelSpec, m: Mixture) -> tuple[float, float]:
 def final_norm_bytes(model: ModelSpec, m: Mixture) -> float:
     """The final norm's saved tensors, and the head's 16-bit input when the head is trained (full
     fine-tuning, ZeRO-3's linear, or PEFT ``modules_to_save`` of the head)."""
-    head_trained = saves_frozen_inputs(m) or (m.lora and head_saved(model, m))
+    head_trained = saves_frozen_inputs(m) or m.zero == 3 or (m.lora and head_saved(model, m))
     return norm_saved(model, m) + (element_bytes(m) * model.hidden if head_trained else 0)
 
 

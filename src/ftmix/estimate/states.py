@@ -63,6 +63,15 @@ def is_quantized(lin) -> bool:
     return lin.role != "norm" and not lin.name.startswith("experts.")
 
 
+def quantization_constants(model: ModelSpec, m: Mixture) -> float:
+    """Bytes of the quantization constants (absmax, code books; int8's row scales) of the base."""
+    if m.quantize == "none":
+        return 0.0
+    quantized = [lin for lin in model.linears if is_quantized(lin)]
+    codes = sum(lin.d_in * lin.d_out * m.bits / 8 for lin in quantized)
+    return model.layers * (sum(q.quantized_bytes(lin.d_in, lin.d_out, m) for lin in quantized) - codes)
+
+
 def frozen_bytes(model: ModelSpec, m: Mixture) -> float:
     """Bytes of the frozen base under LoRA: 16-bit, or quantized linears (``quantized``) with the
     rest in 16 bits or, prepared for k-bit training, fp32."""
@@ -78,8 +87,11 @@ def frozen_bytes(model: ModelSpec, m: Mixture) -> float:
 
 
 def _layer_tensors(model: ModelSpec, m: Mixture) -> list[int]:
-    """Element counts of one decoder layer's tensors, LoRA matrices included."""
-    layer = [lin.d_in * lin.d_out for lin in model.linears] + [lin.d_out for lin in model.linears if lin.bias]
+    """Element counts of one decoder layer's tensors, LoRA matrices included; a 4-bit weight under
+    ZeRO-3 is its packed codes in 16-bit storage elements (``bnb_4bit_quant_storage``: n / 4)."""
+    packed = 4 if (m.bits == 4 and m.zero == 3) else 1
+    layer = [lin.d_in * lin.d_out // (packed if is_quantized(lin) else 1) for lin in model.linears]
+    layer += [lin.d_out for lin in model.linears if lin.bias]
     layer += [model.hidden] * model.norms_per_layer * (1 if model.norm == "rms" else 2)
     if m.lora:
         targets = set(resolve_targets(m, model))
@@ -216,7 +228,10 @@ def model_states(model: ModelSpec, m: Mixture, deepspeed: dict | None = None) ->
     gathers = m.zero == 3 and (n > 1 or m.offload == "all")
     persistent = e * persistent_params(model, m, persistence) if gathers else 0.0
     if m.zero == 3:
-        params /= n
+        # a 4-bit base shards its packed codes (16-bit storage) but every rank keeps each weight's
+        # quantization constants whole: they are the quant state, not parameters DeepSpeed sees
+        constants = quantization_constants(model, m) if lora else 0.0
+        params = (params - constants) / n + constants
     cpu_params = cpu_opt = 0.0
     if m.offload in ("optimizer", "all"):
         # every rank on the node offloads its own partition; reduced gradients go straight to the

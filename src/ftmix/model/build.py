@@ -84,9 +84,12 @@ def quantization_config(m: Mixture):
     if m.bits == 8:
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
+    # ZeRO-3 partitions only floating parameters of one dtype: the packed codes stored in 16-bit
+    # elements, as PEFT's DeepSpeed + QLoRA guide sets ``bnb_4bit_quant_storage``
+    storage = compute if m.zero == 3 else torch.uint8
     return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantize[4:7],
                                            bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute,
-                                           bnb_4bit_quant_storage=torch.uint8)
+                                           bnb_4bit_quant_storage=storage)
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0,

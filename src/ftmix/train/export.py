@@ -80,7 +80,8 @@ def base_checksum(model) -> float:
     import torch
 
     with torch.no_grad():
-        return float(sum(p.detach().double().sum() for n, p in model.named_parameters() if "lora_" not in n))
+        return float(sum(p.detach().double().sum() for n, p in model.named_parameters()
+                         if "lora_" not in n and "modules_to_save" not in n))
 
 
 def export(plan: ExportPlan) -> dict:
@@ -101,6 +102,11 @@ def export(plan: ExportPlan) -> dict:
         result["note"] = note
     if plan.merge:
         result.update(merged=str(_merge(plan, base)))
+        quantize = plan.record.mixture.get("quantize", "none")
+        if quantize != "none":
+            result["note"] = ((result.get("note") + "; ") if result.get("note") else "") + (
+                f"merged into the de-quantized base: the run trained against {quantize} weights, expanded to 16 "
+                "bits by bitsandbytes (not the original 16-bit checkpoint)")
     return result
 
 
@@ -158,6 +164,10 @@ def rebuild_base(record: RunRecord):
         if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
             raise FtmixError(f"the rebuilt random-init base differs from the run's (checksum {got:.6g} vs "
                              f"{expected:.6g}); export the adapter without --merge")
+    if m.quantize != "none":
+        # the base the adapter was trained against is the quantized one: expanded to 16 bits by
+        # bitsandbytes (transformers' ``dequantize``), the weights each quantized matmul computed with
+        base = base.dequantize()
     return base
 
 

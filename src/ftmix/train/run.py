@@ -204,6 +204,9 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     trainer.remove_callback(PrinterCallback)  # ftmix reports through its own progress bar and run.json
     resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
     notes = list(prep.built.notes) + length_note(prep.report, m)
+    if device == "cpu" and m.optimizer.startswith("paged"):
+        notes.append(f"{m.optimizer} on CPU: no unified memory, so bitsandbytes keeps the states unpaged (the same "
+                     "bytes; the twin counts them on the device, as a GPU holds them before any eviction)")
     output = trainer.train(resume_from_checkpoint=resume)
     if cfg.save_steps:
         trainer.save_state()
