@@ -37,6 +37,8 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8
 	$(BIN)/ftmix estimate --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 1 --offload none --lora 0 --method paper
+	# QLoRA of the same model on one 24 GB card (bitsandbytes NF4 + double quantization, GC, 4K context)
+	$(BIN)/ftmix estimate --model llama-2-7b --gpu rtx4090-24gb --zero 0 --quantize bnb.nf4-dq --gc --seq-len 4096
 	$(BIN)/ftmix plan --model llama-2-7b --gpu a100-80gb --gpus 8
 	$(BIN)/ftmix matrix --gpu v100-32gb --gpus 8 --offload optimizer
 	# the main job: fine-tune SmolLM2-135M-Instruct (offline GGUF) on the built-in dialogues with

@@ -75,6 +75,7 @@ def _fake_quantized_weights():
     """PEFT's DoRA expands a quantized base weight by its class name (``dequantize_module_weight``:
     Params4bit, Int8Params); a fake one is a plain parameter with the same attributes
     (``model.build.quantize_in_place``): expand it with bitsandbytes' own functions alike."""
+    # lazy: bitsandbytes loads with a simulation, never with the analytic method or the CLI
     import bitsandbytes as bnb
     from peft.tuners.lora import dora, layer
 
