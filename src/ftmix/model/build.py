@@ -116,7 +116,8 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
                 del staged
             with folder:
                 model = _from_pretrained(folder.name, dtype, attn, device, quant)
-            model.config._name_or_path = source.ref
+            # the model is the source's, not the temporary folder's (PEFT writes it as the adapter's base)
+            model.config._name_or_path = model.name_or_path = source.ref
         else:
             model = _load_16bit(source, dtype, attn, device)
     except (OSError, ValueError) as exc:
