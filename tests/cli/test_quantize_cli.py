@@ -22,6 +22,7 @@ def _one_error(code, out, err):
     (["--modules-to-save", "norm"], "modules-to-save norm"),
     (["--dora", "--lora", "0"], "needs LoRA"),
     (["--quantize", "bnb.nf4", "--precision", "fp32"], "16 bits"),
+    (["--quantize", "bnb.nf4", "--method", "simulate", "--sharding", "fsdp2", "--gpus", "2"], "not modelled yet"),
 ])
 def test_bad_quantized_mixtures_are_one_line(ftmix, args, says):
     line = _one_error(*ftmix("estimate", "--model", "llama-2-7b", *args, "--json"))
@@ -34,7 +35,7 @@ def test_bnb_on_a_gptq_checkpoint_is_refused(ftmix, tmp_path):
            "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     line = _one_error(*ftmix("estimate", "--model", str(tmp_path / "config.json"), "--quantize", "bnb.nf4"))
-    assert "GPTQ" in line and "already quantized" in line
+    assert "GPTQ-quantized checkpoint, already at 4 bits" in line
     code, out, err = ftmix("estimate", "--model", str(tmp_path / "config.json"), "--zero", "0", "--json")
     assert code == 0, err
     assert any("GPTQ checkpoint" in n for n in json.loads(out)["notes"])
@@ -62,3 +63,17 @@ def test_the_switch_in_estimate_plan_and_matrix(ftmix):
                            "--quantize", "bnb.nf4", "--json")
     assert code == 0, err
     assert json.loads(out)["cells"][0]["best"]["mixture"]["quantize"] == "bnb.nf4"
+
+
+def test_train_refuses_before_anything_loads(ftmix, tmp_path):
+    line = _one_error(*ftmix("train", "--quantize", "bnb.nf4", "--lora", "0", "--output-dir", str(tmp_path / "a")))
+    assert "needs LoRA" in line
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "vocab_size": 1000,
+           "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
+    (tmp_path / "awq").mkdir()
+    (tmp_path / "awq" / "config.json").write_text(json.dumps(cfg))
+    line = _one_error(*ftmix("train", "--model", str(tmp_path / "awq"), "--random-init", "--output-dir",
+                             str(tmp_path / "b")))
+    assert "AWQ-quantized checkpoint" in line and "bitsandbytes" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

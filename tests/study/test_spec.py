@@ -21,6 +21,15 @@ def test_grid_times_linked_times_repeats(spec_file):
     assert [t.id for t in expand(spec)] == [t.id for t in trials]
 
 
+def test_a_sweep_can_vary_the_quantization_and_the_optimizer(spec_file):
+    """Issue 20: the quantized switches are train keys like the others, so studies sweep them."""
+    spec = load_spec(str(spec_file(name="q", grid={"quantize": ["none", "bnb.nf4", "bnb.nf4-dq", "bnb.int8"],
+                                                    "optimizer": ["adamw_torch", "paged_adamw_8bit"]})))
+    trials = expand(spec)
+    assert len(trials) == 8
+    assert ("bnb.int8", "paged_adamw_8bit") in {(t.config["quantize"], t.config["optimizer"]) for t in trials}
+
+
 @pytest.mark.parametrize("spec, needle", [
     (dict(grid={"bogus": [1]}), "unknown key 'bogus'"),
     (dict(grid={"output_dir": ["x"]}), "the study sets it per trial"),
@@ -29,6 +38,8 @@ def test_grid_times_linked_times_repeats(spec_file):
     (dict(grid={"zero": [7]}), "zero"),
     (dict(grid={"lr": [-1]}), "lr"),
     (dict(repeats=0), "repeats"),
+    (dict(grid={"quantize": ["bnb.nf4"], "lora": [0]}), "needs LoRA"),
+    (dict(grid={"optimizer": ["adamw_9bit"]}), "optimizer must be one of"),
 ])
 def test_a_bad_spec_is_one_error_line(spec_file, tmp_path, spec, needle):
     proc = study("run", spec_file(**spec), "--db", tmp_path / "s.sqlite", "--predict-only")

@@ -45,4 +45,7 @@ def check_sharding(sharding: str, m: Mixture, method: str, deepspeed: dict | Non
                          f"got --zero {m.zero}")
     if m.offload != "none":
         raise FtmixError(f"--sharding fsdp2 is simulated without offload (got --offload {m.offload})")
+    if m.quantize != "none":
+        raise FtmixError(f"--sharding fsdp2 with --quantize {m.quantize}: FSDP2 over quantized weights is not modelled "
+                         "yet; simulate QLoRA on one GPU or under DeepSpeed's stages (--sharding deepspeed)")
     check_mixture(m.with_(zero=0), None, gpu)

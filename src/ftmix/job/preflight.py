@@ -89,7 +89,7 @@ def model_spec(cfg: TrainConfig) -> ModelSpec | None:
         return None  # transformers builds it; the analytic model does not know it (simulate does)
     spec = spec_from_hf_config(config, name=cfg.model)
     if spec.quantization:
-        raise FtmixError(f"{cfg.model} is a {spec.quantization[0].upper()} checkpoint: `ftmix train` loads "
+        raise FtmixError(f"{cfg.model} is a {spec.quantization[0].upper()}-quantized checkpoint: `ftmix train` loads "
                          "bitsandbytes quantization only (--quantize bnb.*; GPTQ/AWQ are for estimate, plan, matrix and "
                          "study)")
     return spec

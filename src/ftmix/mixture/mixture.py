@@ -229,10 +229,10 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
             raise FtmixError(f"bf16 is not supported on {gpu.name} ({gpu.architecture}); use --precision fp16")
     if model is not None:
         if model.quantization and m.quantize != "none":
-            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()} checkpoint, already quantized to "
+            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()}-quantized checkpoint, already at "
                              f"{model.quantization[1]} bits: drop --quantize {m.quantize}")
         if model.quantization and m.lora == 0:
-            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()} checkpoint: its quantized weights "
+            raise FtmixError(f"{model.name} is a {model.quantization[0].upper()}-quantized checkpoint: its weights "
                              "cannot be trained, only LoRA adapters beside them (--lora RANK)")
         if m.seq_len > model.max_positions:
             raise FtmixError(f"seq-len {m.seq_len} exceeds {model.name}'s {model.max_positions} positions")
