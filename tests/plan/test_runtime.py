@@ -73,3 +73,27 @@ def test_calibration_overrides(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(FtmixError):
         load_calibration(path)
+
+
+def test_qlora_pays_a_fixed_dequantization_cost_per_weight_use():
+    """Issue 20: each use of a quantized weight (forward, the input gradient, GC's recompute) reads
+    it packed and writes and re-reads a 16-bit copy; the cost does not grow with the tokens."""
+    from ftmix.catalog import load_gpu, load_model
+    from ftmix.mixture import Mixture
+    from ftmix.plan.runtime import step_time
+
+    spec, gpu = load_model("llama-2-7b"), load_gpu("a100-80gb")
+    linear = spec.layers * sum(lin.d_in * lin.d_out for lin in spec.linears)
+    for seq, gc in ((256, False), (4096, True)):
+        m = Mixture(zero=0, offload="none", seq_len=seq, gc=gc)
+        lora, qlora = step_time(spec, gpu, m), step_time(spec, gpu, m.with_(quantize="bnb.nf4"))
+        per_use = (linear * 4.5 / 8 + 2 * 2 * linear) / gpu.memory_bandwidth
+        assert qlora.dequantize == pytest.approx(8 * (3 if gc else 2) * per_use, rel=1e-3)  # 8 micro steps
+        # and the rest moves only by the memory-bound passes over PEFT's fp32 MLP activations
+        assert qlora.total - lora.total == pytest.approx(qlora.dequantize + qlora.memory_bound - lora.memory_bound)
+        assert qlora.compute == lora.compute and qlora.memory_bound >= lora.memory_bound
+    short = Mixture(zero=0, offload="none", seq_len=256)
+    long = short.with_(seq_len=4096)
+    overhead = [step_time(spec, gpu, x.with_(quantize="bnb.nf4")).total / step_time(spec, gpu, x).total - 1
+                for x in (short, long)]
+    assert overhead[0] > 2 * overhead[1] > 0

@@ -39,7 +39,6 @@ BNB_4BIT_CODE_BYTES = 16 * 4  # the NF4/FP4 code book, fp32
 BNB_DYNAMIC_CODE_BYTES = 256 * 4  # the absmax's 8-bit dynamic code book, fp32
 OPTIM_8BIT_MIN = 4096  # ``min_8bit_size``
 OPTIM_8BIT_BLOCK = 256
-PAGED_MIN = 100_000  # elements from which a paged optimizer's state is paged
 
 
 def quantized_bytes(d_in: int, d_out: int, m: Mixture, prequantized: tuple | None = None) -> float:

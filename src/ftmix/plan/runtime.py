@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.estimate import activations as act
-from ftmix.estimate.quantized import quantized_bytes
+from ftmix.estimate.quantized import dequantized_copy_bytes, quantized_bytes
 from ftmix.estimate.states import frozen_bytes, is_quantized, trainable_params
 from ftmix.mixture import Mixture, grad_accum
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
@@ -170,6 +170,6 @@ def dequantize_time(model: ModelSpec, gpu: GpuSpec, m: Mixture) -> float:
         return 0.0
     quantized = [lin for lin in model.linears if is_quantized(lin)]
     packed = model.layers * sum(quantized_bytes(lin.d_in, lin.d_out, m, model.quantization) for lin in quantized)
-    expanded = model.layers * sum(2 * lin.d_in * lin.d_out for lin in quantized)
+    expanded = model.layers * sum(dequantized_copy_bytes(lin.d_in, lin.d_out, m) for lin in quantized)
     uses = 3 if m.gc else 2
     return uses * (packed + 2 * expanded) / gpu.memory_bandwidth
