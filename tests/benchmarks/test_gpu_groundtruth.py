@@ -17,8 +17,9 @@ def test_tiny_grid_on_cpu(tmp_path):
     rows = gpu_groundtruth.main(["--device", "cpu", "--tiny", "--steps", "2", "--out", str(tmp_path)])
     assert len(rows) == len(gpu_groundtruth.grid()) == 20
     assert all(r["status"] == "ok" for r in rows)
-    keys = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch",
-            "seq_len", "gpus", "nodes", "packing"}
+    from ftmix.mixture import KEYS
+
+    keys = set(KEYS)  # every declared mixture key, quantized ones included (issue 20)
     for r in rows:
         assert set(r["mixture"]) == keys
         # CPU figures are RSS: the high-water mark restarts from RSS at the reset, a little under "after build"

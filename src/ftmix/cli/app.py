@@ -390,8 +390,9 @@ def train_cmd(
             progress.add_task(f"{cfg.nproc * cfg.nnodes} ranks via {cfg.launcher}", total=None, info="")
         record = api.run_checked(cfg, eval=eval_too, progress=progress)
     except Exception as exc:  # noqa: BLE001 - CUDA's, the twin's and a rank's out-of-memory, whatever their type
-        # lazy: only a failed run asks whether it ran out of memory (the training stack's errors)
-        from ftmix.train.auto import is_oom
+        with engine_output_to(log):  # the training stack's import-time notes (bitsandbytes') go to the log
+            # lazy: only a failed run asks whether it ran out of memory (the training stack's errors)
+            from ftmix.train.auto import is_oom
 
         if not is_oom(exc):
             raise
