@@ -36,6 +36,8 @@ def test_bnb_on_a_gptq_checkpoint_is_refused(ftmix, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     line = _one_error(*ftmix("estimate", "--model", str(tmp_path / "config.json"), "--quantize", "bnb.nf4"))
     assert "GPTQ-quantized checkpoint, already at 4 bits" in line
+    line = _one_error(*ftmix("estimate", "--model", str(tmp_path / "config.json"), "--lora", "0"))
+    assert "only LoRA adapters beside them" in line
     code, out, err = ftmix("estimate", "--model", str(tmp_path / "config.json"), "--zero", "0", "--json")
     assert code == 0, err
     assert any("GPTQ checkpoint" in n for n in json.loads(out)["notes"])
