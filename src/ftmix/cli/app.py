@@ -18,8 +18,8 @@ from ftmix.api import positive_int, split_list
 from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
-from ftmix.cli.render import (LazyProgress, compare_report, console, estimate_table, eval_table, matrix_table, plan_report, print_json,
-                              train_summary)
+from ftmix.cli.render import (LazyProgress, compare_report, console, estimate_table, eval_table, matrix_table,
+                              plan_report, print_json, train_summary)
 from ftmix.cli.study import study_app
 from ftmix.errors import FtmixError
 from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit

@@ -41,7 +41,6 @@ from ftmix.plan.constants import Calibration, calibration_for
 from ftmix.train.export import base_checksum
 from ftmix.train.measure import Meter, cpu_rss_bytes
 
-
 # HF TrainingArguments' ``optim`` for each mixture optimizer: torch's fused AdamW (a GPU run's, on
 # CPU too, so the twin sees a GPU's temporaries), bitsandbytes' 8-bit and paged AdamW
 HF_OPTIMIZERS = {"adamw_torch": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
