@@ -14,14 +14,16 @@ def micro_steps(row: dict) -> int:
     return 1 if row.get("grad_accum") == 1 else 2
 
 
-def twin_steps(make: Callable, forward_loss: Callable, micro_steps: int = 2, steps: int = 2) -> dict:
+def twin_steps(make: Callable, forward_loss: Callable, micro_steps: int = 2, steps: int = 2,
+               reset_after_make: bool = False) -> dict:
     """``make()`` builds (model, optimizer) under fake tensors; ``forward_loss(model, loop)`` runs
     one micro step's forward and returns its loss, keeping in the dict ``loop`` what the
     framework's training loop keeps in its local variables (its logits: alive through the
     backward and, until they are rebound, through the next forward). Runs ``steps`` optimizer
     steps of ``micro_steps`` micro steps (the loss divided over them, ``zero_grad(set_to_none=True)``
     after each step) and returns the twin's report (the device peak, where it fell, by role and by
-    code site)."""
+    code site). ``reset_after_make``: forget the peaks of the build (a model built in 16 bits, then
+    quantized, where the framework loads quantized weights)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ftmix.measure.twin import DeviceTwin
@@ -32,6 +34,8 @@ def twin_steps(make: Callable, forward_loss: Callable, micro_steps: int = 2, ste
         twin.start()
         try:
             model, optimizer = make()
+            if reset_after_make:
+                twin.reset_peak()
             twin.watch_model(model)
             twin.watch_step(optimizer)
             loop = {}
