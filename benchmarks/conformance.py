@@ -58,7 +58,7 @@ def qlora_cases() -> list[dict]:
     """The quantized grid (issue 20): NF4, NF4 with double quantization and LLM.int8 bases, GC on
     and off, both shapes; then DoRA, ``modules_to_save`` (head, embedding), bitsandbytes' 8-bit and
     paged AdamW (rank 64, so the adapters reach bitsandbytes' 4096-element floor for 8-bit states),
-    under one GPU, ZeRO-2 (with and without optimizer offload), ZeRO-3 (the 4-bit codes sharded) and
+    under one GPU, ZeRO-2 (with and without optimizer offload, int8 too), ZeRO-3 (the 4-bit codes sharded) and
     two ranks (DDP, ZeRO-2, ZeRO-3)."""
     base = dict(offload="none", lora=8, attn="sdpa", ranks=1, **QLORA_KEYS)
     cases = []
@@ -75,7 +75,9 @@ def qlora_cases() -> list[dict]:
               dict(g, quantize="none", zero=0, dora=True), dict(g, quantize="none", zero=0, modules_to_save="lm_head"),
               # ZeRO-3 shards the packed 4-bit codes in 16-bit storage (bnb_4bit_quant_storage)
               dict(g, zero=3), dict(g, zero=3, ranks=2), dict(g, zero=3, gc=True, quantize="bnb.nf4-dq"),
-              dict(g, zero=3, offload="optimizer", ranks=2)]
+              dict(g, zero=3, offload="optimizer", ranks=2),
+              # int8 under ZeRO-2 with the adapters' optimizer states offloaded (the int8 base stays)
+              dict(g, quantize="bnb.int8", zero=2, offload="optimizer")]
     return cases
 
 
