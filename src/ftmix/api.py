@@ -26,6 +26,7 @@ from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
 from ftmix.plan import matrix as grid
 from ftmix.plan import plan as search
 from ftmix.plan.constants import calibration_for
+from ftmix.plan.context import reach_of_candidates
 from ftmix.plan.host import local_cpu_ram
 from ftmix.train.evaluate import Generation
 from ftmix.train.evaluate import evaluate as score
@@ -109,6 +110,23 @@ def plan(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, search_batch: boo
     flags, ds_config = with_deepspeed(mixture_keys(**mixture), deepspeed)
     return search(spec, gpu_spec, flags, search_batch, effective_batch, cal.runtime, safety_margin,
                   deepspeed=ds_config, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
+
+
+def max_context(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, granularity: int = 64, effective_batch: int = 8,
+                deepspeed: str | None = None, cpu_ram: str | float | None = NO_GPU_RAM, safety_margin: float = 0.05,
+                calibration: str | None = None, calibration_any_gpu: bool = False, **mixture) -> list:
+    """``ftmix plan --max-seq-len``: the longest context each candidate mixture fits (the mixture
+    given when every searched key is fixed), the farthest first; exact to ``granularity`` tokens."""
+    if mixture.get("seq_len") is not None:
+        raise FtmixError("--max-seq-len searches the sequence length; drop --seq-len")
+    if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
+        raise FtmixError(f"--granularity must be a positive whole number of tokens, got {granularity!r}")
+    spec, gpu_spec = load_model(model), load_gpu(gpu)
+    cal = calibration_for(calibration, gpu_spec.name, calibration_any_gpu)
+    flags, ds_config = with_deepspeed(mixture_keys(**mixture), deepspeed)
+    return reach_of_candidates(spec, gpu_spec, flags, granularity, effective_batch=effective_batch,
+                               safety_margin=safety_margin, cpu_ram=cpu_ram_bytes(cpu_ram), deepspeed=ds_config,
+                               overheads=cal.memory)
 
 
 def compare_quantize(model: str = "llama-2-7b", gpu: str = "a100-80gb", scheme: str = "bnb.nf4", **plan_args) -> dict:

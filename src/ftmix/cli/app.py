@@ -19,7 +19,7 @@ from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
 from ftmix.cli.render import (LazyProgress, compare_report, console, estimate_table, eval_table, matrix_table,
-                              plan_report, print_json, train_summary)
+                              plan_report, print_json, reach_table, train_summary)
 from ftmix.cli.study import study_app
 from ftmix.errors import FtmixError
 from ftmix.estimate.arch_fits import read_fits, user_fits_path, write_fit
@@ -277,10 +277,24 @@ def plan_cmd(
     calibration_any_gpu: AnyGpu = False,
     safety_margin: Margin = 0.05, deepspeed: o.DeepSpeed = None, cpu_ram: CpuRam = "auto",
     compare_quantize: Annotated[Optional[str], typer.Option("--compare-quantize", metavar="SCHEME", help="Also plan with the base weights quantized (bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.int8...) and show both winners side by side; quantization stays your choice.")] = None,
+    max_seq_len: Annotated[bool, typer.Option("--max-seq-len", help="Instead: the longest sequence length each candidate mixture fits (the flags you give fixed), the farthest first; exact to --granularity tokens.")] = False,
+    granularity: Annotated[int, typer.Option("--granularity", metavar="TOKENS", help="With --max-seq-len: the answer is a multiple of this that fits, the next multiple does not.")] = 64,
     json_out: o.Json = False,
 ):
     """The fastest mixture that fits: flags given fix that dimension; ZeRO, offload, GC and attention are searched.
     Exit code 3 when nothing fits."""
+    if max_seq_len:
+        reach = api.max_context(model, gpu, granularity=granularity, effective_batch=effective_batch,
+                                deepspeed=deepspeed, cpu_ram=cpu_ram, safety_margin=safety_margin,
+                                calibration=calibration, calibration_any_gpu=calibration_any_gpu,
+                                **mixture_flags(locals()))
+        if json_out:
+            print_json({"model": model, "gpu": gpu, "granularity": granularity,
+                        "best": reach[0].to_json() if reach[0].max_seq_len else None,
+                        "candidates": [r.to_json() for r in reach]})
+        else:
+            reach_table(reach, model, gpu, granularity)
+        return 0 if reach[0].max_seq_len else NOTHING_FITS
     if compare_quantize is not None:
         both = api.compare_quantize(model, gpu, compare_quantize.strip().lower(), search_batch=search_batch,
                                     effective_batch=effective_batch, deepspeed=deepspeed, cpu_ram=cpu_ram,

@@ -63,6 +63,17 @@ def estimate_table(est: Estimate) -> None:
         console.print(f"[dim]{note}[/dim]")
 
 
+def reach_table(reach: list, model: str, gpu: str, granularity: int) -> None:
+    """``plan --max-seq-len``: each candidate's longest context, the farthest first."""
+    table = Table(title=f"longest context that fits, {model} on {gpu} (exact to {granularity} tokens)")
+    for col in ("mixture", "max seq-len", "peak GB there"):
+        table.add_column(col, justify="left" if col == "mixture" else "right")
+    for r in reach:
+        length = "-" if r.max_seq_len is None else f"{r.max_seq_len:,}" + (" (positions)" if r.capped else "")
+        table.add_row(r.mixture.label, length, "-" if r.peak_gb is None else f"{r.peak_gb:.2f}")
+    console.print(table)
+
+
 def compare_report(both: dict) -> None:
     """``plan --compare-quantize``: the two winners side by side."""
     table = Table(title=f"fastest fitting mixture, base weights as they are vs {both['scheme']}")
