@@ -147,7 +147,7 @@ def test_cpu_times_are_not_compared_with_gpu_predictions_and_any_sweep_gets_a_fi
     assert {(f["study"], f["kind"]) for f in result["figures"]} == {("lr-sweep", "trials"), ("all", "scatter")}
     assert result["scatter"]["time"]["n"] == 0 and result["scatter"]["memory"]["n"] == 3
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "CPU run" in md and "-96" not in md and "%" in md
+    assert "CPU run" in md and "-96%" not in md and "%" in md
     points = result["studies"]["lr-sweep"]["figure"]["points"]
     assert [p["mixture"] for p in points] == ["lr=0.01", "lr=0.02", "lr=0.05"]
     assert all(p["predicted_step_s"] is None and p["step_s"] == 2.5 + i for i, p in enumerate(points))
