@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch", "quantize", "optimizer", "modules_to_save", "dora",
-        "seq_len", "gpus", "nodes", "packing"}
+from ftmix.mixture import KEYS as MIXTURE_KEYS
+
+KEYS = set(MIXTURE_KEYS)  # every declared mixture key
 
 
 def test_paper_table_through_the_cli(cli):

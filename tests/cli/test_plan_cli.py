@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
-KEYS = {"zero", "offload", "lora", "lora_alpha", "lora_targets", "gc", "attn", "precision", "micro_batch", "quantize", "optimizer", "modules_to_save", "dora",
-        "seq_len", "gpus", "nodes", "packing"}
+from ftmix.mixture import KEYS as MIXTURE_KEYS
+
+KEYS = set(MIXTURE_KEYS)  # every declared mixture key
 
 
 def test_plan_json(cli):
@@ -61,3 +64,17 @@ def test_bad_input(cli, args):
     proc = cli(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+
+
+def test_max_seq_len_through_the_cli(ftmix):
+    """`plan --max-seq-len` (issue 21): the longest context, --json, and its bad input."""
+    code, out, err = ftmix("plan", "--model", "mistral-7b", "--gpu", "rtx4090-24gb", "--zero", "0",
+                           "--quantize", "bnb.nf4", "--gc", "--attn", "fa2", "--max-seq-len", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["candidates"]) == 1 and result["granularity"] == 64
+    assert result["best"]["max_seq_len"] == result["best"]["mixture"]["seq_len"] > 4096
+    code, out, err = ftmix("plan", "--model", "mistral-7b", "--seq-len", "512", "--max-seq-len")
+    assert code == 2 and err.startswith("error: ") and "drop --seq-len" in err
+    code, out, err = ftmix("plan", "--model", "mistral-7b", "--max-seq-len", "--granularity", "0")
+    assert code == 2 and "granularity" in err

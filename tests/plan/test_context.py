@@ -1,8 +1,6 @@
 """`plan --max-seq-len` (issue 21, "How long a context fits"): the longest sequence length a mixture
 fits, exact to the granularity, for the mixture given or every candidate."""
 
-import json
-
 import pytest
 
 from ftmix.catalog import load_gpu, load_model
@@ -47,34 +45,3 @@ def test_candidates_are_sorted_farthest_first_and_gc_reaches_farther():
     lengths = [r.max_seq_len or 0 for r in reach]
     assert lengths == sorted(lengths, reverse=True) and len(reach) == 6  # GC x 3 kernels
     assert reach[0].mixture.gc and not reach[-1].mixture.gc
-
-
-def test_through_the_cli(ftmix_cli):
-    code, out, err = ftmix_cli("plan", "--model", "mistral-7b", "--gpu", "rtx4090-24gb", "--zero", "0",
-                               "--quantize", "bnb.nf4", "--gc", "--attn", "fa2", "--max-seq-len", "--json")
-    assert code == 0, err
-    result = json.loads(out)
-    assert len(result["candidates"]) == 1 and result["granularity"] == 64
-    assert result["best"]["max_seq_len"] == result["best"]["mixture"]["seq_len"] > 4096
-    code, out, err = ftmix_cli("plan", "--model", "mistral-7b", "--seq-len", "512", "--max-seq-len")
-    assert code == 2 and err.startswith("error: ") and "drop --seq-len" in err
-    code, out, err = ftmix_cli("plan", "--model", "mistral-7b", "--max-seq-len", "--granularity", "0")
-    assert code == 2 and "granularity" in err
-
-
-@pytest.fixture
-def ftmix_cli(capsys, monkeypatch):
-    from ftmix.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*args):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run

@@ -47,8 +47,6 @@ def fits(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int = STUD
 
 def longest_context(model: ModelSpec, gpu: GpuSpec, m: Mixture, granularity: int = GRANULARITY, **fit_args) -> Reach:
     """The largest multiple of ``granularity`` (at most the model's positions) at which ``m`` fits."""
-    if granularity < 1:
-        raise FtmixError(f"granularity must be a positive number of tokens, got {granularity}")
     top = model.max_positions // granularity
     lo, hi, best = 0, top, None  # invariant: lo granules fit (0 trivially), hi + 1 do not
     while lo < hi:
