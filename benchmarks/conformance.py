@@ -41,17 +41,36 @@ ENGINES = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimiz
            (3, "optimizer"), (3, "all")]
 
 
-# the quantized setups' keys (issue 20), with the values that leave a case as it was before them
-QLORA_KEYS = {"quantize": "none", "optimizer": "adamw_torch", "dora": False, "modules_to_save": ""}
+# the quantized setups' keys (issue 20) and the engine (issue 21), with the values that leave a case
+# as it was before them
+QLORA_KEYS = {"quantize": "none", "optimizer": "adamw_torch", "dora": False, "modules_to_save": "",
+              "sharding": "deepspeed"}
 
 
 def case_name(shape, zero, offload, lora, gc, attn, ranks, quantize="none", optimizer="adamw_torch", dora=False,
-              modules_to_save="") -> str:
+              modules_to_save="", sharding="deepspeed") -> str:
     extra = "".join([f" {quantize}" if quantize != "none" else "", f" r{lora}" if quantize != "none" else "",
                      f" {optimizer}" if optimizer != "adamw_torch" else "", " dora" if dora else "",
                      f" +{modules_to_save}" if modules_to_save else ""])
-    return (f"{shape} z{zero}-{offload} {'lora' if lora else 'full'}{' gc' if gc else ''} {attn} "
+    engine = f"fsdp2-{'full' if zero == 3 else 'grad'}" if sharding == "fsdp2" else f"z{zero}-{offload}"
+    return (f"{shape} {engine} {'lora' if lora else 'full'}{' gc' if gc else ''} {attn} "
             f"{ranks}rank{extra}")
+
+
+GRID_FILES = {"standard": "conformance", "full": "conformance_full", "qlora": "conformance_qlora",
+              "fsdp2": "conformance_fsdp2"}
+
+
+def fsdp2_cases() -> list[dict]:
+    """FSDP2 (issue 21): FULL_SHARD and SHARD_GRAD_OP x LoRA/full x GC on two ranks, both shapes;
+    then eager attention, one rank, LoRA on every linear, and full fine-tuning's gradients set to
+    None between steps (one micro step per optimizer step)."""
+    base = dict(offload="none", attn="sdpa", ranks=2, **dict(QLORA_KEYS, sharding="fsdp2"))
+    cases = [dict(base, shape=shape, zero=zero, lora=lora, gc=gc)
+             for shape, zero, lora, gc in itertools.product(SHAPES, (3, 2), (8, 0), (False, True))]
+    g = dict(base, shape="gqa-untied", zero=3, lora=0, gc=False)
+    cases += [dict(g, attn="eager", gc=True), dict(g, ranks=1), dict(g, lora=8, ranks=1, gc=True)]
+    return cases
 
 
 def qlora_cases() -> list[dict]:
@@ -87,6 +106,8 @@ def all_cases(grid: str = "standard") -> list[dict]:
     MHA/tied over every engine x LoRA/full on two ranks. ``quick``: GQA, sdpa, no GC."""
     if grid == "qlora":
         return qlora_cases()
+    if grid == "fsdp2":
+        return fsdp2_cases()
     cases = []
     for shape, (zero, offload), lora, gc, attn, ranks in itertools.product(
             SHAPES, ENGINES, (8, 0), (False, True), ("sdpa", "eager"), (1, 2)):
@@ -110,6 +131,7 @@ def run_case(case: dict, workdir: Path, deepspeed_config: str | None = None, seq
              "--output-dir", str(out), "--zero", str(case["zero"]), "--offload", case["offload"],
              "--lora", str(case["lora"]), "--gc" if case["gc"] else "--no-gc", "--attn", case["attn"],
              "--nproc", str(case["ranks"]), "--precision", "bf16", "--json", "lr=0.001"]
+
     for key, default in QLORA_KEYS.items():
         if case.get(key, default) != default:
             flags += [f"{key}={json.dumps(case[key]) if isinstance(case[key], bool) else case[key]}"]
@@ -208,7 +230,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--grid", choices=("quick", "standard", "full", "qlora"), default="standard")
+    ap.add_argument("--grid", choices=("quick", "standard", "full", "qlora", "fsdp2"), default="standard")
     ap.add_argument("--only", default=None,
                     help="run the cases whose name contains each of these comma-separated parts")
     ap.add_argument("--merge", action="store_true",
@@ -219,7 +241,7 @@ def main() -> None:
                     help="keep the committed measurements; recompute the predictions with the current estimate")
     args = ap.parse_args()
     if args.repredict:
-        name = {"standard": "conformance", "full": "conformance_full", "qlora": "conformance_qlora"}[args.grid]
+        name = GRID_FILES[args.grid]
         path = Path(args.out) / f"{name}.json"
         old = json.loads(path.read_text())["rows"]
         rows = [repredict(r) if isinstance(r.get("error"), float) else r for r in old]
@@ -242,7 +264,7 @@ def main() -> None:
             print(f"[{i}/{len(cases)}] {r['name']}: {err}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = {"standard": "conformance", "full": "conformance_full", "qlora": "conformance_qlora"}.get(args.grid)
+    name = GRID_FILES.get(args.grid)
     if args.merge and name and (out / f"{name}.json").exists():
         fresh = {r["name"]: r for r in rows}
         old = json.loads((out / f"{name}.json").read_text())["rows"]

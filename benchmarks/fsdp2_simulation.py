@@ -44,12 +44,13 @@ from ftmix.files import proc_bytes
 from ftmix.measure.simulate import simulate
 from ftmix.mixture import mixture_from_flags
 name, case = sys.argv[1], json.loads(sys.argv[2])
-m = mixture_from_flags(None, zero=3, offload="none", precision="bf16", attn="sdpa", micro_batch=1, gpus=8, **case)
-config, _ = simulation_config(name, m, sharding="fsdp2")
+m = mixture_from_flags(None, sharding="fsdp2", zero=3, offload="none", precision="bf16", attn="sdpa", micro_batch=1,
+                       gpus=8, **case)
+config, _ = simulation_config(name, m)
 t0 = time.time()
-sim = simulate(config, m, name, sharding="fsdp2")
+sim = simulate(config, m, name)
 seconds = time.time() - t0
-zero3 = estimate(load_model(name), m)
+zero3 = estimate(load_model(name), m.with_(sharding="deepspeed"))
 print(json.dumps({"model": name, **case, "ranks": 8, "simulate_s": round(seconds, 1),
                   "peak_rss_gb": round(proc_bytes("/proc/self/status", "VmHWM") / 1e9, 3),
                   "fsdp2_peak_gb": round(sim.peak / 1e9, 3), "breakdown_gb": {k: round(v / 1e9, 3) for k, v in sim.breakdown.items()},
@@ -65,8 +66,8 @@ def check_rows() -> list[dict]:
     rows = []
     for arch, zero, lora, gc, precision, ranks, attn in CHECKS:
         m = mixture_from_flags(None, zero=zero, offload="none", lora=lora, gc=gc, attn=attn, precision=precision,
-                               seq_len=128, micro_batch=1, gpus=ranks)
-        label = m.label.replace("ZeRO-3", "FULL_SHARD").replace("ZeRO-2", "SHARD_GRAD_OP")
+                               seq_len=128, micro_batch=1, gpus=ranks, sharding="fsdp2")
+        label = m.label.replace("FSDP2 ", "")
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "c.json").write_text(json.dumps(CONFIGS[arch]))
             Path(tmp, "m.json").write_text(json.dumps(dataclasses.asdict(m)))
@@ -78,7 +79,7 @@ def check_rows() -> list[dict]:
                 continue
             real = [json.loads(Path(tmp, f"rank{r}.json").read_text())["device_peak_bytes"] for r in range(ranks)]
         try:
-            sim = simulate(CONFIGS[arch], m, arch, sharding="fsdp2").peak
+            sim = simulate(CONFIGS[arch], m, arch).peak
         except Exception as exc:  # noqa: BLE001 - reported as the row's outcome
             rows.append(dict(arch=arch, label=label, ranks=ranks, error=[str(exc)[:200]]))
             continue

@@ -51,8 +51,7 @@ def mixture_keys(**given) -> dict:
 
 
 def estimate(model: str = "llama-2-7b", gpu: str | None = None, *, method: str = "analytic",
-             sharding: str = "deepspeed", deepspeed: str | None = None, grad_accum: int | None = None,
-             safety_margin: float = 0.05, calibration: str | None = None, calibration_any_gpu: bool = False,
+             deepspeed: str | None = None, grad_accum: int | None = None, safety_margin: float = 0.05, calibration: str | None = None, calibration_any_gpu: bool = False,
              **mixture) -> "Estimate":
     """Peak GPU memory and host RAM of one training step: ``ftmix estimate``.
 
@@ -64,26 +63,22 @@ def estimate(model: str = "llama-2-7b", gpu: str | None = None, *, method: str =
     gpu_spec = load_gpu(gpu) if gpu else None
     cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
     ds_config = read_deepspeed_config(deepspeed) if deepspeed else None
-    sharding = sharding.strip().lower()
-    # FSDP2's own defaults (FULL_SHARD, nothing offloaded); its checks are check_sharding's
-    unset = {"zero": 3, "offload": "none"} if sharding == "fsdp2" else None
-    mix = resolve_mixture(mixture_keys(**mixture), gpu_spec, ds_config, deepspeed, unset, check=False)
-    check_sharding(sharding, mix, method, ds_config, gpu_spec)
+    mix = resolve_mixture(mixture_keys(**mixture), gpu_spec, ds_config, deepspeed)
+    check_sharding(mix, method, ds_config)
     check_grad_accum(grad_accum)  # before torch loads for method="simulate"
     if method == "simulate":
-        return with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, sharding, grad_accum),
-                              cal.memory)
+        return with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, grad_accum), cal.memory)
     return analytic_estimate(load_model(model), mix, gpu_spec, method, safety_margin, ds_config, cal.memory,
                              grad_accum)
 
 
 def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict | None = None,
-              sharding: str = "deepspeed", grad_accum: int | None = None):
+              grad_accum: int | None = None):
     """Everything checked before torch loads: the mixture, the config, that transformers knows it."""
     if not 0 <= safety_margin < 1:
         raise FtmixError(f"safety margin must be in [0, 1), got {safety_margin}")
-    config, name = simulation_config(model, mix, gpu_spec, sharding)
-    if sharding == "deepspeed" and (mix.zero or mix.world > 1):
+    config, name = simulation_config(model, mix, gpu_spec)
+    if not mix.fsdp2 and (mix.zero or mix.world > 1):
         try:
             spec_from_hf_config(config, name)
         except FtmixError:
@@ -96,7 +91,7 @@ def _simulate(model: str, mix, gpu_spec, safety_margin: float, ds_config: dict |
         # lazy: the simulation runs the real model code under torch; the other methods never load it
         from ftmix.measure.simulate import simulate
 
-        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, sharding, grad_accum)
+        return simulate(config, mix, name, gpu_spec, safety_margin, ds_config, grad_accum)
 
 
 def plan(model: str = "llama-2-7b", gpu: str = "a100-80gb", *, search_batch: bool = False, effective_batch: int = 8,

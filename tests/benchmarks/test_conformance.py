@@ -1,7 +1,8 @@
 """The estimate against the real engines, measured by the device-memory twin.
 
 Every committed twin measurement of the conformance grids (benchmarks/results/conformance.json:
-80 cases; conformance_full.json: 256) is predicted anew by the current estimate, as ``ftmix train``
+80 cases; conformance_full.json: 256; conformance_qlora.json: 34; conformance_fsdp2.json: 19) is
+predicted anew by the current estimate, as ``ftmix train``
 predicts it, in seconds and without torch: the prediction must be the committed one to the byte
 (a change to the estimate re-runs ``benchmarks/conformance.py --repredict`` and commits what
 moved), and the committed accuracy must hold: each peak within 1% and each component holding 1%
@@ -23,7 +24,7 @@ sys.path.insert(0, str(BENCH))
 import conformance  # noqa: E402 - the benchmark's own code, from benchmarks/
 
 GRIDS = {name: json.loads((BENCH / "results" / f"{name}.json").read_text())["rows"]
-         for name in ("conformance", "conformance_full", "conformance_qlora")}
+         for name in ("conformance", "conformance_full", "conformance_qlora", "conformance_fsdp2")}
 ROWS = [(grid, row) for grid, rows in GRIDS.items() for row in rows]
 
 # docs/groundtruth.md, "The four peaks outside 1%": gloo's timing, a first-step-only moment
@@ -55,6 +56,12 @@ def test_the_components_outside_2_percent_are_the_documented_ones():
     # issue 20: one quantized row's parameters: ZeRO-3 + GC peaks in the first step, before Adam's
     # moments exist, with the recompute's gathered weights held (docs/estimate.md, "QLoRA")
     assert outside["conformance_qlora"] == [("gqa-untied z3-none lora gc sdpa 1rank bnb.nf4-dq r8", "parameters")]
+    # issue 21: FSDP2 on real gloo ranks; full fine-tuning + GC's activations and temporaries at
+    # +2.0% to +2.6% on these tiny shapes (the layer backward's moment, where the MLP output
+    # projection's fresh gradient the full-size simulation holds is a larger share than here)
+    assert sorted(outside["conformance_fsdp2"]) == sorted(
+        (f"{shape} fsdp2-{strategy} full gc sdpa 2rank", "activations and temporaries")
+        for shape in ("gqa-untied", "mha-tied") for strategy in ("full", "grad"))
     for grid in ("conformance", "conformance_full"):
         assert all(" full gc " in case for case, _ in outside[grid]), outside[grid]
 

@@ -23,6 +23,7 @@ def _one_error(code, out, err):
     (["--dora", "--lora", "0"], "needs LoRA"),
     (["--quantize", "bnb.nf4", "--precision", "fp32"], "16 bits"),
     (["--quantize", "bnb.nf4", "--method", "simulate", "--sharding", "fsdp2", "--gpus", "2"], "not modelled yet"),
+    (["--quantize", "bnb.nf4", "--sharding", "fsdp2", "--gpus", "2"], "not modelled yet"),
 ])
 def test_bad_quantized_mixtures_are_one_line(ftmix, args, says):
     line = _one_error(*ftmix("estimate", "--model", "llama-2-7b", *args, "--json"))

@@ -29,9 +29,9 @@ def _real(tmp_path, config: dict, m, ranks: int) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 
-def _mixture(zero, lora, gc, precision="bf16", ranks=2, attn="sdpa"):
+def _mixture(zero, lora, gc, precision="bf16", ranks=2, attn="sdpa", sharding="fsdp2"):
     return mixture_from_flags(None, zero=zero, offload="none", lora=lora, gc=gc, attn=attn, precision=precision,
-                              seq_len=128, micro_batch=1, gpus=ranks)
+                              seq_len=128, micro_batch=1, gpus=ranks, sharding=sharding)
 
 
 @pytest.mark.timeout(900)
@@ -41,7 +41,7 @@ def _mixture(zero, lora, gc, precision="bf16", ranks=2, attn="sdpa"):
 def test_fsdp2_simulation_is_a_real_gloo_rank(tmp_path, arch, zero, lora, gc, precision, ranks):
     m = _mixture(zero, lora, gc, precision, ranks)
     real = _real(tmp_path, CONFIGS[arch], m, ranks)
-    est = simulate(CONFIGS[arch], m, arch, sharding="fsdp2")
+    est = simulate(CONFIGS[arch], m, arch)
     measured = real[0]["device_peak_bytes"]
     assert est.peak == pytest.approx(measured, rel=0.001), (est.peak, measured, est.breakdown, real[0]["device_by_role"])
     assert sum(est.breakdown.values()) == est.peak
@@ -54,8 +54,8 @@ def test_fsdp2_shards_the_model_states_over_the_ranks():
     """Full fine-tuning, mixed precision: fp32 parameters, fp32 gradients and two fp32 AdamW states
     per parameter, each split over the ranks (FSDP2 pads dim 0 to a multiple of the ranks)."""
     config = CONFIGS["llama"]
-    two = simulate(config, _mixture(3, 0, True, ranks=2), "llama", sharding="fsdp2")
-    four = simulate(config, _mixture(3, 0, True, ranks=4), "llama", sharding="fsdp2")
+    two = simulate(config, _mixture(3, 0, True, ranks=2), "llama")
+    four = simulate(config, _mixture(3, 0, True, ranks=4), "llama")
     for est, ranks in ((two, 2), (four, 4)):
         assert est.breakdown["optimizer"] == pytest.approx(8 * est.total_params / ranks, rel=0.01)
         assert est.breakdown["gradients"] >= 4 * est.total_params / ranks * 0.99
@@ -64,16 +64,16 @@ def test_fsdp2_shards_the_model_states_over_the_ranks():
 
 def test_fsdp2_takes_pure_16_bit_training_that_deepspeed_cannot():
     m = _mixture(3, 0, False, precision="bf16-true")
-    est = simulate(CONFIGS["llama"], m, "llama", sharding="fsdp2")
+    est = simulate(CONFIGS["llama"], m, "llama")
     assert est.breakdown["optimizer"] == pytest.approx(4 * est.total_params / 2, rel=0.01)  # two bf16 states
     with pytest.raises(FtmixError, match="needs --zero 0"):
-        simulate(CONFIGS["llama"], m, "llama")
+        simulate(CONFIGS["llama"], m.with_(sharding="deepspeed"), "llama")
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sharding", "fsdp2"], "needs --method simulate"),
-    (["--method", "simulate", "--sharding", "fsdp2", "--zero", "1"], "ZeRO-2 (--zero 2: SHARD_GRAD_OP) or ZeRO-3"),
-    (["--method", "simulate", "--sharding", "fsdp2", "--offload", "optimizer"], "without offload"),
+    (["--sharding", "fsdp2", "--method", "paper"], "--method paper is the study's ZeRO formulas"),
+    (["--method", "simulate", "--sharding", "fsdp2", "--zero", "1"], "FULL_SHARD (--zero 3) or SHARD_GRAD_OP (--zero 2)"),
+    (["--method", "simulate", "--sharding", "fsdp2", "--offload", "all"], "simulated without offload"),
     (["--method", "simulate", "--sharding", "megatron"], "sharding must be one of deepspeed, fsdp2"),
 ])
 def test_fsdp2_bad_input_is_one_line_before_torch_loads(args, message):
@@ -100,6 +100,6 @@ def test_the_cli_simulates_fsdp2_and_says_so(tmp_path):
     assert out["sharding"] == "fsdp2" and out["label"].startswith("FSDP2 FULL_SHARD")
     assert out["mixture"]["zero"] == 3 and out["mixture"]["offload"] == "none"
     m = _mixture(3, 0, False, ranks=4)
-    assert out["peak_gb"] == round(simulate(CONFIGS["llama"], m, "llama", sharding="fsdp2").peak / 1e9, 3)
+    assert out["peak_gb"] == round(simulate(CONFIGS["llama"], m, "llama").peak / 1e9, 3)
     table = run([])
     assert table.returncode == 0 and "FSDP2 FULL_SHARD + full FT" in table.stdout and "rank 0 of 4" in table.stdout

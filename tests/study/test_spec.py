@@ -108,3 +108,11 @@ def test_this_machines_gpu_is_read_without_torch(monkeypatch, tmp_path):
     assert host.detected_gpu_name() == "h200-141gb"
     smi.write_text('#!/bin/bash\necho "NVIDIA B200, 183359"\n')
     assert host.detected_gpu_name() is None  # not in the catalog: memory-only predictions
+
+
+def test_a_sweep_can_vary_the_engine(spec_file):
+    """Issue 21: DeepSpeed ZeRO-3 against FSDP2 FULL_SHARD, and FSDP2's two strategies."""
+    spec = load_spec(str(spec_file(name="e", linked=[{"sharding": ["deepspeed", "fsdp2", "fsdp2"], "zero": [3, 3, 2],
+                                                      "offload": ["none", "none", "none"]}])))
+    trials = expand(spec)
+    assert [(t.config["sharding"], t.config["zero"]) for t in trials] == [("deepspeed", 3), ("fsdp2", 3), ("fsdp2", 2)]

@@ -8,18 +8,20 @@ Quantization is not an engine: it is the model's side (``ftmix.model``), under a
 
 from __future__ import annotations
 
-from ftmix.engines.base import Engine, TwinRules
+from ftmix.engines.base import Engine, EngineDefaults, TwinRules
 from ftmix.engines.ddp import TorchDDP
 from ftmix.engines.deepspeed import DeepSpeed
 from ftmix.engines.fsdp2 import FSDP2
 from ftmix.mixture import Mixture
 
-__all__ = ["DeepSpeed", "Engine", "FSDP2", "TorchDDP", "TwinRules", "engine_for", "twin_rules"]
+__all__ = ["DeepSpeed", "Engine", "EngineDefaults", "FSDP2", "TorchDDP", "TwinRules", "engine_for", "twin_rules"]
 
 
 def engine_for(m: Mixture, user_config: dict | None = None) -> Engine:
-    """The engine a training run of ``m`` runs under: DeepSpeed for a ZeRO stage or a user's
-    DeepSpeed JSON, else plain torch (DDP over several processes)."""
+    """The engine a training run of ``m`` runs under: FSDP2 when the mixture says so, DeepSpeed for
+    a ZeRO stage or a user's DeepSpeed JSON, else plain torch (DDP over several processes)."""
+    if m.fsdp2:
+        return FSDP2()
     return DeepSpeed() if (m.zero >= 1 or user_config is not None) else TorchDDP()
 
 

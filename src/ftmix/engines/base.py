@@ -45,3 +45,48 @@ class Engine(Protocol):
 
     def report(self, trainer, config: dict | None) -> dict:
         """What the engine itself says it ran: stage, offload, optimizer, trainable parameters."""
+
+    def build_mixture(self, m: Mixture) -> Mixture:
+        """The mixture the model is built for (FSDP2: as for one process, it shards that)."""
+
+    def prepare(self, model, m: Mixture, device: str):
+        """The model as the engine runs it, before HF Trainer sees it (FSDP2 shards it)."""
+
+    def trainer_precision(self, m: Mixture) -> dict:
+        """HF TrainingArguments' precision flags (``bf16``/``fp16``: autocast)."""
+
+    def optimizer_cls_and_kwargs(self, hyper: dict) -> tuple | None:
+        """The optimizer class and arguments when the engine picks its own (HF ``optimizer_cls_and_kwargs``)."""
+
+    def adopt(self, trainer) -> None:
+        """Anything the Trainer's accelerator must know of the engine, once the Trainer exists."""
+
+    def save_final(self, trainer, path: str) -> None:
+        """Save the trained model (or adapter) as a standard folder."""
+
+
+class EngineDefaults:
+    """What an engine that HF Trainer wraps by itself does at each hook: nothing."""
+
+    def build_mixture(self, m: Mixture) -> Mixture:
+        """The mixture the model is built for (``ftmix.model.build``)."""
+        return m
+
+    def prepare(self, model, m: Mixture, device: str):
+        """The model as the engine runs it, before HF Trainer sees it."""
+        return model
+
+    def trainer_precision(self, m: Mixture) -> dict:
+        """HF TrainingArguments' precision flags: mixed precision is autocast over fp32 masters
+        (DeepSpeed casts by itself); pure 16-bit and fp32 runs need none."""
+        return {"bf16": m.precision == "bf16", "fp16": m.precision == "fp16"}
+
+    def optimizer_cls_and_kwargs(self, hyper: dict) -> tuple | None:
+        """The optimizer class and arguments when the engine picks its own (HF ``optimizer_cls_and_kwargs``)."""
+        return None
+
+    def adopt(self, trainer) -> None:
+        """Anything the Trainer's accelerator must know of the engine, once the Trainer exists."""
+
+    def save_final(self, trainer, path: str) -> None:
+        trainer.save_model(path)

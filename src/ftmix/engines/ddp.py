@@ -3,7 +3,7 @@ stage, no offload; the optimizer states and gradients sit whole on every GPU."""
 
 from __future__ import annotations
 
-from ftmix.engines.base import TwinRules
+from ftmix.engines.base import EngineDefaults, TwinRules
 from ftmix.mixture import Mixture
 
 
@@ -11,7 +11,7 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-class TorchDDP:
+class TorchDDP(EngineDefaults):
     name = "torch"
     # torch DDP's reducer allocates its gradient buckets inside accelerate's ``prepare_model``
     # (torch frames are skipped when naming a site)

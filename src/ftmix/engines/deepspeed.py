@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ftmix.engines.base import TwinRules
+from ftmix.engines.base import EngineDefaults, TwinRules
 from ftmix.engines.ddp import TorchDDP
 from ftmix.mixture import Mixture
 from ftmix.mixture.engine import deepspeed_config
@@ -77,7 +77,7 @@ def offloads(config: dict | None) -> bool:
                for key in ("offload_optimizer", "offload_param"))
 
 
-class DeepSpeed:
+class DeepSpeed(EngineDefaults):
     name = "deepspeed"
     twin = TWIN
 

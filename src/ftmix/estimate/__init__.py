@@ -12,6 +12,7 @@ from ftmix.errors import FtmixError
 from ftmix.estimate import arch_fits
 from ftmix.estimate.analytic import analytic_estimate
 from ftmix.estimate.constants import SAFETY_MARGIN
+from ftmix.estimate.fsdp2 import fsdp2_estimate
 from ftmix.estimate.overheads import MemoryOverheads, with_overheads
 from ftmix.estimate.paper import paper_estimate
 from ftmix.estimate.result import Estimate, component_label
@@ -36,7 +37,14 @@ def estimate(model: ModelSpec, m: Mixture, gpu: GpuSpec | None = None, method: s
     memory = None if gpu is None else float(gpu.memory_bytes)
     name = None if gpu is None else gpu.name
     if method == "paper":
+        if m.fsdp2:
+            raise FtmixError("--method paper is the study's ZeRO formulas; FSDP2 is modelled by --method analytic")
         return with_overheads(paper_estimate(model, m, memory, name, safety_margin), overheads)
+    if method == "analytic" and m.fsdp2:
+        if deepspeed is not None:
+            raise FtmixError("--sharding fsdp2 takes no DeepSpeed config")
+        est = arch_fits.apply(fsdp2_estimate(model, m, memory, name, safety_margin, grad_accum), model)
+        return with_overheads(est, overheads)
     if method == "analytic":
         est = arch_fits.apply(analytic_estimate(model, m, memory, name, safety_margin, deepspeed, grad_accum), model)
         est = _stage3_reason(est, model, memory, name, safety_margin, deepspeed, grad_accum)

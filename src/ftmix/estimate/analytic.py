@@ -34,17 +34,7 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
     tokens = m.tokens
     layer = act.layer_activations(model, m)
     per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
-    stored = (model.layers * per_layer + act.final_norm_bytes(model, m) + act.shared_inputs_bytes(model, m)
-              - act.first_layer_unsaved(model, m)) * tokens + act.autocast_weight_copies(model, m)
-    stored += model.layers * (act.dora_weights(model, m) + act.int8_inputs_saved(model, m) * tokens)
-    forward, backward = act.logits_moments(model, m)
-    logits_forward = (forward + act.loss_forward_extra(model, m)) * tokens
-    forward = logits_forward + act.autocast_cache(model, m)
-    at_loss = max(backward * tokens, forward)
-    # at the loss's forward moment autocast's cached 16-bit weight copies are held too: theirs, not the loss's
-    loss_copies = forward - logits_forward if forward >= backward * tokens else 0.0
-    recompute = layer.total * tokens + act.autocast_copies_per_layer(model, m) if m.gc else 0.0
-    working = act.backward_transient(model, m, layer) * tokens
+    stored, at_loss, loss_copies, recompute, working = backward_terms(model, m)
     parts = {"activations": stored, "loss_head": 0.0, "gc_recompute": 0.0, "backward_working": 0.0}
     buckets_at_loss = 0.0 if m.zero == 2 else buckets
     freed = _freed_before_first_gradient(model, m, layer) * tokens if m.zero == 2 else 0.0
@@ -97,6 +87,27 @@ def activation_peak(model: ModelSpec, m: Mixture, buckets: float = 0.0,
     parts["activations"] = stored - freed - layer_freed
     parts["gc_recompute"], parts["backward_working"] = recompute, working
     return parts, layer_where, buckets, layer_absent
+
+
+def backward_terms(model: ModelSpec, m: Mixture) -> tuple[float, float, float, float, float]:
+    """The backward's activation terms, in bytes: what the forward stored for it, the loss head's
+    moment (and autocast's weight copies in it), a recomputed layer with GC, a layer's backward
+    working set (see ``activation_peak``)."""
+    tokens = m.tokens
+    layer = act.layer_activations(model, m)
+    per_layer = act.checkpoint_bytes(model, m) if m.gc else layer.total
+    stored = (model.layers * per_layer + act.final_norm_bytes(model, m) + act.shared_inputs_bytes(model, m)
+              - act.first_layer_unsaved(model, m)) * tokens + act.autocast_weight_copies(model, m)
+    stored += model.layers * (act.dora_weights(model, m) + act.int8_inputs_saved(model, m) * tokens)
+    forward, backward = act.logits_moments(model, m)
+    logits_forward = (forward + act.loss_forward_extra(model, m)) * tokens
+    forward = logits_forward + act.autocast_cache(model, m)
+    at_loss = max(backward * tokens, forward)
+    # at the loss's forward moment autocast's cached 16-bit weight copies are held too: theirs, not the loss's
+    loss_copies = forward - logits_forward if forward >= backward * tokens else 0.0
+    recompute = layer.total * tokens + act.autocast_copies_per_layer(model, m) if m.gc else 0.0
+    working = act.backward_transient(model, m, layer) * tokens
+    return stored, at_loss, loss_copies, recompute, working
 
 
 def fresh_gradients(m: Mixture, gradients: float, grad_accum: int | None) -> float:

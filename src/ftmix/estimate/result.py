@@ -22,17 +22,16 @@ class Estimate:
     gpu_memory: float | None = None  # bytes the GPU has
     safety_margin: float = 0.0
     notes: tuple[str, ...] = ()
-    sharding: str = "deepspeed"  # who shards the states over the GPUs: DeepSpeed ZeRO, or torch FSDP2
     grad_accum: int | None = None  # micro steps per optimizer step; None: unknown, gradients kept between them
 
     @property
     def label(self) -> str:
-        """The mixture's label, with FSDP2's strategy where it stands in for the ZeRO stage."""
-        label = self.mixture.label
-        if self.sharding == "fsdp2":
-            strategy = "FULL_SHARD" if self.mixture.zero == 3 else "SHARD_GRAD_OP"
-            label = label.replace(self.mixture.engine, f"FSDP2 {strategy}", 1)
-        return label
+        return self.mixture.label
+
+    @property
+    def sharding(self) -> str:
+        """Who shards the states over the GPUs: DeepSpeed ZeRO, or torch FSDP2."""
+        return self.mixture.sharding
 
     @property
     def peak(self) -> float:

@@ -9,10 +9,9 @@ from ftmix.errors import FtmixError
 from ftmix.mixture import Mixture, check_mixture
 
 
-def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None, sharding: str = "deepspeed") -> tuple[dict, str]:
+def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None) -> tuple[dict, str]:
     """(config.json dict, model name) for a catalog model or a local config.json (or its folder)."""
-    if sharding == "deepspeed":
-        check_mixture(m, None, gpu)
+    check_mixture(m, None, gpu)
     found = model_config(ref)
     if found is None:
         raise FtmixError(f"--method simulate needs a catalog model or a local config.json; {ref!r} is neither")
@@ -25,27 +24,16 @@ def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None, sharding
     return config, name
 
 
-SHARDINGS = ("deepspeed", "fsdp2")
-
-
-def check_sharding(sharding: str, m: Mixture, method: str, deepspeed: dict | None, gpu: GpuSpec | None = None) -> None:
-    """``--sharding fsdp2`` (torch's ``fully_shard``) is simulated only: its two strategies stand
-    where ZeRO-2 and ZeRO-3 do; offload, DeepSpeed JSON and ZeRO-1 are DeepSpeed's. Pure 16-bit
-    training is allowed (FSDP2 has no master copy of its own, unlike DeepSpeed)."""
-    if sharding not in SHARDINGS:
-        raise FtmixError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
-    if sharding == "deepspeed":
+def check_sharding(m: Mixture, method: str, deepspeed: dict | None) -> None:
+    """FSDP2 (``--sharding fsdp2``): the analytic method and the simulation model it; the paper's
+    formulas are DeepSpeed's ZeRO, and a DeepSpeed JSON is DeepSpeed's. The simulation runs no
+    offload (the analytic method models FSDP2's CPUOffloadPolicy)."""
+    if not m.fsdp2:
         return
-    if method != "simulate":
-        raise FtmixError("--sharding fsdp2 needs --method simulate (the analytic method models DeepSpeed's ZeRO)")
     if deepspeed is not None:
-        raise FtmixError("--sharding fsdp2 takes no --deepspeed config")
-    if m.zero not in (2, 3):
-        raise FtmixError(f"--sharding fsdp2 shards as ZeRO-2 (--zero 2: SHARD_GRAD_OP) or ZeRO-3 (--zero 3: FULL_SHARD); "
-                         f"got --zero {m.zero}")
-    if m.offload != "none":
-        raise FtmixError(f"--sharding fsdp2 is simulated without offload (got --offload {m.offload})")
-    if m.quantize != "none":
-        raise FtmixError(f"--sharding fsdp2 with --quantize {m.quantize}: FSDP2 over quantized weights is not modelled "
-                         "yet; simulate QLoRA on one GPU or under DeepSpeed's stages (--sharding deepspeed)")
-    check_mixture(m.with_(zero=0), None, gpu)
+        raise FtmixError("--sharding fsdp2 takes no --deepspeed config (that is DeepSpeed's)")
+    if method == "paper":
+        raise FtmixError("--method paper is the study's ZeRO formulas; FSDP2 is modelled by --method analytic or simulate")
+    if method == "simulate" and m.offload != "none":
+        raise FtmixError(f"--sharding fsdp2 is simulated without offload (got --offload {m.offload}); --method analytic "
+                         "models FSDP2's CPUOffloadPolicy")

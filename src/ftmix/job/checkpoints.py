@@ -12,8 +12,10 @@ RESUME_KEYS = ("model", "model_overrides", "random_init", "gguf_file", "lora", "
 
 
 CHECKPOINT_MIXTURE = "ftmix_checkpoint.json"
+# "runs": HF Trainer's default logging_dir; "trainer_state.json": its state, saved beside the
+# checkpoints at the end of a run that saves them
 RUN_FILES = ("run.json", "train.log", "launcher.log", "train_config.json", "eval.json", "ranks", "final", "export",
-             "runs")  # "runs": HF Trainer's default logging_dir
+             "runs", "trainer_state.json")
 
 
 def is_run_file(name: str) -> bool:
@@ -25,8 +27,8 @@ def checkpoint_record(cfg: TrainConfig, m: Mixture) -> dict:
     """What ``_check_resume_matches`` compares, written into every checkpoint by the run."""
     out = {k: getattr(cfg, k) for k in RESUME_KEYS}
     out.update(zero=m.zero, lora=m.lora, lora_alpha=m.lora_alpha if m.lora else None,
-               lora_targets=m.lora_targets if m.lora else None, mixture=m.to_dict())
-    if m.zero >= 1:
+               lora_targets=m.lora_targets if m.lora else None, sharding=m.sharding, mixture=m.to_dict())
+    if m.zero >= 1 and not m.fsdp2:  # torch distributed checkpoints reshard to another world size
         out["world"] = m.world
     return out
 

@@ -118,19 +118,18 @@ def _fake_twin():
 
 
 def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, safety_margin: float = 0.05,
-             deepspeed: dict | None = None, sharding: str = "deepspeed", grad_accum: int | None = None) -> Estimate:
+             deepspeed: dict | None = None, grad_accum: int | None = None) -> Estimate:
     """Peak device bytes of ``ftmix train`` with mixture ``m`` on the model of ``config`` (a
     transformers config.json dict), as an Estimate in the analytic method's shape; with
-    ``sharding="fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.engines.fsdp2``).
+    ``m.sharding == "fsdp2"``, of rank 0 of ``m.world`` FSDP2 ranks (``ftmix.engines.fsdp2``).
     ``grad_accum=1`` runs one micro step per optimizer step (the gradients set to None between
     steps); anything else two (kept between micro steps). DeepSpeed's stages keep their own
     gradient buffers either way."""
-    check_sharding(sharding, m, "simulate", deepspeed, gpu)
-    if sharding == "deepspeed":
-        check_mixture(m, None, gpu)
+    check_sharding(m, "simulate", deepspeed)
+    check_mixture(m, None, gpu)
     _check_model_type(config)
     micro_steps = 1 if grad_accum == 1 else MICRO_STEPS
-    if sharding == "fsdp2":
+    if m.fsdp2:
         est = _fsdp2(config, m, name, gpu, safety_margin, micro_steps)
     elif m.zero or m.world > 1:
         est = _sharded(config, m, name, gpu, safety_margin, deepspeed)
@@ -212,8 +211,7 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
     strategy = "FULL_SHARD" if reshard_after_forward(m) else "SHARD_GRAD_OP"
     note = (f"FSDP2 fully_shard ({strategy}, like ZeRO-{m.zero}) over {layers} decoder layers and the root: rank 0 "
             f"of {m.world}, simulated with a fake process group")
-    return dataclasses.replace(_estimate(report, m, name, gpu, safety_margin, total, trainable, (note,)),
-                               sharding="fsdp2")
+    return _estimate(report, m, name, gpu, safety_margin, total, trainable, (note,))
 
 
 def _check_model_type(config: dict) -> None:

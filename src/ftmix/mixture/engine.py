@@ -59,7 +59,9 @@ def flags_from_deepspeed(config: dict) -> dict:
 def apply_deepspeed(flags: dict, config: dict, path: str) -> dict:
     """The mixture flags with what a DeepSpeed config fixes; a flag given that contradicts the
     file is an error (one line naming both)."""
-    fixed = flags_from_deepspeed(config)
+    if str(flags.get("sharding") or "").strip().lower() == "fsdp2":
+        raise FtmixError(f"--sharding fsdp2 takes no DeepSpeed config ({path} is DeepSpeed's)")
+    fixed = dict(flags_from_deepspeed(config), sharding="deepspeed")
     for key, value in fixed.items():
         if flags.get(key) is not None and flags[key] != value:
             raise FtmixError(f"--{key.replace('_', '-')} {flags[key]} contradicts {path}, which sets {key} {value}")

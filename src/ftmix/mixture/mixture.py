@@ -30,6 +30,9 @@ ALL_LINEAR = "all-linear"
 QUANTIZE = ("none", "bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
 # optimizers as HF TrainingArguments' ``optim`` names them (8-bit and paged ones: bitsandbytes)
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+# who shards the model states over the GPUs under a stage: DeepSpeed ZeRO, or torch FSDP2
+# (``fully_shard``: --zero 3 is its FULL_SHARD, --zero 2 its SHARD_GRAD_OP)
+SHARDINGS = ("deepspeed", "fsdp2")
 
 def _declare(default, flag: str, metavar: str | None, help: str, default_text: str | None = None,
              per_gpu: bool = False, check: tuple | None = None):
@@ -93,6 +96,12 @@ class Mixture:
                                     "copies beside the LoRA adapters (\"LoRA (emb)\").", "Default none.")
     dora: bool = _declare(False, "--dora/--no-dora", None, "DoRA (PEFT use_dora): LoRA with a trained magnitude "
                           "vector per wrapped layer.", "Default off.", check=("bool",))
+    sharding: str = _declare("deepspeed", "--sharding", "deepspeed|fsdp2",
+                             "Who shards the model states over the GPUs: DeepSpeed ZeRO, or torch FSDP2 (fully_shard per "
+                             "decoder layer: --zero 3 is FULL_SHARD, --zero 2 SHARD_GRAD_OP, --offload all its "
+                             "CPUOffloadPolicy; pure 16-bit allowed).",
+                             "Default deepspeed; with fsdp2, --zero 3 and no offload unless given.",
+                             check=("choices", SHARDINGS))
 
     @property
     def bits(self) -> int:
@@ -128,8 +137,15 @@ class Mixture:
         return self.seq_len * self.micro_batch
 
     @property
+    def fsdp2(self) -> bool:
+        return self.sharding == "fsdp2"
+
+    @property
     def engine(self) -> str:
-        """ZeRO-N; DDP for plain data parallel over several GPUs; "1 GPU" for one process."""
+        """ZeRO-N; FSDP2 and its strategy; DDP for plain data parallel over several GPUs; "1 GPU"
+        for one process."""
+        if self.fsdp2:
+            return "FSDP2 " + ("FULL_SHARD" if self.zero == 3 else "SHARD_GRAD_OP")
         return f"ZeRO-{self.zero}" if self.zero else ("DDP" if self.world > 1 else "1 GPU")
 
     @property
@@ -154,8 +170,9 @@ class Mixture:
 
     @property
     def short_label(self) -> str:
-        """A matrix cell: "ZeRO-3 LoRA GC" (SDPA, the neutral kernel, left out)."""
-        parts = [self.engine]
+        """A matrix cell: "ZeRO-3 LoRA GC" (SDPA, the neutral kernel, left out); FSDP2's
+        FULL_SHARD "FSDP2", its SHARD_GRAD_OP "FSDP2-SGO"."""
+        parts = [("FSDP2" if self.zero == 3 else "FSDP2-SGO") if self.fsdp2 else self.engine]
         parts += {"optimizer": ["off-opt"], "all": ["off-all"]}.get(self.offload, [])
         parts.append(("QLoRA" if self.bits == 4 else "LoRA8" if self.bits == 8 else "LoRA") if self.lora else "full")
         parts += ["GC"] if self.gc else []
@@ -185,11 +202,13 @@ def mixture_from_flags(gpu: GpuSpec | None = None, **flags) -> Mixture:
     if unknown:
         raise FtmixError(f"unknown mixture keys: {', '.join(sorted(unknown))}")
     values = {k: (DEFAULTS[k] if flags.get(k) is None else flags[k]) for k in DEFAULTS}
-    for key in ("offload", "attn", "precision", "quantize", "optimizer"):  # names are case-insensitive, as GPU and model names are
+    for key in ("offload", "attn", "precision", "quantize", "optimizer", "sharding"):  # names are case-insensitive, as GPU and model names are
         if isinstance(values[key], str):
             values[key] = values[key].strip().lower()
-    if flags.get("offload") is None and values["zero"] == 0:
-        values["offload"] = "none"  # offload is the default with a ZeRO stage; plain DDP has none
+    if values["sharding"] == "fsdp2" and flags.get("zero") is None:
+        values["zero"] = 3  # FSDP's own default, FULL_SHARD (torchtune, accelerate, axolotl)
+    if flags.get("offload") is None and (values["zero"] == 0 or values["sharding"] == "fsdp2"):
+        values["offload"] = "none"  # offload is the default with a ZeRO stage; plain DDP and FSDP2 have none
     if values["attn"] is None:
         values["attn"] = "fa2" if (gpu is not None and gpu.flash_attention_2) else "sdpa"
     if values["precision"] is None:
@@ -214,9 +233,11 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
     if m.seq_len < MIN_SEQ_LEN:
         raise FtmixError(f"seq-len {m.seq_len} is too short to train on: a sequence needs at least {MIN_SEQ_LEN} "
                          "tokens (each predicts the next)")
+    if m.fsdp2:
+        _check_fsdp2(m)
     if m.offload != "none" and m.zero < 1:
         raise FtmixError(f"offload {m.offload} needs a ZeRO stage >= 1 (got --zero 0)")
-    if m.pure16 and m.zero >= 1:
+    if m.pure16 and m.zero >= 1 and not m.fsdp2:
         raise FtmixError(f"--precision {m.precision} (pure 16-bit, no master copy) needs --zero 0: DeepSpeed "
                          "always keeps fp32 master weights; use --precision bf16 for its mixed precision")
     if m.offload == "all" and m.zero != 3:
@@ -247,6 +268,22 @@ def check_mixture(m: Mixture, model: ModelSpec | None = None, gpu: GpuSpec | Non
 
 
 SAVABLE = ("embed_tokens", "lm_head")
+
+
+def _check_fsdp2(m: Mixture) -> None:
+    """What torch's ``fully_shard`` cannot run, said before anything loads."""
+    if m.zero not in (2, 3):
+        stage = "ZeRO-1 (optimizer states only) is DeepSpeed's" if m.zero == 1 else "--zero 0 shards nothing"
+        raise FtmixError(f"--sharding fsdp2 shards as FULL_SHARD (--zero 3) or SHARD_GRAD_OP (--zero 2); {stage}")
+    if m.offload == "optimizer":
+        raise FtmixError("--sharding fsdp2 with --offload optimizer: FSDP2's CPUOffloadPolicy moves the parameters, "
+                         "gradients and optimizer states together (--offload all, with --zero 3) or nothing")
+    if m.quantize != "none":
+        raise FtmixError(f"--sharding fsdp2 with --quantize {m.quantize}: FSDP2 over bitsandbytes weights is not "
+                         "modelled yet; QLoRA runs on one GPU or under DeepSpeed's stages (--sharding deepspeed)")
+    if m.optimizer != "adamw_torch":
+        raise FtmixError(f"--sharding fsdp2 with --optimizer {m.optimizer}: FSDP2 steps torch's AdamW over its "
+                         "DTensor shards (bitsandbytes' optimizers take plain tensors); use adamw_torch")
 
 
 def _check_quantized(m: Mixture) -> None:

@@ -95,6 +95,8 @@ def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Run
     if m.zero == 3:
         modules = model.layers * (len(model.linears) + model.norms_per_layer) + 3  # + embedding, norm, head
         hooks = accum * gathers * modules * c.zero3_fetch_overhead_s
+    if m.fsdp2:
+        return fsdp2_communication(model, gpu, m, accum, c)
     if n == 1:
         return hooks
     bw = link_bandwidth(gpu, m, c)
@@ -116,6 +118,29 @@ def communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Run
     return accum * per_micro + hooks
 
 
+def fsdp2_gathers(m: Mixture) -> int:
+    """All-gathers of every parameter per micro step under FSDP2: FULL_SHARD gathers each layer for
+    its forward and again for its backward (GC's recompute runs inside that backward, gathered);
+    SHARD_GRAD_OP keeps the forward's gather until the backward."""
+    return 2 if m.zero == 3 else 1
+
+
+def fsdp2_communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> float:
+    """FSDP2 per micro step: all-gathers of every parameter in the gathered dtype (16 bits under
+    its mixed precision) and one reduce-scatter of the trainable gradients in the reduce dtype
+    (fp32), ring algorithms, overlapped with compute as ZeRO-3's prefetching is (the same exposed
+    fraction: no FSDP2 measurement yet to fit its own). One group per decoder layer: no ZeRO-3
+    per-module hook cost. On one GPU nothing crosses a link."""
+    n = m.world
+    if n == 1:
+        return 0.0
+    gathered = 4 if m.precision == "fp32" else 2
+    reduced = 2 if m.pure16 else 4
+    frac = (n - 1) / n
+    per_micro = (fsdp2_gathers(m) * gathered * model.total_params + reduced * trainable_params(model, m)) * frac
+    return accum * per_micro / link_bandwidth(gpu, m, c) * c.exposed_comm_zero3
+
+
 def offload_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> tuple[float, float]:
     """(PCIe transfer seconds, CPU optimizer seconds) per optimizer step."""
     if m.offload == "none":
@@ -123,6 +148,13 @@ def offload_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: Runt
     pcie = pcie_bandwidth(gpu, c)
     e = m.element_bytes
     part = trainable_params(model, m) / (m.world if m.zero >= 1 else 1)
+    if m.fsdp2:
+        # CPUOffloadPolicy: each gather first copies the rank's shard to the GPU, each reduce-scatter's
+        # fp32 gradient shard comes back; torch's AdamW steps on the CPU
+        shards = frozen_bytes(model, m) if m.lora else (4 if m.precision in ("bf16", "fp16", "fp32") else e) * \
+            model.total_params
+        transfers = accum * (fsdp2_gathers(m) * shards / m.world + 4 * part)
+        return transfers / pcie, part * m.gpus / c.cpu_adam_params_per_s
     # gradients down (every micro step under ZeRO-2's reduce-scatter), updated 16-bit weights up
     transfers = (accum if m.zero >= 2 else 1) * e * part + e * part
     if m.offload == "all":  # the rank's 16-bit partition crosses PCIe for every gather

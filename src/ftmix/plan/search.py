@@ -15,7 +15,7 @@ from ftmix.plan.constants import DEFAULT, RuntimeConstants
 from ftmix.plan.runtime import STUDY_EFFECTIVE_BATCH, StepTime, step_time
 from ftmix.units import human_bytes
 
-SEARCHED = ("zero", "offload", "gc", "attn")
+SEARCHED = ("sharding", "zero", "offload", "gc", "attn")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,18 @@ class Plan:
 
 
 def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int) -> list[dict]:
-    zeros = [flags["zero"]] if flags.get("zero") is not None else [0, 1, 2, 3]
+    out = []
+    shardings = [flags["sharding"]] if flags.get("sharding") else ["deepspeed", "fsdp2"]
+    for sharding in shardings:
+        out += _engine_options(gpu, dict(flags, sharding=sharding), search_batch, effective_batch)
+    return out
+
+
+def _engine_options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int) -> list[dict]:
+    """One engine's candidates: DeepSpeed ZeRO 0-3 with its offloads; FSDP2 FULL_SHARD (with or
+    without CPUOffloadPolicy) and SHARD_GRAD_OP."""
+    fsdp2 = flags["sharding"] == "fsdp2"
+    zeros = [flags["zero"]] if flags.get("zero") is not None else ([2, 3] if fsdp2 else [0, 1, 2, 3])
     gcs = [flags["gc"]] if flags.get("gc") is not None else [False, True]
     attns = [flags["attn"]] if flags.get("attn") else (["fa2", "sdpa", "eager"] if gpu.flash_attention_2 else ["sdpa", "eager"])
     world = (flags.get("gpus") or 1) * (flags.get("nodes") or 1)
@@ -98,7 +109,7 @@ def _options(gpu: GpuSpec, flags: dict, search_batch: bool, effective_batch: int
     out = []
     for zero in zeros:
         offloads = [flags["offload"]] if flags.get("offload") else (
-            ["none"] if zero == 0 else ["none", "optimizer"] + (["all"] if zero == 3 else []))
+            ["none"] if zero == 0 else ["none"] + ([] if fsdp2 else ["optimizer"]) + (["all"] if zero == 3 else []))
         for offload in offloads:
             for gc in gcs:
                 for attn in attns:
@@ -159,6 +170,8 @@ def plan(model: ModelSpec, gpu: GpuSpec, flags: dict, search_batch: bool = False
         notes += (f"it needs {best.memory.cpu_bytes / GB:,.0f} GB of host RAM per node for the offloaded states, "
                   f"more than a GPU server has (a DGX H100: {LARGEST_SERVER_RAM / GB:,.0f} GB); give your nodes' "
                   "RAM with --cpu-ram GB to plan within it",)
+    if best is not None and not flags.get("sharding"):
+        notes += _engine_note(best, [c for c in found if c.fits])
     message = None
     if best is None and suggest:
         message = _smallest_change(model, gpu, flags, *args)
@@ -192,6 +205,22 @@ def _break_ties(fitting: list[Candidate]) -> tuple[Candidate | None, tuple[str, 
                   f"runtime model cannot tell apart: the tie goes to {why} "
                   f"({human_bytes(best.memory.device_total)} vs {human_bytes(fastest.memory.device_total)} on the "
                   "device)",)
+
+
+def _engine_note(best: Candidate, fitting: list[Candidate]) -> tuple[str, ...]:
+    """Why this engine: the other engine's fastest fitting mixture beside the winner (or that none
+    of its mixtures fits)."""
+    name = lambda c: "FSDP2" if c.mixture.fsdp2 else "DeepSpeed"  # noqa: E731
+    others = [c for c in fitting if name(c) != name(best)]
+    if best.mixture.zero == 0:
+        return ()  # no sharding engine at all: one GPU or plain DDP won
+    if not others:
+        return (f"engine: {name(best)}; no {'DeepSpeed' if best.mixture.fsdp2 else 'FSDP2'} mixture fits",)
+    other = min(others, key=lambda c: c.time.total)
+    slower = 100 * (other.time.total / best.time.total - 1)
+    pace = f"{slower:.1f}% slower" if slower >= 0 else f"{-slower:.1f}% faster (a tie)"
+    return (f"engine: {name(best)}; the fastest {name(other)} mixture that fits, {other.mixture.label}, is {pace} "
+            f"with {human_bytes(other.memory.device_total)} on the device (vs {human_bytes(best.memory.device_total)})",)
 
 
 def _any_fits(model, gpu, flags, *args) -> bool:

@@ -13,9 +13,10 @@ from ftmix.errors import FtmixError
 from ftmix.estimate import estimate
 from ftmix.job.config import TrainConfig
 from ftmix.job.preflight import model_spec, on_cpu
-from ftmix.mixture import Mixture, check_mixture, grad_accum
+from ftmix.mixture import KEYS, Mixture, check_mixture, grad_accum
 from ftmix.plan import plan, step_time
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
+from ftmix.plan.search import SEARCHED
 
 
 def model_config(config: dict) -> dict | None:
@@ -47,9 +48,9 @@ def predict(config: dict, gpu_name: str | None, constants: RuntimeConstants = DE
     if config.get("mixture") == "auto":
         if gpu is None:
             raise FtmixError("a --mixture auto trial needs a GPU to plan for: --gpu or gpu: in the spec")
-        flags = {k: getattr(m, k) for k in ("lora", "lora_alpha", "lora_targets", "precision", "micro_batch",
-                                            "seq_len", "gpus", "nodes", "packing")}
-        for key in ("zero", "offload", "gc", "attn"):
+        # what the trial fixes stays; the planner's dimensions are open unless the spec gives them
+        flags = {k: getattr(m, k) for k in KEYS if k not in SEARCHED}
+        for key in SEARCHED:
             if config.get(key) is not None:
                 flags[key] = config[key]
         result = plan(spec, gpu, flags, effective_batch=effective_batch, constants=constants)

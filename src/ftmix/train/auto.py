@@ -30,7 +30,7 @@ from ftmix.plan.search import plan
 from ftmix.train.measure import INJECT_OOM
 from ftmix.train.run import detect_gpu
 
-OPEN = ("zero", "offload", "gc", "attn")  # what auto may choose; the rest is the user's
+OPEN = ("sharding", "zero", "offload", "gc", "attn")  # what auto may choose; the rest is the user's
 
 
 def ranked(cfg: TrainConfig) -> tuple[list, object]:
@@ -74,7 +74,8 @@ def run_auto(cfg: TrainConfig, launch, progress=None) -> dict:
     while True:
         m = current.mixture
         chosen = {k: getattr(m, k) for k in OPEN}
-        resume = previous is not None and previous["mixture"]["zero"] == m.zero and _has_checkpoint(out)
+        resume = (previous is not None and previous["mixture"]["zero"] == m.zero
+                  and previous["mixture"].get("sharding", "deepspeed") == m.sharding and _has_checkpoint(out))
         if previous is not None and not resume:
             _set_aside(out, len(attempts))
         attempt_cfg = cfg.model_copy(update=dict(chosen, gpu=gpu.name, memory_limit_gb=limit, resume=resume))

@@ -120,13 +120,14 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
     rss_before_model = cpu_rss_bytes()
     if twin is not None:
         twin.start()
-    built = build_model(source, m, device, cfg.lora_dropout, twin.paused if twin is not None else nullcontext)
+    engine = engine_for(m, user_ds)
+    built = build_model(source, engine.build_mixture(m), device, cfg.lora_dropout,
+                        twin.paused if twin is not None else nullcontext)
     vocab = built.config.get("vocab_size") or (built.config.get("text_config") or {}).get("vocab_size")
     if vocab and len(tokenizer) > vocab:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
     if built.spec is not None:
         check_mixture(m, built.spec, None)
-    engine = engine_for(m, user_ds)
     trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
     engine_config = engine.config(m, trainable, user_ds)
     checksum = None
@@ -183,8 +184,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
 def fit(prep: Prepared, progress=None, twin=None) -> dict:
     cfg, m, device, world = prep.cfg, prep.mixture, prep.device, prep.world
     accum = grad_accum(cfg.effective_batch, m.micro_batch, world)
-    # mixed precision: autocast over fp32 masters; pure 16-bit and fp32 runs need none
-    precision = {"bf16": m.precision == "bf16", "fp16": m.precision == "fp16"}
+    precision = prep.engine.trainer_precision(m)
     args = TrainingArguments(
         output_dir=cfg.output_dir, per_device_train_batch_size=m.micro_batch, gradient_accumulation_steps=accum,
         learning_rate=cfg.lr, adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, weight_decay=cfg.weight_decay,
@@ -195,8 +195,14 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         optim=HF_OPTIMIZERS[m.optimizer],
         save_only_model=False, **prep.engine.trainer_args(prep.engine_config, device, world), **precision)
     meter = Meter(device, progress if prep.rank == 0 else None, twin)
-    trainer = Trainer(model=prep.built.model, args=args, train_dataset=Dataset.from_list(prep.sequences),
-                      data_collator=default_data_collator, callbacks=[meter])
+    model = prep.engine.prepare(prep.built.model, m, device)
+    if model is not prep.built.model and twin is not None:
+        twin.reset_peak()  # built whole, then sharded: see ftmix.engines.fsdp2.shard
+    hyper = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(prep.sequences),
+                      data_collator=default_data_collator, callbacks=[meter],
+                      optimizer_cls_and_kwargs=prep.engine.optimizer_cls_and_kwargs(hyper))
+    prep.engine.adopt(trainer)
     meter.trainer = trainer
     if prep.rank == 0:
         trainer.add_callback(checkpoint_callback(cfg, m))
@@ -217,9 +223,9 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
     final = Path(cfg.output_dir) / "final"
     if twin is not None:
         with twin.paused():  # the save gathers ZeRO-3's 16-bit weights: not a training step's memory
-            trainer.save_model(str(final))
+            prep.engine.save_final(trainer, str(final))
     else:
-        trainer.save_model(str(final))
+        prep.engine.save_final(trainer, str(final))
     if prep.rank == 0 and prep.tokenizer is not None:
         prep.tokenizer.save_pretrained(str(final))
     resumed_at = checkpoint_step(resume)
