@@ -52,7 +52,8 @@ def case_name(shape, zero, offload, lora, gc, attn, ranks, quantize="none", opti
     extra = "".join([f" {quantize}" if quantize != "none" else "", f" r{lora}" if quantize != "none" else "",
                      f" {optimizer}" if optimizer != "adamw_torch" else "", " dora" if dora else "",
                      f" +{modules_to_save}" if modules_to_save else ""])
-    engine = f"fsdp2-{'full' if zero == 3 else 'grad'}" if sharding == "fsdp2" else f"z{zero}-{offload}"
+    engine = (f"fsdp2-{'full' if zero == 3 else 'grad'}{'-offload' if offload == 'all' else ''}" if sharding == "fsdp2"
+              else f"z{zero}-{offload}")
     return (f"{shape} {engine} {'lora' if lora else 'full'}{' gc' if gc else ''} {attn} "
             f"{ranks}rank{extra}")
 
@@ -63,13 +64,14 @@ GRID_FILES = {"standard": "conformance", "full": "conformance_full", "qlora": "c
 
 def fsdp2_cases() -> list[dict]:
     """FSDP2 (issue 21): FULL_SHARD and SHARD_GRAD_OP x LoRA/full x GC on two ranks, both shapes;
-    then eager attention, one rank, LoRA on every linear, and full fine-tuning's gradients set to
-    None between steps (one micro step per optimizer step)."""
+    then eager attention, one rank, and CPU offload (full fine-tuning + GC, LoRA)."""
     base = dict(offload="none", attn="sdpa", ranks=2, **dict(QLORA_KEYS, sharding="fsdp2"))
     cases = [dict(base, shape=shape, zero=zero, lora=lora, gc=gc)
              for shape, zero, lora, gc in itertools.product(SHAPES, (3, 2), (8, 0), (False, True))]
     g = dict(base, shape="gqa-untied", zero=3, lora=0, gc=False)
-    cases += [dict(g, attn="eager", gc=True), dict(g, ranks=1), dict(g, lora=8, ranks=1, gc=True)]
+    cases += [dict(g, attn="eager", gc=True), dict(g, ranks=1), dict(g, lora=8, ranks=1, gc=True),
+              # CPUOffloadPolicy: the shards, gradients and AdamW states on the host
+              dict(g, offload="all", gc=True), dict(g, shape="mha-tied", offload="all", lora=8)]
     return cases
 
 

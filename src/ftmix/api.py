@@ -24,6 +24,7 @@ from ftmix.job.preflight import preflight
 from ftmix.mixture import DEFAULTS, check_flags, resolve_mixture
 from ftmix.mixture.engine import apply_deepspeed, read_deepspeed_config
 from ftmix.plan import matrix as grid
+from ftmix.plan.matrix import reach_matrix as context_grid
 from ftmix.plan import plan as search
 from ftmix.plan.constants import calibration_for
 from ftmix.plan.context import reach_of_candidates
@@ -153,6 +154,27 @@ def matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b", gpu: 
     return grid(specs, gpu_spec, lengths, mixture_keys(**mixture), search_batch=search_batch,
                 effective_batch=effective_batch, constants=cal.runtime, safety_margin=safety_margin,
                 cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
+
+
+def context_matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b",
+                   gpu: str | list[str] = "a100-80gb", *, granularity: int = 64, effective_batch: int = 8,
+                   cpu_ram: str | float | None = NO_GPU_RAM, safety_margin: float = 0.05, calibration: str | None = None,
+                   calibration_any_gpu: bool = False, **mixture) -> list:
+    """``ftmix matrix --max-seq-len``: per model (rows) and GPU (columns), the longest context the
+    farthest-reaching candidate mixture fits, exact to ``granularity`` tokens."""
+    names = split_list(models, "models") if isinstance(models, str) else list(models)
+    gpu_names = split_list(gpu, "gpu") if isinstance(gpu, str) else list(gpu)
+    if not names or not gpu_names:
+        raise FtmixError("matrix needs at least one model and one GPU")
+    if mixture.get("seq_len") is not None:
+        raise FtmixError("--max-seq-len searches the sequence length; drop --seq-len")
+    if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
+        raise FtmixError(f"--granularity must be a positive whole number of tokens, got {granularity!r}")
+    specs, gpu_specs = [load_model(n) for n in names], [load_gpu(g) for g in gpu_names]
+    cal = calibration_for(calibration, gpu_specs[0].name if len(gpu_specs) == 1 else None,
+                          calibration_any_gpu or len(gpu_specs) > 1)
+    return context_grid(specs, gpu_specs, mixture_keys(**mixture), granularity, effective_batch=effective_batch,
+                        safety_margin=safety_margin, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
 
 
 def calibration_notes(calibration: str | None, gpu: str | None, any_gpu: bool = False) -> list[str]:

@@ -1,7 +1,7 @@
 """The estimate against the real engines, measured by the device-memory twin.
 
 Every committed twin measurement of the conformance grids (benchmarks/results/conformance.json:
-80 cases; conformance_full.json: 256; conformance_qlora.json: 34; conformance_fsdp2.json: 19) is
+80 cases; conformance_full.json: 256; conformance_qlora.json: 34; conformance_fsdp2.json: 21) is
 predicted anew by the current estimate, as ``ftmix train``
 predicts it, in seconds and without torch: the prediction must be the committed one to the byte
 (a change to the estimate re-runs ``benchmarks/conformance.py --repredict`` and commits what
@@ -29,7 +29,10 @@ ROWS = [(grid, row) for grid, rows in GRIDS.items() for row in rows]
 
 # docs/groundtruth.md, "The four peaks outside 1%": gloo's timing, a first-step-only moment
 PEAKS_OUTSIDE = {"gqa-untied z2-none full gc sdpa 2rank", "gqa-untied z2-none full gc eager 2rank",
-                 "gqa-untied z2-optimizer full gc sdpa 2rank", "mha-tied z3-optimizer full gc eager 1rank"}
+                 "gqa-untied z2-optimizer full gc sdpa 2rank", "mha-tied z3-optimizer full gc eager 1rank",
+                 # issue 21 (docs/estimate.md, FSDP2): the layer backward's fresh MLP gradient, a larger share of
+                 # this tiny offloaded row's device peak (+1.2%) than at full size
+                 "gqa-untied fsdp2-full-offload full gc sdpa 2rank"}
 
 
 def sizeable(row: dict):
@@ -60,8 +63,9 @@ def test_the_components_outside_2_percent_are_the_documented_ones():
     # +2.0% to +2.6% on these tiny shapes (the layer backward's moment, where the MLP output
     # projection's fresh gradient the full-size simulation holds is a larger share than here)
     assert sorted(outside["conformance_fsdp2"]) == sorted(
-        (f"{shape} fsdp2-{strategy} full gc sdpa 2rank", "activations and temporaries")
-        for shape in ("gqa-untied", "mha-tied") for strategy in ("full", "grad"))
+        [(f"{shape} fsdp2-{strategy} full gc sdpa 2rank", "activations and temporaries")
+         for shape in ("gqa-untied", "mha-tied") for strategy in ("full", "grad")]
+        + [("gqa-untied fsdp2-full-offload full gc sdpa 2rank", "activations and temporaries")])
     for grid in ("conformance", "conformance_full"):
         assert all(" full gc " in case for case, _ in outside[grid]), outside[grid]
 

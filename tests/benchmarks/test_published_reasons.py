@@ -122,3 +122,21 @@ def test_litgpts_qlora_rows_lie_between_its_step_under_the_two_bitsandbytes_vers
     for r in twin:
         assert r["ftmix_gb"] < r["litgpt_bnb_0_50_gb"] < r["measured_gb"] < r["litgpt_bnb_0_41_gb"], r
         assert r["ftmix_gb"] == published[r["id"]]["memory"]["predicted_gb"]
+
+
+def test_the_committed_fsdp_and_longest_context_rows_are_predicted_as_today():
+    """Issue 21: the FSDP rows are estimated as FSDP2 mixtures and the longest-context rows by
+    `plan --max-seq-len`'s search; the committed report holds today's predictions."""
+    import published
+
+    from ftmix.study.published import load_rows, represent
+
+    report = json.loads((RESULTS / "published.json").read_text())
+    raw = {r["id"]: r for r in load_rows(RESULTS.parent / "data" / "published-rows.jsonl")}
+    context = [r for r in report["rows"] if "max_context" in r]
+    fsdp = [r for r in report["rows"] if r.get("sharding") == "fsdp2"]
+    assert len(context) >= 6 and len(fsdp) >= 20
+    assert report["fsdp"]["rows"] == len(fsdp) and report["max_context"]["n"] == len(context)
+    for r in context + fsdp:
+        again = published.predict(represent(raw[r["id"]]))
+        assert again.get("max_context") == r.get("max_context") and again.get("memory") == r.get("memory")

@@ -78,3 +78,28 @@ def test_max_seq_len_through_the_cli(ftmix):
     assert code == 2 and err.startswith("error: ") and "drop --seq-len" in err
     code, out, err = ftmix("plan", "--model", "mistral-7b", "--max-seq-len", "--granularity", "0")
     assert code == 2 and "granularity" in err
+
+
+def test_matrix_prints_the_longest_context_per_cell(ftmix):
+    """`matrix --max-seq-len` (issue 21): models down, GPUs across, each cell the farthest-reaching
+    candidate's longest context, the same figure `plan --max-seq-len` gives first."""
+    from ftmix import api
+
+    code, out, err = ftmix("matrix", "--max-seq-len", "--models", "llama-2-7b,llama-3-8b", "--gpu",
+                           "rtx4090-24gb,a100-80gb", "--lora", "0", "--gpus", "1", "--granularity", "128", "--json")
+    assert code == 0, err
+    cells = json.loads(out)["cells"]
+    assert [(c["model"], c["gpu"]) for c in cells] == [(m, g) for m in ("llama-2-7b", "llama-3-8b")
+                                                      for g in ("rtx4090-24gb", "a100-80gb")]
+    for c in cells:
+        first = api.max_context(c["model"], c["gpu"], granularity=128, lora=0, gpus=1)[0]
+        assert c["max_seq_len"] == first.max_seq_len and c["label"] == first.mixture.label
+    eight = {c["gpu"]: c for c in cells if c["model"] == "llama-3-8b"}
+    assert (eight["rtx4090-24gb"]["max_seq_len"] or 0) <= eight["a100-80gb"]["max_seq_len"]
+    code, table, _ = ftmix("matrix", "--max-seq-len", "--models", "llama-2-7b", "--gpu", "a100-80gb")
+    assert code == 0 and "longest context that fits" in table and "4,096" in table
+    for args, says in ((["--gpu", "a100-80gb,h100-80gb"], "a comma list only with --max-seq-len"),
+                       (["--max-seq-len", "--png", "x.png"], "drop it with --max-seq-len"),
+                       (["--max-seq-len", "--granularity", "-1"], "granularity")):
+        code, _, err = ftmix("matrix", "--models", "llama-2-7b", *args)
+        assert code == 2 and err.startswith("error: ") and says in err, err

@@ -47,11 +47,11 @@ def test_quantized_rows_map_to_the_mixture_switches(change, mixture):
 @pytest.mark.parametrize("change,why", [
     (dict(method="qlora", quantization="torchao NF4"), "torchao NF4"),
     (dict(method="qlora", quantization="4-bit"), "quantization '4-bit'"),
-    (dict(engine="fsdp (FULL_SHARD)"), "FSDP"),
+    (dict(engine="thunder fsdp (zero3)"), "lightning-thunder"),
     (dict(optimizer="torchao adamw_torch_8bit"), "torchao 8-bit"),
-    (dict(model="google/gemma-7b"), "not modelled"),
+    (dict(model="stabilityai/stablelm-base-alpha-3b"), "not modelled"),
     (dict(special_kernels="Liger (RMSNorm, RoPE)"), "fused kernels"),
-    (dict(row_type="max_context_at_budget"), "longest context"),
+    (dict(row_type="max_context_at_budget"), "longest-context row without a budget"),
     (dict(lora_targets=["query", "lm_head"]), "output head"),
     (dict(precision="bf16-mixed (fp32 weights)"), "fp32 base"),
     (dict(method_detail="LoRA optimizer lora-fa", optimizer="lora-fa {'r': 32}"), "LoRA-FA"),
@@ -60,6 +60,29 @@ def test_quantized_rows_map_to_the_mixture_switches(change, mixture):
 def test_what_ftmix_cannot_represent_is_named(change, why):
     with pytest.raises(NotRepresented, match=why):
         represent(dict(LITGPT, **change))
+
+
+@pytest.mark.parametrize("engine, zero, offload, fsdp1", [
+    ("fsdp (FULL_SHARD, auto_wrap=Block, activation checkpointing per Block)", 3, "none", True),
+    ("fsdp (Lightning FSDPStrategy: FULL_SHARD default, cpu_offload=False)", 3, "none", True),
+    ("fsdp (FSDP2 FULL_SHARD) with CPU offload of params/grads/optimizer (fsdp_cpu_offload=True)", 3, "all", False),
+    ("fsdp2 with offload_params=true", 3, "all", False),
+    ("fsdp (SHARD_GRAD_OP)", 2, "none", True),
+])
+def test_fsdp_rows_map_to_the_fsdp2_engine(engine, zero, offload, fsdp1):
+    """Issue 21: FSDP rows are FSDP2 mixtures (pure bf16 kept: FSDP has no master copy of its own);
+    FSDP1's are modelled as FSDP2 and say so."""
+    row = represent(dict(LITGPT, engine=engine, n_gpus=2))
+    m = row.mixture
+    assert (m.sharding, m.zero, m.offload, m.precision, m.gpus) == ("fsdp2", zero, offload, "bf16-true", 2)
+    assert any("FSDP1" in n for n in row.notes) == fsdp1
+
+
+def test_a_longest_context_row_carries_its_budget_and_context():
+    row = represent(dict(LITGPT, row_type="max_context_at_budget", seq_len=2972,
+                         measured={"peak_memory": {"value": 8, "unit": "GB (VRAM budget, not a measurement)",
+                                                   "scope": "per_gpu"}, "max_seq_len_fitting": 2972}))
+    assert row.budget_bytes == 8 * 2**30 and row.max_seq_len == 2972 and row.memory_bytes is None
 
 
 def test_lora_variants_that_train_the_same_tensors_stay_represented():

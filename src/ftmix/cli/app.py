@@ -18,7 +18,8 @@ from ftmix.api import positive_int, split_list
 from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
-from ftmix.cli.render import (LazyProgress, compare_report, console, estimate_table, eval_table, matrix_table,
+from ftmix.cli.render import (LazyProgress, compare_report, console, context_matrix_table, estimate_table, eval_table,
+                              matrix_table,
                               plan_report, print_json, reach_table, train_summary)
 from ftmix.cli.study import study_app
 from ftmix.errors import FtmixError
@@ -331,9 +332,22 @@ def matrix_cmd(
     search_batch: SearchBatch = False, effective_batch: EffectiveBatch = 8, calibration: Calibration = None,
     calibration_any_gpu: AnyGpu = False, safety_margin: Margin = 0.05, cpu_ram: CpuRam = "auto",
     png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Also write the matrix as a heatmap (.png added when the name has no extension).")] = None,
+    max_seq_len: Annotated[bool, typer.Option("--max-seq-len", help="Instead: per model and GPU (--gpu takes a comma list here), the longest context the farthest-reaching mixture fits; exact to --granularity tokens.")] = False,
+    granularity: Annotated[int, typer.Option("--granularity", metavar="TOKENS", help="With --max-seq-len: the answer is a multiple of this that fits, the next multiple does not.")] = 64,
     json_out: o.Json = False,
 ):
     """The study's model-size x context-length matrix of the fastest fitting mixture, for any GPU."""
+    if max_seq_len:
+        if png:
+            raise FtmixError("--png draws the fastest-mixture matrix; drop it with --max-seq-len")
+        cells = api.context_matrix(models, gpu, granularity=granularity, effective_batch=effective_batch,
+                                   cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,
+                                   calibration_any_gpu=calibration_any_gpu, **mixture_flags(locals()))
+        if json_out:
+            return print_json({"granularity": granularity, "cells": [c.to_json() for c in cells]})
+        return context_matrix_table(cells, granularity)
+    if "," in gpu:
+        raise FtmixError(f"--gpu {gpu}: one GPU per matrix (a comma list only with --max-seq-len)")
     png = str(png_path(png)) if png else None  # a bad path fails now, not after the work
     cells = api.matrix(models, gpu, seq_lens, search_batch=search_batch, effective_batch=effective_batch,
                        cpu_ram=cpu_ram, safety_margin=safety_margin, calibration=calibration,

@@ -74,6 +74,23 @@ def reach_table(reach: list, model: str, gpu: str, granularity: int) -> None:
     console.print(table)
 
 
+def context_matrix_table(cells, granularity: int) -> None:
+    """``matrix --max-seq-len``: models down, GPUs across; the longest context and its mixture."""
+    gpus = list(dict.fromkeys(c.gpu for c in cells))
+    table = Table(title=f"longest context that fits (exact to {granularity} tokens)")
+    table.add_column("model", overflow="fold")
+    for g in gpus:
+        table.add_column(g, justify="center")
+    for model in dict.fromkeys(c.model for c in cells):
+        row = [model]
+        for g in gpus:
+            r = next(c for c in cells if c.model == model and c.gpu == g).reach
+            row.append("nothing fits" if r.max_seq_len is None else
+                       f"{r.max_seq_len:,}{' (positions)' if r.capped else ''}\n[dim]{r.mixture.short_label}[/dim]")
+        table.add_row(*row)
+    console.print(table)
+
+
 def compare_report(both: dict) -> None:
     """``plan --compare-quantize``: the two winners side by side."""
     table = Table(title=f"fastest fitting mixture, base weights as they are vs {both['scheme']}")

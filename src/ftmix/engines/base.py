@@ -20,6 +20,9 @@ class TwinRules:
     host_sites: tuple[str, ...] = ()  # sites whose bare "cpu" tensors are host memory
     host_attributes: frozenset[str] = frozenset()  # optimizer attributes holding host buffers under offload
     back_to_device_sites: frozenset[str] = frozenset()  # sites that send host-staged tensors back to the device
+    # patches the engine so that what it moves to the host where the twin's placement mode does not
+    # run (autograd's callbacks) is retagged: called with ``to_host(tensors)``
+    host_moves: Callable[[Callable], AbstractContextManager] | None = None
     skip_sites: tuple[str, ...] = ()  # wrappers the site search walks past
     optimizer_module: str | None = None  # optimizers from here have flat buffers, marked by attribute name
     attribute_role: Callable[[str], str | None] | None = None  # such a buffer's role, by its attribute name

@@ -15,14 +15,38 @@ bytes) ``adopt`` gives the Trainer's accelerator the FSDP2 state it would have o
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp._fully_shard import _fsdp_param_group as param_group
 
 from ftmix.engines.base import EngineDefaults, TwinRules
 from ftmix.engines.ddp import TorchDDP
 from ftmix.mixture import Mixture
+
+@contextmanager
+def host_gradients(to_host):
+    """Under CPUOffloadPolicy each reduce-scattered gradient shard is copied to the host inside
+    ``foreach_reduce`` (``new_sharded_grad.to(torch.device("cpu"))``), which runs in autograd's
+    post-backward callback, out of the twin's placement mode: hand the shards it leaves to
+    ``to_host`` (the device copy it reduced into is counted until then, as a GPU holds it)."""
+    original = param_group.foreach_reduce
+
+    def reduce(fsdp_params, *args, **kwargs):
+        out = original(fsdp_params, *args, **kwargs)
+        to_host([p.sharded_param.grad._local_tensor for p in fsdp_params
+                 if p.offload_to_cpu and p.sharded_param.grad is not None])
+        return out
+
+    param_group.foreach_reduce = reduce
+    try:
+        yield
+    finally:
+        param_group.foreach_reduce = original
+
 
 TWIN = TwinRules(
     site_roles=(("torch/distributed/fsdp/_fsdp_collectives.py:foreach_reduce", "bucket"),),
@@ -31,6 +55,7 @@ TWIN = TwinRules(
                        ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_all_gather", "parameter")),
     # FSDP2's own buffers are named by the collective that asks for them, inside torch's frames
     named_frames="/torch/distributed/fsdp/_fully_shard/",
+    host_moves=lambda to_host: host_gradients(to_host),
 )
 
 

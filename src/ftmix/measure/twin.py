@@ -432,6 +432,11 @@ class DeviceTwin:
                         self.retag(value, HOST)
             optimizer = getattr(optimizer, "optimizer", None)
 
+    def _moved_to_host(self, tensors) -> None:
+        """An engine moved these to the host out of the placement mode's sight (``host_moves``)."""
+        if self.offload and self.virtual:
+            self.retag(tensors, HOST)
+
     def retag(self, tensors, tag: str) -> None:
         """Move storages to ``tag`` from now on: for buffers DeepSpeed places on the host with a
         device object taken from a host tensor (``device=weights_partition.device``), which the
@@ -505,6 +510,8 @@ class DeviceTwin:
             for rules in _ENGINES:
                 if rules.virtual_device is not None:
                     self._stack.enter_context(rules.virtual_device(VIRTUAL_DEVICE))
+                if rules.host_moves is not None:
+                    self._stack.enter_context(rules.host_moves(self._moved_to_host))
         self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._saved, lambda t: t))
         self._stack.enter_context(_Placement(self))
         self._stack.enter_context(_Dispatch(self))

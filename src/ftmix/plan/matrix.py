@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.errors import FtmixError
+from ftmix.plan.context import Reach, reach_of_candidates
 from ftmix.plan.search import Candidate, plan
 
 
@@ -33,6 +34,26 @@ def matrix(models: list[ModelSpec], gpu: GpuSpec, seq_lens: list[int], flags: di
             result = plan(model, gpu, dict(flags, seq_len=s), suggest=False, **plan_kwargs)
             cells.append(Cell(model.name, s, result.best))
     return cells
+
+
+@dataclass(frozen=True)
+class ReachCell:
+    """``matrix --max-seq-len``: a model on a GPU, the farthest-reaching candidate mixture."""
+
+    model: str
+    gpu: str
+    reach: Reach
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "gpu": self.gpu, **self.reach.to_json()}
+
+
+def reach_matrix(models: list[ModelSpec], gpus: list[GpuSpec], flags: dict, granularity: int,
+                 **fit_args) -> list[ReachCell]:
+    """Per model and GPU, the longest context any candidate mixture fits (``plan --max-seq-len``'s
+    first answer), exact to ``granularity`` tokens."""
+    return [ReachCell(model.name, gpu.name, reach_of_candidates(model, gpu, flags, granularity, **fit_args)[0])
+            for model in models for gpu in gpus]
 
 
 # image formats matplotlib's Agg backend writes

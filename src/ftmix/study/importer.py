@@ -145,9 +145,14 @@ def _from_published(raw: dict) -> dict | str:
         return str(exc)
     except FtmixError as exc:
         return f"not a valid setup for ftmix: {exc}"
+    if row.row_type == "max_context_at_budget":
+        return "a longest context at a memory budget, not a run (benchmarks/published.py checks it)"
     m, gpu = row.mixture, row.gpu
     per_step = m.micro_batch * m.world  # the published speeds are per micro step
-    est = estimate(row.spec, m, gpu, grad_accum=row.grad_accum)
+    try:
+        est = estimate(row.spec, m, gpu, grad_accum=row.grad_accum)
+    except FtmixError as exc:
+        return f"not a valid setup for ftmix: {exc}"
     what = row.memory_what or "allocated"
     predicted = {"allocated": est.peak, "reserved": est.reserved, "device_total": est.device_total}[what]
     out = {"id": "pub-" + raw["id"], "study": "published", "source": "import:published", "tag": row.source,

@@ -28,7 +28,7 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 # Architectures ftmix's analytic model covers, by a word in the model's name.
 ARCHITECTURES = (("falcon", "falcon"), ("phi-3", "phi3"), ("phi-2", "phi"), ("phi-1_5", "phi"),
                  ("tinyllama", "llama"), ("codellama", "llama"), ("llama", "llama"), ("mistral", "mistral"),
-                 ("ministral", "mistral"), ("qwen2", "qwen2"))
+                 ("ministral", "mistral"), ("qwen2", "qwen2"), ("gemma-2-", "gemma2"), ("gemma", "gemma"))
 
 GPUS = (("a100-sxm4-40gb", "a100-40gb"), ("a100 40gb", "a100-40gb"), ("a100 80gb", "a100-80gb"),
         ("a100-sxm4-80gb", "a100-80gb"), ("a10g", "a10g-24gb"), ("rtx 4090", "rtx4090-24gb"), ("t4", "t4-16gb"),
@@ -49,6 +49,8 @@ class PublishedRow:
     memory_what: str | None = None  # "allocated" | "reserved" | "device_total"
     memory_bytes: float | None = None
     speed: tuple[str, float] | None = None  # ("tokens_per_s" | "s_per_micro_step", value)
+    budget_bytes: float | None = None  # a longest-context row: the memory budget per GPU
+    max_seq_len: int | None = None  # ... and the longest context the source fitted in it
     effective_batch: int = 1
     grad_accum: int | None = None  # micro steps per optimizer step, where the row states it
     notes: list[str] = field(default_factory=list)
@@ -78,8 +80,6 @@ def _text(value) -> str:
 def represent(row: dict) -> PublishedRow:
     """The row as ftmix inputs, or NotRepresented naming the missing feature."""
     rtype = row.get("row_type")
-    if rtype == "max_context_at_budget":
-        raise NotRepresented("longest context at a memory budget (a search over context length)")
     method = _text(row.get("method"))
     quantize = _quantize(row)
     if method == "qlora":
@@ -89,8 +89,6 @@ def represent(row: dict) -> PublishedRow:
     if method == "lora":
         _plain_lora(row)
     engine = _text(row.get("engine"))
-    if "fsdp" in engine:
-        raise NotRepresented("FSDP")
     if "thunder" in engine or "thunder" in _text(row.get("special_kernels")):
         raise NotRepresented("lightning-thunder")
     kernels = _text(row.get("special_kernels"))
@@ -112,6 +110,9 @@ def represent(row: dict) -> PublishedRow:
                        row_type=rtype, spec=spec, mixture=mixture, gpu=gpu, notes=notes,
                        effective_batch=int(row.get("global_batch") or mixture.micro_batch * mixture.world),
                        grad_accum=accumulation(row.get("grad_accum")), hf_config=hf_config)
+    if rtype == "max_context_at_budget":
+        _budget(row, out)
+        return out
     _memory(row, out)
     _speed(row, out)
     if out.memory_bytes is None and out.speed is None and rtype != "oom":
@@ -203,6 +204,8 @@ def _spec(row: dict) -> tuple[ModelSpec, dict]:
         cfg["partial_rotary_factor"] = 0.5
     if "llama-3.2" in name or "gemma" in name:
         cfg["tie_word_embeddings"] = True
+    if shape.get("head_dim"):
+        cfg["head_dim"] = shape["head_dim"]
     try:
         return spec_from_hf_config(cfg, name=row.get("model", "?")), cfg
     except FtmixError as exc:
@@ -251,9 +254,17 @@ def _targets(row: dict, spec: ModelSpec) -> str:
 
 def _mixture(row: dict, spec: ModelSpec, engine: str, method: str) -> tuple[Mixture, list[str]]:
     notes = []
-    zero, offload = 0, "none"
+    zero, offload, sharding = 0, "none", "deepspeed"
     m = re.search(r"(?:zero|stage)\D{0,10}([0-3])", engine)
-    if "deepspeed" in engine:
+    if "fsdp" in engine:
+        sharding, zero = "fsdp2", 2 if "shard_grad_op" in engine else 3
+        if "offload" in engine and not any(x in engine for x in ("no offload", "cpu_offload=false",
+                                                                 "cpu_offload false")):
+            offload = "all"
+        if "fsdp2" not in engine:
+            notes.append("FSDP1 (flat parameters per wrapped block) modelled as FSDP2: the same sharded states "
+                         "and one gathered block at a time, other buffers")
+    elif "deepspeed" in engine:
         if not m:
             raise NotRepresented("DeepSpeed stage not stated")
         zero = int(m.group(1))
@@ -275,8 +286,8 @@ def _mixture(row: dict, spec: ModelSpec, engine: str, method: str) -> tuple[Mixt
     if not seq:
         raise NotRepresented("no sequence length")
     precision = _precision(row, method)
-    if precision == "bf16-true" and zero:
-        precision = "bf16"
+    if precision == "bf16-true" and zero and sharding != "fsdp2":
+        precision = "bf16"  # DeepSpeed keeps fp32 masters; FSDP2 runs pure 16-bit as asked
     lora = int(row.get("lora_r") or 0) if method == "lora" else 0
     if method == "lora" and not lora:
         raise NotRepresented("LoRA rank not stated")
@@ -285,10 +296,20 @@ def _mixture(row: dict, spec: ModelSpec, engine: str, method: str) -> tuple[Mixt
     alpha = row.get("lora_alpha") or 16
     mixture = Mixture(zero=zero, offload=offload, lora=lora, lora_alpha=max(1, int(alpha)), lora_targets=targets, gc=gc,
                       attn=kernel, precision=precision, micro_batch=int(row.get("micro_batch") or 1), seq_len=int(seq),
-                      gpus=gpus, nodes=nodes, dora=dora)
+                      gpus=gpus, nodes=nodes, dora=dora, sharding=sharding)
     if "pad" in _text(row.get("seq_len_note")) or "longest" in _text(row.get("seq_len_note")):
         notes.append("padded to the longest sample: predicted for a full-length batch")
     return mixture, notes
+
+
+def _budget(row: dict, out: PublishedRow) -> None:
+    """A longest-context row: the memory budget per GPU (a card size: GiB) and the context fitted."""
+    measured = row.get("measured") or {}
+    peak = measured.get("peak_memory") or {}
+    if peak.get("value") is None or "gb" not in _text(peak.get("unit")) or not measured.get("max_seq_len_fitting"):
+        raise NotRepresented("longest-context row without a budget in GB or a context")
+    out.budget_bytes = float(peak["value"]) * GIB
+    out.max_seq_len = int(measured["max_seq_len_fitting"])
 
 
 def _gpu(row: dict) -> GpuSpec | None:
@@ -321,7 +342,10 @@ def _memory(row: dict, out: PublishedRow) -> None:
         out.memory_what = "device_total"
     if "minus" in what and "~0" not in what:
         return  # a difference of counters, not a peak (MetaMathQA subtracts ~0: its figure is the peak)
-    out.memory_bytes = float(value) * scale
+    try:
+        out.memory_bytes = float(value) * scale
+    except (TypeError, ValueError):
+        raise NotRepresented(f"memory figure {value!r} is not one number") from None
 
 
 def _speed(row: dict, out: PublishedRow) -> None:
