@@ -66,6 +66,8 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
     full = row["method"] == "full"  # finetune/full.py: the plain GPT, every parameter trained
     config = litgpt_config(row)
 
+    fsdp = "fsdp" in row["engine"].lower()
+
     def make():
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # Fabric's init_module under bf16-true
@@ -81,8 +83,10 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
         model.max_seq_length = seq_len
         if not full:
             mark_only_lora_as_trainable(model)
+        if fsdp:
+            model = fsdp1(model, row)
         model.train()
-        return model, torch.optim.AdamW(model.parameters(), lr=2e-4, foreach=True)
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, foreach=True)
 
     def forward_loss(model, loop):
         ids = torch.zeros(micro_batch, seq_len, dtype=torch.long)
@@ -94,7 +98,54 @@ def simulate_litgpt(row: dict, seq_len: int, micro_batch: int) -> dict:
         loop["logits"][-1] = loop["logits"][-1][..., :-1, :]
         return chunked_cross_entropy(loop["logits"], ids[..., 1:])
 
-    return twin_steps(make, forward_loss, micro_steps(row))
+    if not fsdp:
+        return twin_steps(make, forward_loss, micro_steps(row))
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=int(row["n_gpus"]))
+    try:  # built whole, then sharded: Fabric's ``init_module`` builds on the meta device and loads shards
+        return twin_steps(make, forward_loss, micro_steps(row), reset_after_make=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp1(model, row: dict):
+    """Lightning Fabric's ``FSDPStrategy`` as the row states it (rank 0 of ``n_gpus`` under a fake
+    process group): torch FSDP1, FULL_SHARD, ``use_orig_params=True`` (Fabric's default),
+    ``limit_all_gathers``, wrapped per ``Block`` where the row says ``auto_wrap=Block``, else as
+    litgpt 0.5.9 wraps (LoRA: every ``nn.Linear``; full: every ``Block``), activation checkpointing
+    per ``Block`` (non-reentrant)."""
+    import functools
+
+    import torch
+    from litgpt.model import Block
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
+                                                                             apply_activation_checkpointing,
+                                                                             checkpoint_wrapper)
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    engine = row["engine"].lower()
+    per_block = "auto_wrap=block" in engine or row["method"] == "full"
+    model = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block} if per_block else {torch.nn.Linear}),
+                                     sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
+                                     limit_all_gathers=True, device_id=torch.device("cpu"))
+    if str(row.get("gradient_checkpointing", "")).lower().startswith("yes"):
+        apply_activation_checkpointing(
+            model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+            check_fn=lambda m: isinstance(m, Block))
+    return model
+
+
+def errors(rows: list[dict]) -> dict:
+    """Median and worst |error| of litgpt's simulated step and of ftmix's prediction over ``rows``."""
+    if not rows:
+        return {"n": 0, "litgpt_median": None, "litgpt_worst": None, "ftmix_median": None, "ftmix_worst": None}
+    return {"n": len(rows), "litgpt_median": round(statistics.median(abs(r["litgpt_error"]) for r in rows), 4),
+            "litgpt_worst": round(max(abs(r["litgpt_error"]) for r in rows), 4),
+            "ftmix_median": round(statistics.median(abs(r["ftmix_error"]) for r in rows), 4),
+            "ftmix_worst": round(max(abs(r["ftmix_error"]) for r in rows), 4)}
 
 
 def main() -> None:
@@ -102,6 +153,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma list of row ids")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: replace or add those rows in the committed result, keep the rest")
     args = ap.parse_args()
     try:
         import litgpt  # noqa: F401
@@ -131,6 +184,8 @@ def main() -> None:
         what = "full FT" if row["method"] == "full" else f"LoRA r{row['lora_r']} {'+'.join(row['lora_targets'])}"
         base = dict(id=p["id"], model=row["model"], seq_len=row["seq_len"], micro_batch=row["micro_batch"], lora=what,
                     litgpt_simulated_gb=round(litgpt_gb, 3))
+        if "fsdp" in row["engine"].lower():
+            base["fsdp"] = f"FSDP1 over {row['n_gpus']} ranks"
         if p.get("oom"):  # the row ran out of memory: does litgpt's own peak pass the GPU's memory?
             from ftmix.catalog import load_gpu
 
@@ -148,11 +203,13 @@ def main() -> None:
                             litgpt_by_role_gb={k: round(v / 1e9, 3) for k, v in report["device_by_role"].items()},
                             seconds=round(time.time() - t, 1)))
         print(json.dumps(results[-1]), flush=True)
-    ok = [r for r in results if "litgpt_error" in r and "below_model_states_gb" not in r]
-    summary = {"n": len(ok), "litgpt_median": round(statistics.median(abs(r["litgpt_error"]) for r in ok), 4) if ok else None,
-               "litgpt_worst": round(max(abs(r["litgpt_error"]) for r in ok), 4) if ok else None,
-               "ftmix_median": round(statistics.median(abs(r["ftmix_error"]) for r in ok), 4) if ok else None,
-               "ftmix_worst": round(max(abs(r["ftmix_error"]) for r in ok), 4) if ok else None}
+    if args.merge:
+        fresh = {r["id"]: r for r in results}
+        old = json.loads((Path(args.out) / "litgpt_twin.json").read_text())["rows"]
+        results = [fresh.pop(r["id"], r) for r in old] + list(fresh.values())
+    scored = [r for r in results if "litgpt_error" in r and "below_model_states_gb" not in r]
+    ok = [r for r in scored if "fsdp" not in r]
+    summary = dict(errors(ok), fsdp=errors([r for r in scored if "fsdp" in r]))
     out = Path(args.out)
     (out / "litgpt_twin.json").write_text(json.dumps({"summary": summary, "rows": results}, indent=1) + "\n")
     lines = ["# litgpt's own step, simulated, against its published LoRA rows", "",
@@ -161,7 +218,12 @@ def main() -> None:
              f"- litgpt simulated vs measured: median {100 * summary['litgpt_median']:.1f}%, worst "
              f"{100 * summary['litgpt_worst']:.1f}% (n={summary['n']})" if ok else "- no rows",
              f"- ftmix (HF transformers + PEFT) vs measured: median {100 * summary['ftmix_median']:.1f}%, worst "
-             f"{100 * summary['ftmix_worst']:.1f}%" if ok else "", "",
+             f"{100 * summary['ftmix_worst']:.1f}%" if ok else "",
+             f"- the FSDP rows (litgpt's step under torch FSDP1 as Lightning Fabric wraps it, rank 0 of a fake process "
+             f"group): litgpt simulated median {100 * summary['fsdp']['litgpt_median']:.1f}%, worst "
+             f"{100 * summary['fsdp']['litgpt_worst']:.1f}%; ftmix (FSDP2) median "
+             f"{100 * summary['fsdp']['ftmix_median']:.1f}%, worst {100 * summary['fsdp']['ftmix_worst']:.1f}% "
+             f"(n={summary['fsdp']['n']})" if summary["fsdp"]["n"] else "", "",
              "| id | model | s x b | LoRA | measured | litgpt simulated | error | ftmix | error |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
@@ -180,7 +242,8 @@ def main() -> None:
                          f"not averaged) | {r['litgpt_simulated_gb']} | {100 * r['litgpt_error']:+.1f}% | "
                          f"{r['ftmix_gb']} | {100 * r['ftmix_error']:+.1f}% |")
             continue
-        lines.append(f"| {r['id']} | {r['model']} | {r['seq_len']} x {r['micro_batch']} | {r['lora']} | "
+        lines.append(f"| {r['id']} | {r['model']} | {r['seq_len']} x {r['micro_batch']} | {r['lora']}"
+                     f"{' (' + r['fsdp'] + ')' if 'fsdp' in r else ''} | "
                      f"{r['measured_gb']} | {r['litgpt_simulated_gb']} | {100 * r['litgpt_error']:+.1f}% | "
                      f"{r['ftmix_gb']} | {100 * r['ftmix_error']:+.1f}% |")
     (out / "litgpt_twin.md").write_text("\n".join(lines) + "\n")

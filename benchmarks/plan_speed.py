@@ -33,8 +33,10 @@ def main():
     models = [load_model(n) for n in ("llama-2-7b", "llama-2-13b", "llama-2-70b", "falcon-180b")]
     plan_med, plan_max = timed(lambda: plan(llama7, a100, dict(gpus=8)), 50)
     search_med, _ = timed(lambda: plan(llama7, a100, dict(gpus=8), search_batch=True), 20)
-    nofit_med, _ = timed(lambda: plan(models[3], v100, dict(gpus=8, nodes=2, offload="optimizer", seq_len=2048)), 5)
-    matrix_med, matrix_max = timed(lambda: matrix(models, v100, [256, 512, 1024, 2048, 4096], dict(gpus=16)), 5)
+    nofit_med, _ = timed(lambda: plan(models[3], v100, dict(gpus=8, nodes=2, offload="optimizer", seq_len=2048),
+                                      effective_batch=16), 5)
+    matrix_med, matrix_max = timed(lambda: matrix(models, v100, [256, 512, 1024, 2048, 4096], dict(gpus=16),
+                                                  effective_batch=16), 5)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "plan_ms_median": round(plan_med * 1e3, 2), "plan_ms_max": round(plan_max * 1e3, 2),

@@ -65,7 +65,7 @@ def estimate(model: str = "llama-2-7b", gpu: str | None = None, *, method: str =
     cal = calibration_for(calibration, gpu_spec.name if gpu_spec else None, calibration_any_gpu)
     ds_config = read_deepspeed_config(deepspeed) if deepspeed else None
     mix = resolve_mixture(mixture_keys(**mixture), gpu_spec, ds_config, deepspeed)
-    check_sharding(mix, method, ds_config)
+    check_sharding(mix, method)
     check_grad_accum(grad_accum)  # before torch loads for method="simulate"
     if method == "simulate":
         return with_overheads(_simulate(model, mix, gpu_spec, safety_margin, ds_config, grad_accum), cal.memory)

@@ -97,3 +97,23 @@ def test_qlora_pays_a_fixed_dequantization_cost_per_weight_use():
     overhead = [step_time(spec, gpu, x.with_(quantize="bnb.nf4")).total / step_time(spec, gpu, x).total - 1
                 for x in (short, long)]
     assert overhead[0] > 2 * overhead[1] > 0
+
+
+def test_fsdp2_prices_its_all_gathers_and_reduce_scatters():
+    """Issue 21: FULL_SHARD gathers every parameter in bf16 twice per micro step (forward, backward
+    with GC's recompute inside it), SHARD_GRAD_OP once; one fp32 reduce-scatter of the trained
+    gradients; nothing crosses a link on one GPU; CPUOffloadPolicy adds the shard copies and a CPU step."""
+    from ftmix.plan.runtime import communication, offload_time
+
+    model, gpu = load_model("llama-2-7b"), load_gpu("a100-80gb")
+    m = mixture_from_flags(gpu, sharding="fsdp2", lora=0, gc=True, gpus=8, seq_len=1024)
+    full = communication(model, gpu, m, 1, DEFAULT)
+    grad_op = communication(model, gpu, m.with_(zero=2), 1, DEFAULT)
+    frac, bw = 7 / 8, gpu.intra_node_bandwidth * DEFAULT.link_efficiency
+    assert full == pytest.approx((2 * 2 + 4) * model.total_params * frac / bw * DEFAULT.exposed_comm_zero3)
+    assert grad_op == pytest.approx((1 * 2 + 4) * model.total_params * frac / bw * DEFAULT.exposed_comm_zero3)
+    assert communication(model, gpu, m.with_(gpus=1), 1, DEFAULT) == 0.0
+    # the same bytes as ZeRO-3's all-gathers, without its per-module fetch hooks
+    assert full < communication(model, gpu, m.with_(sharding="deepspeed", offload="none"), 1, DEFAULT)
+    transfers, cpu_step = offload_time(model, gpu, m.with_(offload="all"), 1, DEFAULT)
+    assert transfers > 0 and cpu_step > 0 and offload_time(model, gpu, m, 1, DEFAULT) == (0.0, 0.0)

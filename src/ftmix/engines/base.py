@@ -36,6 +36,7 @@ class Engine(Protocol):
 
     name: str
     twin: TwinRules
+    shards_after_build: bool  # ``prepare`` shards a model built whole (the build is not a step's memory)
 
     def config(self, m: Mixture, trainable_params: int, user_config: dict | None = None) -> dict | None:
         """The engine's own configuration for a mixture (the user's, when given); None if it has none."""
@@ -70,6 +71,10 @@ class Engine(Protocol):
 
 class EngineDefaults:
     """What an engine that HF Trainer wraps by itself does at each hook: nothing."""
+
+    # the model is built whole, then sharded by ``prepare``: a real job builds on the meta device and
+    # loads each rank's shards, so the build is not a training step's memory
+    shards_after_build = False
 
     def build_mixture(self, m: Mixture) -> Mixture:
         """The mixture the model is built for (``ftmix.model.build``)."""

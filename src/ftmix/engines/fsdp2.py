@@ -55,7 +55,7 @@ TWIN = TwinRules(
                        ("torch/distributed/fsdp/_fsdp_collectives.py:foreach_all_gather", "parameter")),
     # FSDP2's own buffers are named by the collective that asks for them, inside torch's frames
     named_frames="/torch/distributed/fsdp/_fully_shard/",
-    host_moves=lambda to_host: host_gradients(to_host),
+    host_moves=host_gradients,
 )
 
 
@@ -132,6 +132,7 @@ def full_state_dict(model) -> dict:
 class FSDP2(EngineDefaults):
     name = "fsdp2"
     twin = TWIN
+    shards_after_build = True
 
     @staticmethod
     def shard(model, m: Mixture, mesh) -> int:

@@ -24,16 +24,10 @@ def simulation_config(ref: str, m: Mixture, gpu: GpuSpec | None = None) -> tuple
     return config, name
 
 
-def check_sharding(m: Mixture, method: str, deepspeed: dict | None) -> None:
-    """FSDP2 (``--sharding fsdp2``): the analytic method and the simulation model it; the paper's
-    formulas are DeepSpeed's ZeRO, and a DeepSpeed JSON is DeepSpeed's. The simulation runs no
-    offload (the analytic method models FSDP2's CPUOffloadPolicy)."""
-    if not m.fsdp2:
-        return
-    if deepspeed is not None:
-        raise FtmixError("--sharding fsdp2 takes no --deepspeed config (that is DeepSpeed's)")
-    if method == "paper":
-        raise FtmixError("--method paper is the study's ZeRO formulas; FSDP2 is modelled by --method analytic or simulate")
-    if method == "simulate" and m.offload != "none":
+def check_sharding(m: Mixture, method: str) -> None:
+    """FSDP2 (``--sharding fsdp2``) is simulated without offload; the analytic method models its
+    CPUOffloadPolicy. (A DeepSpeed JSON is refused where the mixture is resolved, the paper's ZeRO
+    formulas by ``estimate``.)"""
+    if m.fsdp2 and method == "simulate" and m.offload != "none":
         raise FtmixError(f"--sharding fsdp2 is simulated without offload (got --offload {m.offload}); --method analytic "
                          "models FSDP2's CPUOffloadPolicy")

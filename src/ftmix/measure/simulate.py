@@ -125,7 +125,7 @@ def simulate(config: dict, m: Mixture, name: str, gpu: GpuSpec | None = None, sa
     ``grad_accum=1`` runs one micro step per optimizer step (the gradients set to None between
     steps); anything else two (kept between micro steps). DeepSpeed's stages keep their own
     gradient buffers either way."""
-    check_sharding(m, "simulate", deepspeed)
+    check_sharding(m, "simulate")
     check_mixture(m, None, gpu)
     _check_model_type(config)
     micro_steps = 1 if grad_accum == 1 else MICRO_STEPS

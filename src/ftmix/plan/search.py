@@ -210,12 +210,15 @@ def _break_ties(fitting: list[Candidate]) -> tuple[Candidate | None, tuple[str, 
 def _engine_note(best: Candidate, fitting: list[Candidate]) -> tuple[str, ...]:
     """Why this engine: the other engine's fastest fitting mixture beside the winner (or that none
     of its mixtures fits)."""
-    name = lambda c: "FSDP2" if c.mixture.fsdp2 else "DeepSpeed"  # noqa: E731
-    others = [c for c in fitting if name(c) != name(best)]
+    def name(c: Candidate) -> str:
+        return "FSDP2" if c.mixture.fsdp2 else "DeepSpeed" if c.mixture.zero else "plain torch"
+
     if best.mixture.zero == 0:
         return ()  # no sharding engine at all: one GPU or plain DDP won
+    rival = "DeepSpeed" if best.mixture.fsdp2 else "FSDP2"
+    others = [c for c in fitting if name(c) == rival]
     if not others:
-        return (f"engine: {name(best)}; no {'DeepSpeed' if best.mixture.fsdp2 else 'FSDP2'} mixture fits",)
+        return (f"engine: {name(best)}; no {rival} mixture fits",)
     other = min(others, key=lambda c: c.time.total)
     slower = 100 * (other.time.total / best.time.total - 1)
     pace = f"{slower:.1f}% slower" if slower >= 0 else f"{-slower:.1f}% faster (a tie)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftmix.catalog import GpuSpec, ModelSpec, load_gpu, spec_from_hf_config
 from ftmix.errors import FtmixError
+from ftmix.estimate.fsdp2 import fsdp2_states
 from ftmix.estimate.states import model_states
 from ftmix.files import json_lines
 from ftmix.mixture import Mixture, check_mixture
@@ -152,7 +153,7 @@ def _optimizer(text: str) -> str:
 def model_states_floor(row: PublishedRow) -> float:
     """Bytes of parameters, gradients and optimizer states that the row's setup holds at once at its
     optimizer step: a measured figure below them measured another setup than the row states."""
-    states = model_states(row.spec, row.mixture)
+    states = fsdp2_states(row.spec, row.mixture) if row.mixture.fsdp2 else model_states(row.spec, row.mixture)
     return states.parameters + states.gradients + states.optimizer
 
 

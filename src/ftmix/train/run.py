@@ -196,7 +196,7 @@ def fit(prep: Prepared, progress=None, twin=None) -> dict:
         save_only_model=False, **prep.engine.trainer_args(prep.engine_config, device, world), **precision)
     meter = Meter(device, progress if prep.rank == 0 else None, twin)
     model = prep.engine.prepare(prep.built.model, m, device)
-    if model is not prep.built.model and twin is not None:
+    if prep.engine.shards_after_build and twin is not None:
         twin.reset_peak()  # built whole, then sharded: see ftmix.engines.fsdp2.shard
     hyper = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(prep.sequences),
