@@ -231,7 +231,8 @@ def main() -> None:
             lines.append(f"| {r['id']} | {r['model']} | | | error: {r['error']} | | | | |")
             continue
         if r["measured_gb"] == "OOM":
-            lines.append(f"| {r['id']} | {r['model']} | {r['seq_len']} x {r['micro_batch']} | {r['lora']} | OOM "
+            lines.append(f"| {r['id']} | {r['model']} | {r['seq_len']} x {r['micro_batch']} | {r['lora']}"
+                         f"{' (' + r['fsdp'] + ')' if 'fsdp' in r else ''} | OOM "
                          f"({r['gpu_gb']} GB GPU) | {r['litgpt_simulated_gb']} | "
                          f"{'fits (wrong)' if r['litgpt_fits'] else 'does not fit'} | | "
                          f"{'fits (wrong)' if r['ftmix_fits'] else 'does not fit'} |")

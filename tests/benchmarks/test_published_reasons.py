@@ -40,9 +40,13 @@ def test_the_litgpt_rows_are_explained_by_litgpts_own_code(tmp_path):
     assert "## Why the litgpt rows miss, measured: litgpt's own code" in md
     assert all(f"| {r['id']} | {r['measured_gb']} | {r['litgpt_simulated_gb']} |" in md
                for r in rows if "below_model_states_gb" not in r)
-    # the rows that ran out of memory: litgpt's own peak passes the GPU's memory there too
-    ooms = [r for r in litgpt["rows"] if r.get("measured_gb") == "OOM"]
+    # the rows that ran out of memory on one GPU: litgpt's own peak passes the GPU's memory there too
+    ooms = [r for r in litgpt["rows"] if r.get("measured_gb") == "OOM" and "fsdp" not in r]
     assert ooms and all(not r["litgpt_fits"] and r["litgpt_simulated_gb"] > r["gpu_gb"] for r in ooms)
+    # issue 21, the FSDP rows: litgpt's step under torch FSDP1 as Fabric wraps it comes closer than
+    # ftmix's FSDP2 estimate but leaves a gap of its own (litgpt_twin.md; docs/estimate.md, FSDP2)
+    fsdp = litgpt["summary"]["fsdp"]
+    assert fsdp["n"] >= 8 and fsdp["litgpt_median"] < fsdp["ftmix_median"]
     json.loads((tmp_path / "published.json").read_text())  # the JSON stays valid
 
 
