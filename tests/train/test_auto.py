@@ -93,3 +93,27 @@ def test_a_later_oom_resumes_from_the_checkpoint_when_the_stage_stays(tmp_path):
     assert first["outcome"] == "oom" and "at step 3" in first["error"]
     assert second["resumed"] is True and second["mixture"]["zero"] == 0
     assert record["measured"]["steps"] == 4 and record["measured"]["steps_this_run"] == 2
+
+
+@pytest.mark.timeout(900)
+def test_an_fsdp2_run_falls_back_and_resumes_its_distributed_checkpoint(tmp_path):
+    """Issue 21: auto's out-of-memory fallback under FSDP2 (the engine fixed, FULL_SHARD without
+    offload): the next candidate keeps the engine and resumes from the failed attempt's torch
+    distributed checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = _flags(out, save_steps=1, keep_last=2) + ["max_steps=4", "sharding=fsdp2", "--zero", "3", "--offload",
+                                                     "none", _timed(tmp_path)] + AUTO
+    env = dict(os.environ, HF_HUB_OFFLINE="1", FTMIX_INJECT_OOM_AT_STEP="3")
+    proc = subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "run.json").read_text())
+    first, second = record["attempts"]
+    assert first["outcome"] == "oom" and "at step 3" in first["error"]
+    assert second["resumed"] is True and second["mixture"]["sharding"] == "fsdp2" and second["label"] != first["label"]
+    assert all((c / "pytorch_model_fsdp_0").is_dir() for c in out.glob("checkpoint-*")) and list(out.glob("checkpoint-*"))
+    assert record["engine"]["name"] == "fsdp2" and record["measured"]["steps"] == 4

@@ -1,7 +1,7 @@
 """`ftmix train --sharding fsdp2` (issue 21): torch FSDP2 on two gloo ranks under torchrun, the
 model sharded per decoder layer and the root, HF Trainer over it. The device-memory twin equals the
 analytic estimate within 1%; checkpoints are torch distributed checkpoints and resume; the final
-adapter exports merged."""
+adapter exports merged and is scored by `ftmix eval`; auto's fallback: tests/train/test_auto.py."""
 
 import json
 from pathlib import Path
@@ -66,7 +66,7 @@ def test_checkpoints_are_distributed_and_resume(runs, tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_the_final_adapter_exports_merged(runs, tmp_path):
+def test_the_final_adapter_exports_merged_and_evaluates(runs, tmp_path):
     import subprocess
     import sys
 
@@ -81,6 +81,11 @@ def test_the_final_adapter_exports_merged(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = transformers.AutoModelForCausalLM.from_pretrained(json.loads(proc.stdout)["merged"])
     assert sum(p.numel() for p in merged.parameters()) > 0
+    from tests.cli.conftest import run_cli
+
+    after = run_cli("eval", "--run", flags["output_dir"], "--rows", "4", "--max-new-tokens", "8", "--json",
+                    check_json=True)
+    assert after["rows"] == 4 and after["eval_loss"] > 0 and 0.0 <= after["rouge1"] <= 1.0
     full = Path(runs["full-grad-op-gc"][0]["output_dir"]) / "final"
     model = transformers.AutoModelForCausalLM.from_pretrained(str(full))
     assert model.config.num_hidden_layers == 2
