@@ -40,8 +40,11 @@ PINNED = Path(__file__).resolve().parent / "data" / "loss_curves.json"
 
 def pinned_curve(name: str, record: dict) -> list[float]:
     """The run's loss curve, which must equal the committed one (tests/train/data/loss_curves.json):
-    a tiny seeded run on CPU repeats to the last digit, so any change to the data, the model, the
-    mixture or the loop shows. FTMIX_PIN_LOSSES=1 writes the curves anew (say why in the commit)."""
+    a tiny seeded run on CPU repeats to the last digit on one CPU model, so any change to the data,
+    the model, the mixture or the loop shows. Across CPU models bf16 kernels differ (with and without
+    AVX512-BF16: up to 6.5e-5 relative, measured between this project's machines), so the curves
+    agree to 2e-4 relative, far under what a changed batch, seed or learning rate moves them.
+    FTMIX_PIN_LOSSES=1 writes the curves anew (say why in the commit)."""
     import json
 
     curve = [round(loss, 6) for _, loss in record["measured"]["loss_curve"]]
@@ -51,5 +54,5 @@ def pinned_curve(name: str, record: dict) -> list[float]:
         PINNED.parent.mkdir(exist_ok=True)
         PINNED.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
     assert name in table, f"no pinned loss curve for {name}: run with FTMIX_PIN_LOSSES=1"
-    assert curve == pytest.approx(table[name], abs=2e-6), (name, curve, table[name])
+    assert curve == pytest.approx(table[name], rel=2e-4), (name, curve, table[name])
     return curve
