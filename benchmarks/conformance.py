@@ -64,7 +64,8 @@ GRID_FILES = {"standard": "conformance", "full": "conformance_full", "qlora": "c
 
 def fsdp2_cases() -> list[dict]:
     """FSDP2 (issue 21): FULL_SHARD and SHARD_GRAD_OP x LoRA/full x GC on two ranks, both shapes;
-    then eager attention, one rank, and CPU offload (full fine-tuning + GC, LoRA)."""
+    then eager attention, one rank, CPU offload (full fine-tuning + GC, LoRA), and QLoRA (NF4 x GC
+    on both shapes, NF4-dq under SHARD_GRAD_OP, one rank, CPU offload)."""
     base = dict(offload="none", attn="sdpa", ranks=2, **dict(QLORA_KEYS, sharding="fsdp2"))
     cases = [dict(base, shape=shape, zero=zero, lora=lora, gc=gc)
              for shape, zero, lora, gc in itertools.product(SHAPES, (3, 2), (8, 0), (False, True))]
@@ -72,6 +73,11 @@ def fsdp2_cases() -> list[dict]:
     cases += [dict(g, attn="eager", gc=True), dict(g, ranks=1), dict(g, lora=8, ranks=1, gc=True),
               # CPUOffloadPolicy: the shards, gradients and AdamW states on the host
               dict(g, offload="all", gc=True), dict(g, shape="mha-tied", offload="all", lora=8)]
+    # QLoRA: the 4-bit codes in bf16 storage sharded, the quant state whole on each rank
+    cases += [dict(base, shape=shape, zero=3, lora=8, quantize="bnb.nf4", gc=gc)
+              for shape, gc in itertools.product(SHAPES, (False, True))]
+    cases += [dict(g, zero=2, lora=8, quantize="bnb.nf4-dq", gc=True), dict(g, lora=8, quantize="bnb.nf4", ranks=1),
+              dict(g, lora=8, quantize="bnb.nf4", offload="all", gc=True)]
     return cases
 
 

@@ -2,7 +2,7 @@
 simulation (the real ``fully_shard`` code under a fake process group, equal to real gloo ranks:
 benchmarks/results/fsdp2_simulation.md) on catalog models at full size: rank 0's peak of each.
 
-    .venv/bin/python benchmarks/fsdp2_analytic.py [--out benchmarks/results] [--only NAME]
+    .venv/bin/python benchmarks/fsdp2_analytic.py [--out benchmarks/results] [--only TEXT]  # cases whose id has TEXT
     .venv/bin/python benchmarks/fsdp2_analytic.py --repredict   # the committed simulations, predicted anew
 
 Each case simulates in its own process (tens of seconds each). Writes
@@ -40,6 +40,14 @@ CASES = [
     ("smollm2-135m", dict(zero=3, lora=0, gc=False, seq_len=512, gpus=2), None),
     ("llama-3-8b", dict(zero=3, lora=0, gc=True, seq_len=8192, gpus=8), None),
     ("llama-2-70b", dict(zero=3, lora=0, gc=True, seq_len=1024, gpus=8), None),
+    # QLoRA: 4-bit codes in 16-bit storage, sharded (bitsandbytes' FSDP-QLoRA)
+    ("llama-2-7b", dict(zero=3, lora=16, quantize="bnb.nf4", gc=False, seq_len=512, micro_batch=2, gpus=2), None),
+    ("llama-2-13b", dict(zero=3, lora=8, quantize="bnb.nf4-dq", gc=True, seq_len=2048, gpus=4), None),
+    ("mistral-7b", dict(zero=2, lora=16, quantize="bnb.nf4", gc=True, seq_len=1024, gpus=8), None),
+    ("qwen2.5-7b", dict(zero=3, lora=16, quantize="bnb.nf4", gc=False, seq_len=1024, gpus=2,
+                        precision="bf16-true"), None),
+    ("llama-3-8b", dict(zero=3, lora=8, lora_targets="all-linear", quantize="bnb.fp4", gc=True, seq_len=4096,
+                        gpus=2), None),
 ]
 
 ONE = """
@@ -107,6 +115,10 @@ def main() -> None:
         rows.append(row)
         print(f"{row['case']}: simulated {row['simulated_bytes'] / 1e9:.3f} GB, analytic "
               f"{row['analytic_bytes'] / 1e9:.3f} GB ({100 * row['error']:+.2f}%)", flush=True)
+    if args.only:  # the other committed rows kept, these replaced or added
+        ran = {r["case"] for r in rows}
+        old = json.loads((Path(args.out) / "fsdp2_analytic.json").read_text())["rows"]
+        rows = [r for r in old if r["case"] not in ran] + rows
     write(rows, Path(args.out))
 
 

@@ -1,7 +1,7 @@
 """The estimate against the real engines, measured by the device-memory twin.
 
 Every committed twin measurement of the conformance grids (benchmarks/results/conformance.json:
-80 cases; conformance_full.json: 256; conformance_qlora.json: 34; conformance_fsdp2.json: 21) is
+80 cases; conformance_full.json: 256; conformance_qlora.json: 34; conformance_fsdp2.json: 28) is
 predicted anew by the current estimate, as ``ftmix train``
 predicts it, in seconds and without torch: the prediction must be the committed one to the byte
 (a change to the estimate re-runs ``benchmarks/conformance.py --repredict`` and commits what

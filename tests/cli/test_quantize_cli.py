@@ -22,8 +22,8 @@ def _one_error(code, out, err):
     (["--modules-to-save", "norm"], "modules-to-save norm"),
     (["--dora", "--lora", "0"], "needs LoRA"),
     (["--quantize", "bnb.nf4", "--precision", "fp32"], "16 bits"),
-    (["--quantize", "bnb.nf4", "--method", "simulate", "--sharding", "fsdp2", "--gpus", "2"], "not modelled yet"),
-    (["--quantize", "bnb.nf4", "--sharding", "fsdp2", "--gpus", "2"], "not modelled yet"),
+    (["--quantize", "bnb.int8", "--method", "simulate", "--sharding", "fsdp2", "--gpus", "2"], "FSDP2 shards floating"),
+    (["--quantize", "bnb.int8", "--sharding", "fsdp2", "--zero", "2", "--gpus", "2"], "FSDP2 shards floating"),
 ])
 def test_bad_quantized_mixtures_are_one_line(ftmix, args, says):
     line = _one_error(*ftmix("estimate", "--model", "llama-2-7b", *args, "--json"))

@@ -56,6 +56,29 @@ def test_sharded_states_split_over_the_ranks_and_the_gathered_layers_do_not():
     assert lora.gradients < 0.01 * lora.parameters
 
 
+def test_qlora_shards_the_packed_codes_and_keeps_the_quant_state_whole():
+    """4-bit codes in 16-bit storage (two codes a byte: n / 4 elements of 2 bytes) split over the
+    ranks like any parameter; the absmax and code books stay whole on every rank; a gathered layer
+    is its codes, a quarter of the 16-bit layer's bytes."""
+    from ftmix.estimate.states import quantization_constants
+
+    model = load_model("llama-2-7b")
+    m2, m8 = _m(lora=16, quantize="bnb.nf4", gpus=2), _m(lora=16, quantize="bnb.nf4", gpus=8)
+    two, eight = fsdp2_states(model, m2), fsdp2_states(model, m8)
+    constants = quantization_constants(model, m2)
+    assert constants == pytest.approx(model.layers * model.layer_params / 64 * 4, rel=0.01)  # fp32 absmax per 64
+    assert (two.parameters - constants) == pytest.approx(4 * (eight.parameters - constants), rel=0.01)
+    plain = fsdp2_states(model, _m(lora=16, gpus=2))
+    assert two.layer == pytest.approx(plain.layer / 4, rel=0.01)
+    assert two.gradients == plain.gradients and two.optimizer == plain.optimizer  # the same adapters
+    # the whole step: a quarter of the base's bytes cuts the 7B's peak on 2 ranks by GBs
+    assert estimate(model, m2).peak < estimate(model, _m(lora=16, gpus=2)).peak - 3e9
+    # CPUOffloadPolicy moves the shards to the host; the quant state stays on the GPU
+    off = fsdp2_states(model, m2.with_(offload="all"))
+    assert off.parameters == constants
+    assert off.cpu == pytest.approx(2 * (two.parameters - constants + two.gradients + two.optimizer + two.step_temp))
+
+
 def test_shard_grad_op_holds_every_layer_that_full_shard_frees():
     model = load_model("llama-2-7b")
     full = estimate(model, _m(zero=3, lora=0, gc=True, gpus=8, seq_len=1024))
@@ -87,7 +110,7 @@ def test_without_accumulation_the_first_moments_have_no_gradients():
     (dict(zero=0), "--zero 0 shards nothing"),
     (dict(offload="optimizer"), "moves the parameters, gradients and optimizer states together"),
     (dict(zero=2, offload="all"), "needs ZeRO stage 3"),
-    (dict(quantize="bnb.nf4", lora=8), "not modelled yet"),
+    (dict(quantize="bnb.int8", lora=8), "Int8Params) are int8"),
     (dict(optimizer="adamw_8bit"), "DTensor shards"),
 ])
 def test_what_fully_shard_cannot_run_is_refused(keys, says):

@@ -1,5 +1,5 @@
 """`ftmix train --sharding fsdp2` (issue 21): torch FSDP2 on two gloo ranks under torchrun, the
-model sharded per decoder layer and the root, HF Trainer over it. The device-memory twin equals the
+model sharded per decoder layer and the root, HF Trainer over it, LoRA, full fine-tuning and QLoRA. The device-memory twin equals the
 analytic estimate within 1%; checkpoints are torch distributed checkpoints and resume; the final
 adapter exports merged and is scored by `ftmix eval`; auto's fallback: tests/train/test_auto.py."""
 
@@ -18,6 +18,8 @@ CASES = {
     # full fine-tuning under SHARD_GRAD_OP with GC, one micro step per optimizer step (gradients set
     # to None between steps)
     "full-grad-op-gc": dict(lora=0, zero=2, gc=True, effective_batch=2),
+    # QLoRA: bitsandbytes' 4-bit codes in bf16 storage, sharded (FSDP-QLoRA)
+    "qlora-full-shard-gc": dict(lora=8, zero=3, quantize="bnb.nf4", gc=True),
 }
 
 
@@ -86,6 +88,9 @@ def test_the_final_adapter_exports_merged_and_evaluates(runs, tmp_path):
     after = run_cli("eval", "--run", flags["output_dir"], "--rows", "4", "--max-new-tokens", "8", "--json",
                     check_json=True)
     assert after["rows"] == 4 and after["eval_loss"] > 0 and 0.0 <= after["rouge1"] <= 1.0
+    qlora = run_cli("export", "--run", runs["qlora-full-shard-gc"][0]["output_dir"], "--merge", "--out",
+                    str(tmp_path / "q"), "--json", check_json=True)
+    assert "de-quantized base" in qlora["note"]  # the random base rebuilt bit for bit (its checksum)
     full = Path(runs["full-grad-op-gc"][0]["output_dir"]) / "final"
     model = transformers.AutoModelForCausalLM.from_pretrained(str(full))
     assert model.config.num_hidden_layers == 2

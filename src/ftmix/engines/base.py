@@ -53,6 +53,9 @@ class Engine(Protocol):
     def build_mixture(self, m: Mixture) -> Mixture:
         """The mixture the model is built for (FSDP2: as for one process, it shards that)."""
 
+    def build_options(self, m: Mixture) -> dict:
+        """Keyword arguments of ``build_model`` the engine needs (FSDP2: ``sharded_base``)."""
+
     def prepare(self, model, m: Mixture, device: str):
         """The model as the engine runs it, before HF Trainer sees it (FSDP2 shards it)."""
 
@@ -79,6 +82,10 @@ class EngineDefaults:
     def build_mixture(self, m: Mixture) -> Mixture:
         """The mixture the model is built for (``ftmix.model.build``)."""
         return m
+
+    def build_options(self, m: Mixture) -> dict:
+        """Keyword arguments of ``build_model`` the engine needs."""
+        return {}
 
     def prepare(self, model, m: Mixture, device: str):
         """The model as the engine runs it, before HF Trainer sees it."""

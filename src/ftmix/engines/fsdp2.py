@@ -157,6 +157,9 @@ class FSDP2(EngineDefaults):
     def build_mixture(self, m: Mixture) -> Mixture:
         return one_process_mixture(m)
 
+    def build_options(self, m: Mixture) -> dict:
+        return {"sharded_base": True}
+
     def trainer_precision(self, m: Mixture) -> dict:
         # no autocast: the MixedPrecisionPolicy casts the gathered parameters (torchtune's way; an
         # autocast over them would only cache 16-bit copies of 16-bit weights)

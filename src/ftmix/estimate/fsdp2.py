@@ -16,6 +16,10 @@ wraps a model (``ftmix.engines.fsdp2``): one parameter group per decoder layer a
 - Reduce-scatter: a layer's 16-bit gradients are cast into one flat fp32 input (``foreach_reduce``),
   which lives on until the next reduce-scatter (``ReduceScatterState``).
 - Activations: the one-rank model's in the gathered dtype (no autocast: the policy casts).
+- QLoRA (4-bit, bitsandbytes' FSDP-QLoRA way): each quantized weight is its packed codes in 16-bit
+  storage elements, sharded and gathered like any 16-bit parameter; its quant state (absmax, code
+  books) is whole on every rank; the rest of the base stays 16-bit (no k-bit upcast, as TRL leaves
+  a sharded QLoRA model), the adapters fp32 under the policy.
 - ``--offload all`` (``CPUOffloadPolicy``): the sharded parameters, gradients and AdamW states live
   in host memory and the optimizer steps there; the GPU holds the gathered groups, the
   reduce-scatter buffers and the activations.
@@ -34,7 +38,7 @@ from ftmix.estimate import activations as act
 from ftmix.estimate.analytic import backward_terms, data_note, runtime_overheads
 from ftmix.estimate.constants import SAFETY_MARGIN
 from ftmix.estimate.result import Estimate
-from ftmix.estimate.states import total_with_adapters, trainable_params
+from ftmix.estimate.states import is_quantized, quantization_constants, total_with_adapters, trainable_params
 from ftmix.mixture import Mixture, resolve_saved_modules, resolve_targets
 
 FP32 = 4
@@ -70,7 +74,10 @@ def layer_tensors(model: ModelSpec, m: Mixture) -> list[Tensor]:
     stored = trained if base_trained else frozen
     out = []
     for lin in model.linears:
-        out.append(Tensor(lin.d_out, lin.d_in, stored, base_trained))
+        if m.bits == 4 and is_quantized(lin):
+            out.append(Tensor(packed_elements(lin.d_in * lin.d_out), 1, 2, False))
+        else:
+            out.append(Tensor(lin.d_out, lin.d_in, stored, base_trained))
         if lin.bias:
             out.append(Tensor(lin.d_out, 1, stored, base_trained))
     out += [Tensor(model.hidden, 1, stored, base_trained)] * model.norms_per_layer * (1 if model.norm == "rms" else 2)
@@ -82,6 +89,12 @@ def layer_tensors(model: ModelSpec, m: Mixture) -> list[Tensor]:
                 if m.dora:
                     out.append(Tensor(lin.d_out, 1, trained, True))
     return out
+
+
+def packed_elements(n: int) -> int:
+    """16-bit storage elements of ``n`` 4-bit codes: bitsandbytes' ``quantize_4bit`` packs two per
+    byte into a ``((n + 1) // 4, 1)`` tensor of the quant storage dtype (FSDP2 shards it on dim 0)."""
+    return (n + 1) // 4
 
 
 def root_tensors(model: ModelSpec, m: Mixture) -> list[Tensor]:
@@ -127,7 +140,10 @@ def fsdp2_states(model: ModelSpec, m: Mixture) -> Fsdp2States:
     _, _, gathered, reduce = _bytes(m)
     layer, root = layer_tensors(model, m), root_tensors(model, m)
     everything = layer * model.layers + root
-    params = sum(t.shard(n) * t.stored for t in everything)
+    # the quantization constants (absmax, code books) are the weights' quant state, not parameters:
+    # every rank keeps them whole beside its shards
+    constants = quantization_constants(model, m)
+    params = sum(t.shard(n) * t.stored for t in everything) + constants
     trainable = [t for t in everything if t.trainable]
     grads = sum(t.shard(n) * t.stored for t in trainable)
     moments = 2 if m.precision in ("bf16", "fp16", "fp32") else 1  # pure 16-bit: moments in 16 bits
@@ -143,8 +159,9 @@ def fsdp2_states(model: ModelSpec, m: Mixture) -> Fsdp2States:
         if m.lora == 0 else 0.0
     cpu = 0.0
     if m.offload == "all":
-        cpu = (params + grads + opt + step_temp) * m.gpus
-        params = grads = opt = step_temp = 0.0
+        # CPUOffloadPolicy moves the parameters FSDP2 manages; a quant state stays where it was loaded
+        cpu = (params - constants + grads + opt + step_temp) * m.gpus
+        params, grads, opt, step_temp = constants, 0.0, 0.0, 0.0
     return Fsdp2States(params, grads, opt, step_temp, layer_gathered, root_gathered, layer_reduce, layer_grads,
                        first_grads, head_grad, cpu)
 
@@ -220,6 +237,13 @@ def fsdp2_estimate(model: ModelSpec, m: Mixture, gpu_memory: float | None = None
                  gradients=-no_grads),
         "optimizer step (AdamW's temporaries)": dict(optimizer_step=s.step_temp),
     }
+    if full_shard:
+        # ftmix shards the root with reshard_after_forward=True too (torch keeps a root gathered only
+        # when left to choose): the backward opens by gathering it again, its flat buffer beside its
+        # parameters, with every saved activation and the loss's fp32 log-softmax still held
+        moments["backward begins: the root gathered again"] = dict(
+            gathered_params=s.root + (s.root if flat else 0.0), activations=stored,
+            loss_head=FP32 * model.vocab * tokens, gradients=-no_grads)
     if m.lora == 0:
         moments["backward of the output head (its weight gradient)"] = dict(
             gathered_params=s.root + loss_held, activations=stored, backward_working=s.head_grad, gradients=-no_grads)

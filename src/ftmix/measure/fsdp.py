@@ -42,7 +42,7 @@ def measure_real(config: dict, m: Mixture) -> dict:
         with warnings.catch_warnings(), twin:
             warnings.simplefilter("ignore")
             model = build_model(ModelSource("catalog-config", "fsdp2-check", config=dict(config)),
-                                one_process_mixture(m), "cpu").model
+                                one_process_mixture(m), "cpu", sharded_base=True).model
             shard(model, m, mesh)
             twin.reset_peak()
             optimizer = optimizer_for([p for p in model.parameters() if p.requires_grad])

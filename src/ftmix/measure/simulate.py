@@ -74,7 +74,8 @@ def _swappable(fake: FakeTensorMode):
 def _fake_quantized_weights():
     """PEFT's DoRA expands a quantized base weight by its class name (``dequantize_module_weight``:
     Params4bit, Int8Params); a fake one is a plain parameter with the same attributes
-    (``model.build.quantize_in_place``): expand it with bitsandbytes' own functions alike."""
+    (``model.build.quantize_in_place``): expand it with bitsandbytes' own functions alike, and give
+    an FSDP2-gathered one its layer's quant state as ``Linear4bit.forward`` does."""
     # lazy: bitsandbytes loads with a simulation, never with the analytic method or the CLI
     import bitsandbytes as bnb
     from peft.tuners.lora import dora, layer
@@ -94,13 +95,27 @@ def _fake_quantized_weights():
         # parameter drops its attributes, so it reads the layer itself (the copy is transient)
         return module if getattr(getattr(module, "weight", None), "quant_state", None) is not None else copy(module)
 
+    fix = bnb.nn.modules.fix_4bit_weight_quant_state_from_module
+
+    def restore_quant_state(module):
+        # FSDP2 gathers a weight into a new plain parameter; bitsandbytes re-wraps it as Params4bit
+        # with its layer's quant state, which torch cannot do to a fake tensor: set the attribute
+        weight = module.weight
+        if getattr(weight, "quant_state", None) is None and type(weight).__name__ != "Params4bit" \
+                and getattr(module, "quant_state", None) is not None:
+            weight.quant_state = module.quant_state
+            return None
+        return fix(module)
+
     dora.dequantize_module_weight = layer.dequantize_module_weight = dequantize
     dora.deepcopy = deepcopy
+    bnb.nn.modules.fix_4bit_weight_quant_state_from_module = restore_quant_state
     try:
         yield
     finally:
         dora.dequantize_module_weight = layer.dequantize_module_weight = original
         dora.deepcopy = copy
+        bnb.nn.modules.fix_4bit_weight_quant_state_from_module = fix
 
 
 @contextlib.contextmanager
@@ -199,7 +214,7 @@ def _fsdp2(config: dict, m: Mixture, name: str, gpu: GpuSpec | None, safety_marg
         mesh = init_device_mesh("cpu", (m.world,))  # before fake mode: the mesh reads its ranks' values
         with _fake_twin() as twin:
             model = build_model(ModelSource("catalog-config", name, config=dict(config)),
-                                one_process_mixture(m), "cpu").model
+                                one_process_mixture(m), "cpu", quantize_in_memory=True, sharded_base=True).model
             layers = FSDP2.shard(model, m, mesh)
             twin.reset_peak()  # built whole, then sharded: see engines.fsdp2.shard
             optimizer = optimizer_for([p for p in model.parameters() if p.requires_grad])

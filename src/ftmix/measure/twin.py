@@ -404,7 +404,9 @@ class DeviceTwin:
             self.mark(b, "parameter")
         for module in model.modules():  # bitsandbytes' quantization constants: part of the weights
             weight = getattr(module, "weight", None)
-            state = getattr(weight, "quant_state", None)
+            # under FSDP2 the weight is a DTensor over a plain shard: the state is its layer's
+            # (``Params4bit._quantize`` leaves it on the module, ``Linear4bit.forward`` reads it there)
+            state = getattr(weight, "quant_state", None) or getattr(module, "quant_state", None)
             while state is not None:
                 self.mark([v for v in vars(state).values() if isinstance(v, torch.Tensor)], "parameter")
                 state = getattr(state, "state2", None)

@@ -278,9 +278,9 @@ def _check_fsdp2(m: Mixture) -> None:
     if m.offload == "optimizer":
         raise FtmixError("--sharding fsdp2 with --offload optimizer: FSDP2's CPUOffloadPolicy moves the parameters, "
                          "gradients and optimizer states together (--offload all, with --zero 3) or nothing")
-    if m.quantize != "none":
-        raise FtmixError(f"--sharding fsdp2 with --quantize {m.quantize}: FSDP2 over bitsandbytes weights is not "
-                         "modelled yet; QLoRA runs on one GPU or under DeepSpeed's stages (--sharding deepspeed)")
+    if m.quantize == "bnb.int8":
+        raise FtmixError("--sharding fsdp2 with --quantize bnb.int8: FSDP2 shards floating tensors only, and LLM.int8's "
+                         "weights (Int8Params) are int8; use a 4-bit scheme (its codes in 16-bit storage shard)")
     if m.optimizer != "adamw_torch":
         raise FtmixError(f"--sharding fsdp2 with --optimizer {m.optimizer}: FSDP2 steps torch's AdamW over its "
                          "DTensor shards (bitsandbytes' optimizers take plain tensors); use adamw_torch")
@@ -294,7 +294,7 @@ def _check_quantized(m: Mixture) -> None:
     if m.quantize != "none" and m.precision == "fp32":
         raise FtmixError(f"--quantize {m.quantize} computes in 16 bits: use --precision bf16 (PEFT's QLoRA: fp32 "
                          "adapters and norms under autocast) or bf16-true (litgpt's: everything else in bf16)")
-    if m.quantize != "none" and m.offload == "all":
+    if m.quantize != "none" and m.offload == "all" and not m.fsdp2:
         raise FtmixError(f"--quantize {m.quantize} with --offload all: ZeRO-3's parameter offload moves whole 16-bit "
                          "parameters to the host and cannot hold bitsandbytes' quantized ones; use --offload optimizer "
                          "(the adapters' states) or none")

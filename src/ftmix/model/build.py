@@ -8,11 +8,13 @@ import importlib.util
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
+from safetensors.torch import save_file
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
 
@@ -75,44 +77,48 @@ def language_model_config(config: dict) -> tuple[dict, str | None]:
                         "trained alone; the other towers are not")
 
 
-def quantization_config(m: Mixture):
+def quantization_config(m: Mixture, sharded_base: bool = False):
     """transformers' ``BitsAndBytesConfig`` for the mixture's ``quantize``: NF4/FP4 in bnb's
     64-element blocks (``bnb_4bit_use_double_quant`` for "-dq"), the compute dtype set to the
-    mixture's 16 bits (transformers' default would be fp32); LLM.int8 with its default threshold."""
+    mixture's 16 bits (transformers' default would be fp32); LLM.int8 with its default threshold.
+    ``sharded_base``: FSDP2 shards the base (as ZeRO-3 does)."""
     if m.quantize == "none":
         return None
     if m.bits == 8:
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
-    # ZeRO-3 partitions only floating parameters of one dtype: the packed codes stored in 16-bit
-    # elements, as PEFT's DeepSpeed + QLoRA guide sets ``bnb_4bit_quant_storage``
-    storage = compute if m.zero == 3 else torch.uint8
+    # ZeRO-3 and FSDP shard only floating parameters: the packed codes stored in 16-bit elements, as
+    # PEFT's DeepSpeed + QLoRA and bitsandbytes' FSDP-QLoRA guides set ``bnb_4bit_quant_storage``
+    storage = compute if (m.zero == 3 or sharded_base) else torch.uint8
     return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantize[4:7],
                                            bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute,
                                            bnb_4bit_quant_storage=storage)
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0,
-                aside=nullcontext, quantize_in_memory: bool = False) -> BuiltModel:
+                aside=nullcontext, quantize_in_memory: bool = False, sharded_base: bool = False) -> BuiltModel:
     """``aside``: a context whose allocations are not the run's (the twin's ``paused``): the 16-bit
     staging of a model quantized at load, which a real job reads from disk instead.
     ``quantize_in_memory``: quantize the built model's linears where they are (``quantize_in_place``)
-    instead of a save and a quantized load: the simulation's way, under fake tensors (no files)."""
+    instead of a save and a quantized load: the simulation's way, under fake tensors (no files).
+    ``sharded_base``: FSDP2 will shard the model (the engine's ``build_options``): quantized codes
+    in 16-bit storage, and no k-bit preparation, as TRL skips it for sharded QLoRA (its fp32
+    upcasts would only double the sharded base: the policy gathers in 16 bits)."""
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     attn, notes = attention_implementation(m, device)
     dtype = weight_dtype(m)
-    quant = quantization_config(m)
+    quant = quantization_config(m, sharded_base)
     try:
         if quant is not None and quantize_in_memory:
-            model = quantize_in_place(_load_16bit(source, dtype, attn, device), m, device)
+            model = quantize_in_place(_load_16bit(source, dtype, attn, device), m, device, sharded_base)
         elif quant is not None and source.kind != "catalog-config" and not source.gguf_file:
             model = _from_pretrained(source.ref, dtype, attn, device, quant)
         elif quant is not None:
             folder = tempfile.TemporaryDirectory(prefix="ftmix-quantize-")
             with aside():
                 staged = _load_16bit(source, dtype, attn, device)
-                staged.save_pretrained(folder.name)
+                _stage(staged, folder.name)
                 del staged
             with folder:
                 model = _from_pretrained(folder.name, dtype, attn, device, quant)
@@ -136,7 +142,7 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     if quant is not None and m.bits == 8 and device == "cpu":
         gpu_int8_path()
         notes.append("bnb.int8 on CPU: bitsandbytes' GPU path (MatMul8bitLt), so the twin counts a GPU's tensors")
-    if quant is not None and not m.pure16:
+    if quant is not None and not m.pure16 and not sharded_base:
         # PEFT's QLoRA preparation: every 16-bit parameter to fp32 (embeddings, head, norms), the
         # base frozen; GC (inputs made to require grad) only when the mixture has it. Pure 16-bit
         # QLoRA (litgpt's bf16-true) keeps them 16-bit
@@ -161,6 +167,22 @@ def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropo
     return BuiltModel(model, config, attn, notes)
 
 
+def _stage(model, folder: str) -> None:
+    """Write the 16-bit model for a quantized load, on every rank: transformers' ``save_pretrained``
+    writes on rank 0 alone once a process group is up (``should_save_on_this_rank``), and each rank
+    stages its own copy."""
+    model.config.save_pretrained(folder)
+    tensors, seen = {}, set()
+    for name, t in model.state_dict().items():
+        # a tied head is written once, under its first name, as save_pretrained writes it (which name
+        # stays decides which weight the load initialises, and so the random draws after it)
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = t.contiguous()
+    save_file(tensors, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _load_16bit(source: ModelSource, dtype, attn: str, device: str):
     if source.kind == "catalog-config":
         cfg, _ = language_model_config(dict(source.config))
@@ -178,7 +200,7 @@ def _load_16bit(source: ModelSource, dtype, attn: str, device: str):
     return model
 
 
-def quantize_in_place(model, m: Mixture, device: str):
+def quantize_in_place(model, m: Mixture, device: str, sharded_base: bool = False):
     """The linears bitsandbytes quantizes, quantized where they are: transformers' own
     ``replace_with_bnb_linear`` (every ``nn.Linear`` but the output head), then each weight through
     bitsandbytes' ``quantize_4bit`` / ``int8_vectorwise_quant``, the calls ``Params4bit._quantize``
@@ -194,16 +216,20 @@ def quantize_in_place(model, m: Mixture, device: str):
            if type(mod) is torch.nn.Linear and name.rsplit(".", 1)[-1] != "lm_head"}
     with unset_fake_temporarily():  # bitsandbytes' own code on first use (its 8-bit code book)
         bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
-        model = replace_with_bnb_linear(model, ["lm_head"], quantization_config(m))
+        config = quantization_config(m, sharded_base)
+        model = replace_with_bnb_linear(model, ["lm_head"], config)
+    storage = getattr(config, "bnb_4bit_quant_storage", torch.uint8)
+    storage = getattr(torch, storage) if isinstance(storage, str) else storage
     for name, linear in old.items():
         new = model.get_submodule(name)
         w = linear.weight.data.contiguous().to(device)
         if m.bits == 4:
             packed, state = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=m.double_quant,
-                                                         quant_type=m.quantize[4:7], quant_storage=torch.uint8)
+                                                         quant_type=m.quantize[4:7], quant_storage=storage)
             attrs = dict(quant_state=state, blocksize=64, compress_statistics=m.double_quant,
-                         quant_type=m.quantize[4:7], quant_storage=torch.uint8, bnb_quantized=True, module=new)
+                         quant_type=m.quantize[4:7], quant_storage=storage, bnb_quantized=True, module=new)
             kind = bnb.nn.Params4bit
+            new.quant_state = state  # as ``Params4bit._quantize`` leaves it on its module
         else:
             packed, scales, _ = bnb.functional.int8_vectorwise_quant(w.to(torch.float16))
             attrs, kind = dict(CB=packed, SCB=scales, has_fp16_weights=False), bnb.nn.Int8Params

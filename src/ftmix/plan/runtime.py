@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ftmix.catalog import GpuSpec, ModelSpec
 from ftmix.estimate import activations as act
+from ftmix.estimate.fsdp2 import fsdp2_states
 from ftmix.estimate.quantized import dequantized_copy_bytes, quantized_bytes
 from ftmix.estimate.states import frozen_bytes, is_quantized, trainable_params
 from ftmix.mixture import Mixture, grad_accum
@@ -127,17 +128,18 @@ def fsdp2_gathers(m: Mixture) -> int:
 
 def fsdp2_communication(model: ModelSpec, gpu: GpuSpec, m: Mixture, accum: int, c: RuntimeConstants) -> float:
     """FSDP2 per micro step: all-gathers of every parameter in the gathered dtype (16 bits under
-    its mixed precision) and one reduce-scatter of the trainable gradients in the reduce dtype
+    its mixed precision; a 4-bit weight's packed codes) and one reduce-scatter of the trainable gradients in the reduce dtype
     (fp32), ring algorithms, overlapped with compute as ZeRO-3's prefetching is (the same exposed
     fraction: no FSDP2 measurement yet to fit its own). One group per decoder layer: no ZeRO-3
     per-module hook cost. On one GPU nothing crosses a link."""
     n = m.world
     if n == 1:
         return 0.0
-    gathered = 4 if m.precision == "fp32" else 2
+    states = fsdp2_states(model, m)  # gathered bytes as FSDP2 holds them: QLoRA's are its packed codes
     reduced = 2 if m.pure16 else 4
     frac = (n - 1) / n
-    per_micro = (fsdp2_gathers(m) * gathered * model.total_params + reduced * trainable_params(model, m)) * frac
+    gathered = model.layers * states.layer + states.root
+    per_micro = (fsdp2_gathers(m) * gathered + reduced * trainable_params(model, m)) * frac
     return accum * per_micro / link_bandwidth(gpu, m, c) * c.exposed_comm_zero3
 
 

@@ -79,8 +79,13 @@ def base_checksum(model) -> float:
     # lazy: `ftmix export` and `ftmix eval` check their input before the torch world loads
     import torch
 
+    def values(p):
+        # a 4-bit weight's packed codes as bytes: stored in 16-bit elements (ZeRO-3, FSDP2) their bit
+        # patterns are no numbers (NaN, inf), and a rebuild stores the same bytes as uint8
+        return p.detach().view(torch.uint8) if getattr(p, "quant_state", None) is not None else p.detach()
+
     with torch.no_grad():
-        return float(sum(p.detach().double().sum() for n, p in model.named_parameters()
+        return float(sum(values(p).double().sum() for n, p in model.named_parameters()
                          if "lora_" not in n and "modules_to_save" not in n))
 
 

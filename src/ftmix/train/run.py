@@ -122,7 +122,7 @@ def prepare(cfg: TrainConfig, twin=None) -> Prepared:
         twin.start()
     engine = engine_for(m, user_ds)
     built = build_model(source, engine.build_mixture(m), device, cfg.lora_dropout,
-                        twin.paused if twin is not None else nullcontext)
+                        twin.paused if twin is not None else nullcontext, **engine.build_options(m))
     vocab = built.config.get("vocab_size") or (built.config.get("text_config") or {}).get("vocab_size")
     if vocab and len(tokenizer) > vocab:
         raise FtmixError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
