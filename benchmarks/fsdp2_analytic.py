@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from isolated import keep_committed, run_case  # noqa: E402 - the benchmarks' shared helpers
 
 BASE = dict(sharding="fsdp2", offload="none", precision="bf16", attn="sdpa", micro_batch=1)
 # (model, mixture keys, grad_accum): FULL_SHARD and SHARD_GRAD_OP, LoRA and full fine-tuning, GC,
@@ -104,21 +106,15 @@ def main() -> None:
     for name, keys, accum in CASES:
         if args.only and args.only not in case_id(name, keys, accum):
             continue
-        proc = subprocess.run([sys.executable, "-c", ONE, name, json.dumps(dict(BASE, **keys)), json.dumps(accum)],
-                              capture_output=True, text=True, timeout=1800, cwd=ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr[-2000:])
-        sim = json.loads(proc.stdout.strip().splitlines()[-1])
+        sim = run_case(ONE, name, json.dumps(dict(BASE, **keys)), json.dumps(accum))
         row = dict(case=case_id(name, keys, accum), model=name, keys=keys, grad_accum=accum, **sim,
                    **predict(name, keys, accum))
         row["error"] = round(row["analytic_bytes"] / row["simulated_bytes"] - 1, 5)
         rows.append(row)
         print(f"{row['case']}: simulated {row['simulated_bytes'] / 1e9:.3f} GB, analytic "
               f"{row['analytic_bytes'] / 1e9:.3f} GB ({100 * row['error']:+.2f}%)", flush=True)
-    if args.only:  # the other committed rows kept, these replaced or added
-        ran = {r["case"] for r in rows}
-        old = json.loads((Path(args.out) / "fsdp2_analytic.json").read_text())["rows"]
-        rows = [r for r in old if r["case"] not in ran] + rows
+    if args.only:
+        rows = keep_committed(rows, Path(args.out) / "fsdp2_analytic.json")
     write(rows, Path(args.out))
 
 

@@ -119,11 +119,18 @@ def _fake_quantized_weights():
 
 
 @contextlib.contextmanager
+def fake_tensors():
+    """Fake tensors as the simulation uses them: PEFT's swaps allowed, bitsandbytes' weights faked."""
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake, _swappable(fake), _fake_quantized_weights():
+        yield
+
+
+@contextlib.contextmanager
 def _fake_twin():
     """Fake tensors (PEFT's swaps allowed) and the device-memory twin counting them; warnings off."""
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
     twin = DeviceTwin(virtual=True)
-    with warnings.catch_warnings(), fake, _swappable(fake), _fake_quantized_weights():
+    with warnings.catch_warnings(), fake_tensors():
         warnings.simplefilter("ignore")
         twin.start()
         try:
