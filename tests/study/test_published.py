@@ -100,6 +100,21 @@ def test_units_and_counters_as_published():
     assert row.memory_what == "device_total" and row.memory_bytes == 7000 * 2**20
 
 
+def test_hf_trainer_token_counts_are_the_jobs_and_become_per_gpu():
+    """HF Trainer's num_input_tokens_seen is gathered over the ranks, so a tokens/s made from it
+    (Liger's EfficiencyCallback) is the job's: ftmix compares per GPU."""
+    speed = {"value": 8000.0, "unit": "tokens/s", "what": "EfficiencyCallback avg tokens/s via num_input_tokens_seen"}
+    four = dict(LITGPT, n_gpus=4, engine="fsdp (FULL_SHARD)", global_batch=16,
+                measured=dict(LITGPT["measured"], speed=speed))
+    row = represent(four)
+    assert row.speed == ("tokens_per_s_per_gpu", 2000.0) and any("/ 4 GPUs" in n for n in row.notes)
+    chart = dict(four, source_group="Liger-Kernel/examples (chart-read)",
+                 measured=dict(LITGPT["measured"], speed={"value": 8000.0, "unit": "tokens/s", "what": "chart estimate"}))
+    assert represent(chart).speed == ("tokens_per_s_per_gpu", 2000.0)
+    other = dict(four, measured=dict(LITGPT["measured"], speed={"value": 8000.0, "unit": "tokens/s", "what": "per GPU"}))
+    assert represent(other).speed == ("tokens_per_s_per_gpu", 8000.0)
+
+
 def test_malformed_files_are_one_clear_error(tmp_path):
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps(LITGPT) + "\n{not json\n")

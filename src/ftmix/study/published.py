@@ -365,5 +365,15 @@ def _speed(row: dict, out: PublishedRow) -> None:
         out.speed = ("s_per_micro_step", float(value) * 60 / 1000)
     elif unit.startswith("ms/iter"):
         out.speed = ("s_per_micro_step", float(value) / 1000)
+    elif unit in ("tokens/s", "tokens/gpu/s (tgs)") and (
+            "num_input_tokens_seen" in _text(speed.get("what"))
+            or _text(row.get("source_group")).startswith("liger-kernel/examples")):
+        # HF Trainer sums num_input_tokens_seen over the ranks (``accelerator.gather(...).sum()``,
+        # transformers >= 4.36): a callback's tokens/s from it is the job's, not one GPU's. Liger's
+        # HF examples (their charts too) all report its EfficiencyCallback's tokens/s, made so
+        gpus = int(row.get("n_gpus") or 1) * int(row.get("n_nodes") or 1)
+        out.speed = ("tokens_per_s_per_gpu", float(value) / gpus)
+        if gpus > 1:
+            out.notes.append(f"speed: HF Trainer's num_input_tokens_seen counts every rank's tokens; / {gpus} GPUs")
     elif unit in ("tokens/s", "tokens/gpu/s (tgs)"):
         out.speed = ("tokens_per_s_per_gpu", float(value))
