@@ -32,6 +32,31 @@ def test_causal_kernels_halve_attention_flops():
     assert eager == 2 * flash
 
 
+def test_the_step_time_counts_the_kernel_lists_flops_and_reports_mfu():
+    from ftmix.plan.kernels import step_flops
+    from ftmix.plan.runtime import micro_step_flops
+
+    m = mixture_from_flags(A100, lora=0, gc=True, seq_len=2048, attn="sdpa")
+    gemm, attention, useful = micro_step_flops(LLAMA7, m)
+    counted = step_flops(LLAMA7, m)  # torch's count: attention without the causal discount
+    attention_counted = counted - gemm
+    assert attention == pytest.approx(attention_counted / 2)
+    # GC's recompute is in the time but not in MFU's numerator: each layer's forward but its MLP output
+    # projection, about a fifth of full fine-tuning's step
+    from ftmix.plan.kernels import step_kernels
+
+    recompute = sum(k.total_flops * (0.5 if k.kind == "attention" else 1) for k in step_kernels(LLAMA7, m)
+                    if k.phase == "recompute")
+    assert gemm + attention - useful == pytest.approx(recompute)
+    assert 0.18 < recompute / (gemm + attention) < 0.23
+    step = step_time(LLAMA7, A100, m, 8)
+    assert step.flops == pytest.approx(8 * useful) and 0.1 < step.mfu < 0.55
+    assert step.to_json()["mfu"] == round(step.mfu, 4)
+    # what the kernel list does not model falls back to the per-token estimate, said nowhere else
+    dora = mixture_from_flags(A100, lora=8, dora=True)
+    assert micro_step_flops(LLAMA7, dora)[0] == pytest.approx(flops_per_token(LLAMA7, dora)[0] * dora.tokens)
+
+
 def test_the_studys_orderings():
     # "Without LoRA/GC/FA2, memory falls and runtime rises from stage 1 to 2 to 3"
     full = [t(zero=z, lora=0, offload="none", gpus=8, attn="sdpa").total for z in (1, 2, 3)]

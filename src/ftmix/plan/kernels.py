@@ -24,6 +24,7 @@ torch's count), DoRA's weight norms, mixture-of-experts layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ftmix.catalog import ModelSpec
 from ftmix.errors import FtmixError
@@ -146,12 +147,16 @@ def head_kernels(model: ModelSpec, m: Mixture, stream_needs_grad: bool) -> list[
 
 def step_kernels(model: ModelSpec, m: Mixture) -> list[Kernel]:
     """Every matmul and attention kernel of one micro step (forward, backward, GC's recompute)."""
+    return list(_step_kernels(model, m))
+
+
+@lru_cache(maxsize=4096)
+def _step_kernels(model: ModelSpec, m: Mixture) -> tuple[Kernel, ...]:
     _check(model, m)
     saved = resolve_saved_modules(m, model) if m.lora else ()
     embedding_trained = m.lora == 0 or "embed_tokens" in saved or (model.tied_embeddings and "lm_head" in saved)
     # GC under LoRA makes the embedding's output require a gradient (``enable_input_require_grads``)
     needs = embedding_trained or (m.gc and m.lora > 0)
-    out: list[Kernel] = []
     # torch's non-reentrant checkpoint stops recomputing once every saved tensor is back
     # (``set_checkpoint_early_stop``, on by default): the layer's last matmul, whose product nothing
     # saved needs, is not run again: the MLP output projection, or with LoRA on it (PEFT runs the
@@ -159,23 +164,27 @@ def step_kernels(model: ModelSpec, m: Mixture) -> list[Kernel]:
     targets = set(resolve_targets(m, model)) if m.lora else set()
     last = {f"{lin.name} lora_B" if lin.name in targets else lin.name
             for lin in model.linears if lin.role == "mlp_out"}
-    for i in range(model.layers):
-        layer = layer_kernels(model, m, needs)
-        needs = needs or any(k.phase == "backward" for k in layer)
-        out += [Kernel(f"layer {i} {k.name}", k.kind, k.phase, k.flops, k.count) for k in layer]
+    out: list[Kernel] = []
+    # the first layer differs from the rest only in whether its input needs a gradient; every layer
+    # after one with a backward gets one
+    first = layer_kernels(model, m, needs)
+    after = needs or any(k.phase == "backward" for k in first)
+    groups = [(first, model.layers)] if after == needs else \
+        [(first, 1), (layer_kernels(model, m, after), model.layers - 1)]
+    for layer, count in groups:
+        out += [Kernel(k.name, k.kind, k.phase, k.flops, k.count * count) for k in layer]
         if m.gc:
-            out += [Kernel(f"layer {i} {k.name}", k.kind, "recompute", k.flops, k.count)
+            out += [Kernel(k.name, k.kind, "recompute", k.flops, k.count * count)
                     for k in layer if k.phase == "forward" and k.name not in last]
-    out += head_kernels(model, m, needs)
-    return _merged(out)
+    out += head_kernels(model, m, after)
+    return tuple(_merged(out))
 
 
 def _merged(kernels: list[Kernel]) -> list[Kernel]:
     """Layers that run the same kernels are one entry counted per layer."""
     merged: dict[tuple, int] = {}
     for k in kernels:
-        name = k.name.split(" ", 2)[2] if k.name.startswith("layer ") else k.name
-        key = (name, k.kind, k.phase, k.flops)
+        key = (k.name, k.kind, k.phase, k.flops)
         merged[key] = merged.get(key, 0) + k.count
     return [Kernel(name, kind, phase, flops, count) for (name, kind, phase, flops), count in merged.items()]
 

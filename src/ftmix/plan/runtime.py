@@ -1,6 +1,8 @@
 """Time of one optimizer step at a fixed effective batch: compute, communication, offload, optimizer.
 
-FLOPs per token (Kaplan et al. 2020; Narayanan et al. 2021): forward 2N for N matmul parameters;
+The compute's FLOPs are the step's kernels' (``plan.kernels``: every matmul and attention kernel,
+equal to torch's FlopCounterMode on the real step). Before it, and still for what it does not
+model, FLOPs per token (Kaplan et al. 2020; Narayanan et al. 2021): forward 2N for N matmul parameters;
 full fine-tuning's backward 4N (input and weight gradients), LoRA's 2N (frozen weights need input
 gradients only) plus the adapters' 6 per trainable parameter; GC adds one forward (2N). Attention
 adds 4 s h per layer per token forward (QK^T and PV), halved by causal FlashAttention/SDPA kernels,
@@ -17,8 +19,10 @@ from ftmix.estimate import activations as act
 from ftmix.estimate.fsdp2 import fsdp2_states
 from ftmix.estimate.quantized import dequantized_copy_bytes, quantized_bytes
 from ftmix.estimate.states import frozen_bytes, is_quantized, trainable_params
+from ftmix.errors import FtmixError
 from ftmix.mixture import Mixture, grad_accum
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
+from ftmix.plan.kernels import step_kernels
 
 STUDY_EFFECTIVE_BATCH = 8
 
@@ -37,19 +41,26 @@ class StepTime:
     grad_accum: int
     samples: int  # per optimizer step, all ranks together
     dequantize: float = 0.0  # quantized base weights expanded to 16 bits for each use
+    flops: float = 0.0  # useful FLOPs per optimizer step on one GPU (no recompute; causal attention halved)
+    peak_flops: float = 0.0  # the GPU's datasheet FLOP/s at the step's precision
 
     @property
     def total(self) -> float:
         return (self.compute + self.attention + self.memory_bound + self.communication + self.offload
                 + self.optimizer + self.overhead + self.dequantize)
 
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilisation: useful FLOPs over what the GPU's peak does in the step's time."""
+        return self.flops / (self.total * self.peak_flops) if self.total and self.peak_flops else 0.0
+
     def to_json(self) -> dict:
         return {"step_time_s": round(self.total, 4), "compute_s": round(self.compute, 4),
                 "attention_s": round(self.attention, 4), "memory_bound_s": round(self.memory_bound, 4),
                 "communication_s": round(self.communication, 4), "offload_s": round(self.offload, 4),
                 "optimizer_s": round(self.optimizer, 4), "overhead_s": round(self.overhead, 4),
-                "dequantize_s": round(self.dequantize, 4),
-                "grad_accum": self.grad_accum, "samples_per_step": self.samples}
+                "dequantize_s": round(self.dequantize, 4), "tflops_per_step": round(self.flops / 1e12, 3),
+                "mfu": round(self.mfu, 4), "grad_accum": self.grad_accum, "samples_per_step": self.samples}
 
 
 def matmul_params(model: ModelSpec) -> int:
@@ -69,6 +80,35 @@ def flops_per_token(model: ModelSpec, m: Mixture) -> tuple[float, float]:
     attn_fwd = 4 * m.seq_len * model.q_dim * model.layers * (1.0 if m.attn == "eager" else 0.5)
     attention = attn_fwd * (3 + (1 if m.gc else 0))
     return gemm, attention
+
+
+# FlashAttention-2 and SDPA's flash kernel skip the blocks a causal mask hides: about half the
+# products torch's FLOP count gives them (Dao 2023, FlashAttention-2, sec. 3.1.1)
+CAUSAL_SKIP = 0.5
+
+
+def micro_step_flops(model: ModelSpec, m: Mixture) -> tuple[float, float, float]:
+    """(GEMM FLOPs, attention FLOPs, useful FLOPs) of one micro step from the kernel list
+    (``plan.kernels``, equal to torch's FlopCounterMode on the real step): fused causal attention
+    at the half its kernels compute, eager attention's products whole; useful FLOPs leave out GC's
+    recompute (MFU's numerator). A mixture the kernel list does not model (DoRA, mixture-of-experts
+    layers) takes the per-token estimate."""
+    try:
+        kernels = step_kernels(model, m)
+    except FtmixError:
+        gemm, attention = flops_per_token(model, m)
+        forward_share = 1 - (1 / 4 if m.gc else 0)
+        return gemm * m.tokens, attention * m.tokens, (gemm + attention) * m.tokens * forward_share
+    skip = CAUSAL_SKIP if m.attn != "eager" else 1.0
+    gemm = attention = useful = 0.0
+    for k in kernels:
+        flops = k.total_flops * (skip if k.name.startswith("attention") else 1.0)
+        if k.name.startswith("attention"):
+            attention += flops
+        else:
+            gemm += flops
+        useful += flops if k.phase != "recompute" else 0.0
+    return gemm, attention, useful
 
 
 def grad_accum_steps(m: Mixture, effective_batch: int) -> int:
@@ -171,14 +211,14 @@ def step_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int =
     tokens = m.tokens
     mfu = c.mfu_max * tokens / (tokens + c.mfu_half_tokens)
     peak = gpu.peak_flops_16bit / (16 if m.precision == "fp32" else 1)  # fp32 runs off the tensor cores
-    gemm, attn = flops_per_token(model, m)
-    compute = accum * gemm * tokens / (peak * mfu)
+    gemm, attn, useful = micro_step_flops(model, m)
+    compute = accum * gemm / (peak * mfu)
     if m.attn == "eager":
         scores = model.layers * model.heads * m.seq_len ** 2 * m.micro_batch * (1.5 if m.gc else 1.0)
-        attention = accum * (attn * tokens / (peak * mfu) + scores * c.eager_bytes_per_score / gpu.memory_bandwidth)
+        attention = accum * (attn / (peak * mfu) + scores * c.eager_bytes_per_score / gpu.memory_bandwidth)
     else:
         kernel = c.fa2_efficiency if m.attn == "fa2" else c.sdpa_efficiency
-        attention = accum * attn * tokens / (peak * mfu * kernel)
+        attention = accum * attn / (peak * mfu * kernel)
     stored = act.layer_activations(model, m).total * model.layers * tokens
     memory_bound = accum * c.elementwise_passes * stored * (1.5 if m.gc else 1.0) / gpu.memory_bandwidth
     comm = communication(model, gpu, m, accum, c)
@@ -191,7 +231,7 @@ def step_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int =
     return StepTime(compute=compute, attention=attention, memory_bound=memory_bound, communication=comm,
                     offload=transfers, optimizer=optimizer, overhead=accum * c.step_overhead_s,
                     grad_accum=accum, samples=accum * m.micro_batch * m.world,
-                    dequantize=accum * dequantize_time(model, gpu, m))
+                    dequantize=accum * dequantize_time(model, gpu, m), flops=accum * useful, peak_flops=peak)
 
 
 def dequantize_time(model: ModelSpec, gpu: GpuSpec, m: Mixture) -> float:
