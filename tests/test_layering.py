@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BASE = {"errors", "files", "units"}
-TORCH_WORLD = ("torch", "peft", "deepspeed", "accelerate", "bitsandbytes")
+TORCH_WORLD = ("torch", "peft", "deepspeed", "accelerate", "bitsandbytes", "flash_attn")
 # transformers and datasets load torch only when a model or tensor is asked for; the torch-free
 # rooms use their config classes and file readers lazily (the faces test below checks the import)
 HEAVY = TORCH_WORLD + ("transformers", "datasets", "matplotlib", "rouge_score", "tokenizers", "numpy", "pyarrow", "huggingface_hub")

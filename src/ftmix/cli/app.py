@@ -4,6 +4,7 @@ line and exit code 2."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from ftmix import api
 from ftmix.api import positive_int, split_list
-from ftmix.catalog import gpu_names, load_gpu, load_model, model_names
+from ftmix.catalog import gpu_names, load_gpu, load_model, match_gpu, model_names
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
 from ftmix.cli.render import (LazyProgress, compare_report, console, context_matrix_table, estimate_table, eval_table,
@@ -29,6 +30,8 @@ from ftmix.files import engine_output_to
 from ftmix.job.checkpoints import last_checkpoint
 from ftmix.job.config import TrainConfig
 from ftmix.mixture import DEFAULTS, mixture_from_flags
+from ftmix.plan.constants import DEFAULT
+from ftmix.plan.gpu_fit import fit
 from ftmix.plan.matrix import png_path, write_png
 from ftmix.train.export import export, plan_export
 
@@ -200,6 +203,71 @@ def calibrate_arch_cmd(
     console.print(table)
     console.print(f"analytic vs simulated before the fit: worst {100 * before:.1f}% at "
                   f"s={'/'.join(map(str, lengths))}, 2-3 layers. Saved to {path} ({key}).")
+
+
+@app.command("calibrate-gpu")
+@guard
+def calibrate_gpu_cmd(
+    out: Annotated[str, typer.Option("--out", metavar="FILE", help="The calibration file to write (estimate, plan, matrix and train read it with --calibration FILE).")],
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="The catalog GPU type this device is (its datasheet peak and bandwidth are the fit's reference); default: the CUDA device's name matched to the catalog.")] = None,
+    device: Annotated[str, typer.Option("--device", help="The torch device to sweep: cuda (default where there is one) or cpu (checks the harness; its figures are the CPU's).")] = "auto",
+    seconds: Annotated[float, typer.Option("--seconds", metavar="S", help="Time budget of the sweep; shapes left when it is spent are skipped, and said.")] = 60.0,
+    hidden: Annotated[int, typer.Option("--hidden", metavar="H", help="Hidden size of the layer whose GEMMs are timed (a 7B's: 4096).")] = 4096,
+    json_out: o.Json = False,
+):
+    """About a minute on the local device: GEMMs of a transformer layer at several token counts,
+    SDPA (and FlashAttention-2) at several lengths, memory bandwidth, host-device copies and an
+    all-reduce across the local GPUs; fitted to the step time's constants and written as a
+    calibration file for this GPU type."""
+    if not 0 < seconds <= 3600:
+        raise FtmixError(f"--seconds must be in (0, 3600], got {seconds:g}")
+    if hidden < 64 or hidden > 65536 or hidden % 64:
+        raise FtmixError(f"--hidden must be a multiple of 64 in [64, 65536], got {hidden}")
+    path = Path(out).expanduser()
+    if path.is_dir() or not path.parent.is_dir():
+        raise FtmixError(f"--out {out}: not a file in an existing folder")
+    if device not in ("auto", "cuda", "cpu"):
+        raise FtmixError(f"--device must be auto, cuda or cpu, got {device!r}")
+    spec = load_gpu(gpu) if gpu else None
+    # lazy: the sweep runs torch on the device, after its arguments are checked
+    import torch
+
+    from ftmix.measure.gpu_sweep import device_name, sweep
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FtmixError("--device cuda: torch sees no CUDA device here")
+    if spec is None:
+        if device != "cuda":
+            raise FtmixError("--device cpu needs --gpu NAME: the catalog GPU whose datasheet the fit is relative to")
+        spec = match_gpu(device_name(device), torch.cuda.get_device_properties(0).total_memory)
+        if spec is None:
+            raise FtmixError(f"{device_name(device)} is not in the GPU catalog (ftmix gpus): name the nearest with --gpu")
+    bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    task = bar.add_task(f"sweeping {device}", total=None)
+    try:
+        measured = sweep(device, hidden=hidden, budget_s=seconds,
+                         progress=lambda what: bar.update(task, description=what))
+    finally:
+        bar.stop()
+    result = fit(measured, spec)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    if json_out:
+        return print_json({"file": str(path), **result})
+    table = Table(title=f"{spec.name}: step-time constants from {result['device']} ({measured['seconds']:.0f} s)")
+    for col in ("constant", "fitted", "ftmix's default"):
+        table.add_column(col)
+    for key, value in result["constants"].items():
+        table.add_row(key, f"{value:.4g}", f"{getattr(DEFAULT, key):.4g}")
+    console.print(table)
+    fitted = result["fit"]
+    console.print(f"GEMM efficiency curve: median residual {100 * fitted['gemm_residual_median']:.1f}%, worst "
+                  f"{100 * fitted['gemm_residual_worst']:.1f}% over {fitted['gemm_points']} token counts. "
+                  + "".join(f"Skipped: {x}. " for x in result["skipped"])
+                  + (f"Held at the top of their range: {', '.join(result['clamped_to_their_range'])}. "
+                     if result["clamped_to_their_range"] else "")
+                  + f"Use it with --calibration {path}.")
 
 
 @app.command("eval")
