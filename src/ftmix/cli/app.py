@@ -20,6 +20,7 @@ from ftmix.catalog import gpu_names, load_gpu, load_model, match_gpu, model_name
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
 from ftmix.cli.render import (LazyProgress, compare_report, console, context_matrix_table, estimate_table, eval_table,
+                              gpu_calibration_report,
                               matrix_table,
                               plan_report, print_json, reach_table, train_summary)
 from ftmix.cli.study import study_app
@@ -30,7 +31,6 @@ from ftmix.files import engine_output_to
 from ftmix.job.checkpoints import last_checkpoint
 from ftmix.job.config import TrainConfig
 from ftmix.mixture import DEFAULTS, mixture_from_flags
-from ftmix.plan.constants import DEFAULT
 from ftmix.plan.gpu_fit import fit
 from ftmix.plan.matrix import png_path, write_png
 from ftmix.train.export import export, plan_export
@@ -255,19 +255,7 @@ def calibrate_gpu_cmd(
     path.write_text(json.dumps(result, indent=1) + "\n")
     if json_out:
         return print_json({"file": str(path), **result})
-    table = Table(title=f"{spec.name}: step-time constants from {result['device']} ({measured['seconds']:.0f} s)")
-    for col in ("constant", "fitted", "ftmix's default"):
-        table.add_column(col)
-    for key, value in result["constants"].items():
-        table.add_row(key, f"{value:.4g}", f"{getattr(DEFAULT, key):.4g}")
-    console.print(table)
-    fitted = result["fit"]
-    console.print(f"GEMM efficiency curve: median residual {100 * fitted['gemm_residual_median']:.1f}%, worst "
-                  f"{100 * fitted['gemm_residual_worst']:.1f}% over {fitted['gemm_points']} token counts. "
-                  + "".join(f"Skipped: {x}. " for x in result["skipped"])
-                  + (f"Held at the top of their range: {', '.join(result['clamped_to_their_range'])}. "
-                     if result["clamped_to_their_range"] else "")
-                  + f"Use it with --calibration {path}.")
+    gpu_calibration_report(result, str(path))
 
 
 @app.command("eval")

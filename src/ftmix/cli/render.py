@@ -12,6 +12,7 @@ from rich.table import Table
 from ftmix.estimate import Estimate
 from ftmix.estimate.constants import GB
 from ftmix.estimate.result import component_label
+from ftmix.plan.constants import DEFAULT
 from ftmix.plan.matrix import LEGEND
 from ftmix.units import human_bytes, human_seconds
 
@@ -273,3 +274,20 @@ class LazyProgress:
     def stop(self):
         if self.bar is not None:
             self.bar.stop()
+
+
+def gpu_calibration_report(result: dict, path: str) -> None:
+    """``calibrate-gpu``'s constants beside ftmix's defaults, the fit's residuals, what was skipped."""
+    seconds = result["measurements"]["seconds"]
+    table = Table(title=f"{result['gpu']}: step-time constants from {result['device']} ({seconds:.0f} s)")
+    for col in ("constant", "fitted", "ftmix's default"):
+        table.add_column(col)
+    for key, value in result["constants"].items():
+        table.add_row(key, f"{value:.4g}", f"{getattr(DEFAULT, key):.4g}")
+    console.print(table)
+    fitted, clamped = result["fit"], result["clamped_to_their_range"]
+    console.print(f"GEMM efficiency curve: median residual {100 * fitted['gemm_residual_median']:.1f}%, worst "
+                  f"{100 * fitted['gemm_residual_worst']:.1f}% over {fitted['gemm_points']} token counts. "
+                  + "".join(f"Skipped: {x}. " for x in result["skipped"])
+                  + (f"Held at the top of their range: {', '.join(clamped)}. " if clamped else "")
+                  + f"Use it with --calibration {path}.")
