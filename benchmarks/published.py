@@ -40,7 +40,7 @@ def predict(row) -> dict:
            "label": row.mixture.label, "precision": row.mixture.precision, "seq_len": row.mixture.seq_len,
            "micro_batch": row.mixture.micro_batch, "grad_accum": row.grad_accum,
            "gpu": row.gpu.name if row.gpu else None, "notes": row.notes, "quantize": row.mixture.quantize,
-           "optimizer": row.mixture.optimizer, "sharding": row.mixture.sharding,
+           "optimizer": row.mixture.optimizer, "sharding": row.mixture.sharding, "model": row.spec.name,
            "peak_at": est.notes[0] if est.notes else None}
     if row.row_type == "oom":
         out["oom"] = {"predicted_fits": est.fits, "device_total_gb": round(est.device_total / 1e9, 3),
@@ -81,6 +81,43 @@ def predict_context(row) -> dict:
             "max_context": {"budget_gib": round(row.budget_bytes / 2**30, 2), "measured": row.max_seq_len,
                             "predicted": predicted, "granularity": CONTEXT_GRANULARITY,
                             "error": round(predicted / row.max_seq_len - 1, 4)}}
+
+
+TIE = 0.03  # measured times within 3% of each other: a tie, as plan treats predictions (plan.search.TIE)
+
+
+def seconds_per_token(r: dict, which: str) -> float:
+    """A row's time per token on one GPU, measured or predicted, from either unit it was given in."""
+    value = r["runtime"][which]
+    if r["runtime"]["what"] == "s_per_micro_step":
+        return value / (r["seq_len"] * r["micro_batch"])
+    return 1 / value
+
+
+def rankings(results: list[dict]) -> dict:
+    """Every pair of measured mixtures of the same job (source, model, GPU, sequence length): does
+    the predicted order of their time per token per GPU agree with the measured one? Measured ties
+    (within TIE) are left out."""
+    jobs = defaultdict(list)
+    for r in results:
+        if "runtime" in r:
+            jobs[(r["source"], r["model"], r["gpu"], r["seq_len"])].append(r)
+    right, wrong, ties = [], [], 0
+    for rows in jobs.values():
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                ma, mb = seconds_per_token(a, "measured"), seconds_per_token(b, "measured")
+                if abs(ma / mb - 1) <= TIE:
+                    ties += 1
+                    continue
+                pa, pb = seconds_per_token(a, "predicted"), seconds_per_token(b, "predicted")
+                pair = {"faster_measured": a["id"] if ma < mb else b["id"], "slower_measured": b["id"] if ma < mb else a["id"],
+                        "measured_ratio": round(max(ma, mb) / min(ma, mb), 3),
+                        "predicted_ratio": round((pb / pa) if ma < mb else (pa / pb), 3)}
+                (right if (ma < mb) == (pa < pb) else wrong).append(pair)
+    n = len(right) + len(wrong)
+    return {"pairs": n, "right": len(right), "share_right": round(len(right) / n, 4) if n else None,
+            "ties_left_out": ties, "target": 0.9, "wrong": wrong}
 
 
 def stats(errors: list[float]) -> dict:
@@ -138,6 +175,8 @@ def main(argv=None) -> dict:
                  "oom_rows_predicted_to_fit": [r["id"] for r in results if "oom" in r and r["sharding"] == "fsdp2"
                                                and not r["oom"]["ok"]]},
         "max_context": stats([r["max_context"]["error"] for r in results if "max_context" in r]),
+        # issue 22: the order of two measured mixtures of one job, as plan would rank them
+        "rankings": rankings(results),
         "represented": {"rows": len(results), "of": len(rows), "share": round(len(results) / len(rows), 4),
                         "target": 0.75},
         "by_source": {k: {"memory": stats(v["memory"]), "runtime": stats(v["runtime"]),
@@ -194,6 +233,9 @@ def markdown_head(report: dict) -> str:
             f"(n={report['fsdp']['memory_trust_high_medium']['n']}; goal 5% / 12%); all: median "
             f"{_pct(report['fsdp']['memory_all']['median'])}, worst {_pct(report['fsdp']['memory_all']['worst'])} "
             f"(n={report['fsdp']['memory_all']['n']})\n"
+            f"runtime rankings: {report['rankings']['right']} of {report['rankings']['pairs']} pairs of one job's "
+            f"mixtures ordered as measured ({_pct(report['rankings']['share_right'])}; goal 90%; "
+            f"{report['rankings']['ties_left_out']} measured ties left out)\n"
             f"longest context at a budget: median {_pct(report['max_context']['median'])}, worst "
             f"{_pct(report['max_context']['worst'])} (n={report['max_context']['n']})\n"
             f"represented: {report['represented']['rows']} of {report['represented']['of']} rows "
@@ -229,6 +271,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['id']} | {r['trust']} | {r['label']} ({r['precision']}) | {r['seq_len']} x {r['micro_batch']} | "
                      f"{r['gpu'] or '-'} | {mem.get('what', '-')} | {measured} | {predicted} | "
                      f"{_pct(mem.get('error'))} | {_pct((r.get('runtime') or {}).get('error'))} |")
+    lines += ["", "## Runtime rankings ordered wrong", "",
+              "Pairs of measured mixtures of one job (source, model, GPU, sequence length) whose predicted order "
+              "of time per token per GPU is the reverse of the measured one (ratios: slower / faster).", "",
+              "| faster measured | slower measured | measured ratio | predicted ratio |", "| --- | --- | ---: | ---: |"]
+    for w in report["rankings"]["wrong"]:
+        lines.append(f"| {w['faster_measured']} | {w['slower_measured']} | {w['measured_ratio']} | {w['predicted_ratio']} |")
     lines += ["", "## Measured below the model states of the stated setup", "",
               "A row's figure cannot be below the parameters, gradients and optimizer states that its stated "
               "setup holds at once (for bf16-true AdamW: 8 bytes per trained parameter). These rows measured "

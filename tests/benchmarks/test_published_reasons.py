@@ -144,3 +144,26 @@ def test_the_committed_fsdp_and_longest_context_rows_are_predicted_as_today():
     for r in context + fsdp:
         again = published.predict(represent(raw[r["id"]]))
         assert again.get("max_context") == r.get("max_context") and again.get("memory") == r.get("memory")
+
+
+def _timed(id, job, measured, predicted, what="tokens_per_s_per_gpu", seq=512, micro=4):
+    return {"id": id, "source": job, "model": "m", "gpu": "a100-80gb", "seq_len": seq, "micro_batch": micro,
+            "runtime": {"what": what, "measured": measured, "predicted": predicted}}
+
+
+def test_rankings_compare_the_mixtures_of_one_job_as_plan_orders_them():
+    """Issue 22: pairs of one job's measured mixtures, in time per token per GPU whatever unit each row
+    gave (a rate, or seconds per micro step); measured ties (3%) left out; the reversed ones listed."""
+    import published
+
+    rows = [_timed("a", "j", 1000, 1200), _timed("b", "j", 2000, 2500),  # b faster, predicted faster: right
+            _timed("c", "j", 1010, 900),  # a tie with a (1%): left out; against b: right
+            # seconds per micro step (2048 tokens): 0.8 s = 2560 tokens/s, faster than all, predicted slowest
+            _timed("d", "j", 0.8, 4.0, what="s_per_micro_step"),
+            _timed("e", "other", 10, 20)]  # alone in its job
+    r = published.rankings(rows)
+    assert (r["pairs"], r["ties_left_out"]) == (5, 1)
+    assert r["right"] == 2 and r["share_right"] == 0.4
+    assert {(w["faster_measured"], w["slower_measured"]) for w in r["wrong"]} == {("d", "a"), ("d", "b"), ("d", "c")}
+    committed = json.loads((RESULTS / "published.json").read_text())["rankings"]
+    assert committed["pairs"] >= 15 and committed["share_right"] >= 0.9
