@@ -29,8 +29,9 @@ def test_estimate_is_the_clis(capsys):
     est = ftmix.estimate("llama-2-13b", "v100-32gb", zero=3, gpus=8, gc=True, seq_len=1024, lora=16)
     cli = _cli_json(capsys, "estimate", "--model", "llama-2-13b", "--gpu", "v100-32gb", "--zero", "3", "--gpus", "8",
                     "--gc", "--seq-len", "1024", "--lora", "16")
-    assert dict(est.to_json(), calibration=[]) == cli
-    assert est.peak > 1e9 and est.fits is True
+    time = ftmix.api.estimate_time(est, "llama-2-13b", "v100-32gb")  # where the step time goes, on that GPU
+    assert dict(est.to_json(), time=time, calibration=[]) == cli
+    assert est.peak > 1e9 and est.fits is True and time["step_time_s"] > 0
 
 
 def test_plan_and_matrix_are_the_clis(capsys):

@@ -27,6 +27,7 @@ from ftmix.plan import matrix as grid
 from ftmix.plan.matrix import reach_matrix as context_grid
 from ftmix.plan import plan as search
 from ftmix.plan.constants import calibration_for
+from ftmix.plan.runtime import step_time
 from ftmix.plan.context import reach_of_candidates
 from ftmix.plan.host import local_cpu_ram
 from ftmix.train.evaluate import Generation
@@ -175,6 +176,24 @@ def context_matrix(models: str | list[str] = "llama-2-7b,llama-2-13b,llama-2-70b
                           calibration_any_gpu or len(gpu_specs) > 1)
     return context_grid(specs, gpu_specs, mixture_keys(**mixture), granularity, effective_batch=effective_batch,
                         safety_margin=safety_margin, cpu_ram=cpu_ram_bytes(cpu_ram), overheads=cal.memory)
+
+
+def estimate_time(est: "Estimate", model: str, gpu: str | None, calibration: str | None = None,
+                  any_gpu: bool = False) -> dict | None:
+    """Where an estimated mixture's step time goes on its GPU (``plan``'s runtime model): one
+    optimizer step of ``est.grad_accum`` micro steps (one when not given), split by part, with the
+    useful FLOPs and MFU. None without a GPU or for a model the analytic method does not know."""
+    if gpu is None:
+        return None
+    gpu_spec = load_gpu(gpu)
+    cal = calibration_for(calibration, gpu_spec.name, any_gpu)
+    m = est.mixture
+    try:
+        spec = load_model(model)
+    except FtmixError:
+        return None
+    effective = m.micro_batch * m.world * (est.grad_accum or 1)
+    return dict(step_time(spec, gpu_spec, m, effective, cal.runtime).to_json(), effective_batch=effective)
 
 
 def calibration_notes(calibration: str | None, gpu: str | None, any_gpu: bool = False) -> list[str]:

@@ -31,7 +31,22 @@ def test_json_shape(cli):
 
 def test_no_gpu_no_verdict(cli):
     out = cli("estimate", "--model", "llama-2-70b", "--json", check_json=True)
-    assert out["fits"] is None and out["mixture"]["precision"] == "bf16"
+    assert out["fits"] is None and out["mixture"]["precision"] == "bf16" and out["time"] is None
+
+
+def test_where_the_step_time_goes_on_the_gpu_named(cli):
+    """Issue 22: estimate with a GPU gives plan's step time for the mixture, split by part, with
+    the useful FLOPs and MFU; the table says it in a line, largest part first."""
+    out = cli("estimate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--lora", "16", "--zero", "0",
+              "--grad-accum", "4", "--json", check_json=True)
+    time = out["time"]
+    parts = ("compute_s", "attention_s", "memory_bound_s", "communication_s", "offload_s", "optimizer_s",
+             "overhead_s", "dequantize_s")
+    assert time["grad_accum"] == 4 and time["effective_batch"] == 4
+    assert sum(time[k] for k in parts) == pytest.approx(time["step_time_s"], abs=1e-3)
+    assert 0 < time["mfu"] < 0.55 and time["tflops_per_step"] > 0
+    table = cli("estimate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--lora", "16", "--zero", "0")
+    assert "step time on a100-80gb" in table.stdout and "matmuls" in table.stdout and "MFU" in table.stdout
 
 
 def test_does_not_fit(cli):

@@ -20,7 +20,7 @@ from ftmix.catalog import gpu_names, load_gpu, load_model, match_gpu, model_name
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
 from ftmix.cli.render import (LazyProgress, compare_report, console, context_matrix_table, estimate_table, eval_table,
-                              gpu_calibration_report,
+                              gpu_calibration_report, step_time_line,
                               matrix_table,
                               plan_report, print_json, reach_table, train_summary)
 from ftmix.cli.study import study_app
@@ -145,9 +145,12 @@ def estimate_cmd(
                        safety_margin=safety_margin, calibration=calibration, calibration_any_gpu=calibration_any_gpu,
                        **mixture_flags(locals()))
     notes = api.calibration_notes(calibration, gpu, calibration_any_gpu)
+    time = api.estimate_time(est, model, gpu, calibration, calibration_any_gpu)
     if json_out:
-        return print_json(dict(est.to_json(), calibration=notes))
+        return print_json(dict(est.to_json(), time=time, calibration=notes))
     estimate_table(est)
+    if time is not None:
+        console.print(step_time_line(time, est.gpu))
     for note in notes:
         console.print(f"[dim]{note}[/dim]")
 

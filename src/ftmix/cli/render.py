@@ -291,3 +291,16 @@ def gpu_calibration_report(result: dict, path: str) -> None:
                   + "".join(f"Skipped: {x}. " for x in result["skipped"])
                   + (f"Held at the top of their range: {', '.join(clamped)}. " if clamped else "")
                   + f"Use it with --calibration {path}.")
+
+
+TIME_PARTS = (("compute_s", "matmuls"), ("attention_s", "attention"), ("memory_bound_s", "element-wise"),
+              ("dequantize_s", "de-quantization"), ("communication_s", "exposed communication"),
+              ("offload_s", "offload transfers"), ("optimizer_s", "optimizer"), ("overhead_s", "host overhead"))
+
+
+def step_time_line(time: dict, gpu: str) -> str:
+    """Where the step time goes, largest part first, and the MFU it makes."""
+    parts = sorted(((time[key], name) for key, name in TIME_PARTS if time.get(key)), reverse=True)
+    split = ", ".join(f"{name} {human_seconds(value)}" for value, name in parts)
+    return (f"step time on {gpu}: {human_seconds(time['step_time_s'])} per optimizer step of {time['grad_accum']} "
+            f"micro step(s) ({split}); MFU {100 * time['mfu']:.0f}%")

@@ -298,7 +298,9 @@ def _predict(spec, m: Mixture, gpu: GpuSpec | None, effective_batch: int, user_d
     out = {"estimate": est.to_json(), "peak_gb": round(est.peak / 1e9, 4), "peak_bytes": round(est.peak),
            "cpu_bytes": round(est.cpu_bytes), "breakdown_bytes": {k: round(v) for k, v in est.breakdown.items()}}
     if gpu is not None:
-        out["step_time_s"] = round(step_time(spec, gpu, m, effective_batch, cal.runtime).total, 5)
+        step = step_time(spec, gpu, m, effective_batch, cal.runtime)
+        out["step_time_s"] = round(step.total, 5)
+        out["time"] = step.to_json()  # where the predicted step time goes, and its MFU
     else:
         out["step_time_s"] = None
         out["note"] = "no GPU: the memory estimate is for GPU tensors; no CPU runtime model"
