@@ -58,6 +58,11 @@ class RuntimeConstants:
     gpu_adam_bytes_per_param: float = 36.0
     # Fixed per-micro-step overhead: Python, kernel launches, HF Trainer bookkeeping.
     step_overhead_s: float = 0.015
+    # The host's time to issue one operation of the step (Python, HF + PEFT modules, the aten
+    # dispatcher, a launch): measured on the real step at tiny width where compute is negligible,
+    # benchmarks/results/host_overhead.json (8.3 us, one core of this 2-core machine). The step is
+    # host-bound when issuing takes longer than the GPU runs (``plan.runtime.host_issue``).
+    host_seconds_per_op: float = 8.29e-6
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +83,7 @@ RANGES = {"mfu_max": (0, MFU_CEILING, False), "mfu_half_tokens": (0, 1e9, True),
           "exposed_comm_zero3": (0, 1, True), "zero3_fetch_overhead_s": (0, 1, True), "link_efficiency": (0, 1, False),
           "pcie_gen3": (0, 1e13, False), "pcie_gen4": (0, 1e13, False), "pcie_gen5": (0, 1e13, False),
           "cpu_adam_params_per_s": (0, 1e13, False), "gpu_adam_bytes_per_param": (0, 1e4, False),
-          "step_overhead_s": (0, 60, True)}
+          "step_overhead_s": (0, 60, True), "host_seconds_per_op": (0, 1e-3, True)}
 
 
 ENV = "FTMIX_CALIBRATION"

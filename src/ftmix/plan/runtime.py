@@ -20,7 +20,7 @@ from ftmix.estimate.fsdp2 import fsdp2_states
 from ftmix.estimate.quantized import dequantized_copy_bytes, quantized_bytes
 from ftmix.estimate.states import frozen_bytes, is_quantized, trainable_params
 from ftmix.errors import FtmixError
-from ftmix.mixture import Mixture, grad_accum
+from ftmix.mixture import Mixture, grad_accum, resolve_targets
 from ftmix.plan.constants import DEFAULT, RuntimeConstants
 from ftmix.plan.kernels import step_kernels
 
@@ -109,6 +109,32 @@ def micro_step_flops(model: ModelSpec, m: Mixture) -> tuple[float, float, float]
             gemm += flops
         useful += flops if k.phase != "recompute" else 0.0
     return gemm, attention, useful
+
+
+# Operations a micro step issues (forward, backward, optimizer), per decoder layer and once
+# (benchmarks/results/host_overhead.json, least squares over 2, 6 and 12 layers): a layer with every
+# linear trained, or a frozen layer plus each LoRA-wrapped linear's own; GC re-runs the forward.
+HOST_OPS_TRAINED_LAYER = {False: 237.0, True: 368.0}
+HOST_OPS_FROZEN_LAYER = {False: 176.0, True: 272.0}
+HOST_OPS_PER_LORA_LINEAR = {False: 34.0, True: 51.6}
+HOST_OPS_BASE = {False: 105.0, True: 105.0}
+
+
+def host_ops(model: ModelSpec, m: Mixture) -> float:
+    """Operations the host issues for one micro step of ``m`` on ``model``."""
+    if m.lora == 0:
+        per_layer = HOST_OPS_TRAINED_LAYER[m.gc]
+    else:
+        wrapped = sum(1 for lin in model.linears if lin.name in set(resolve_targets(m, model)))
+        per_layer = HOST_OPS_FROZEN_LAYER[m.gc] + wrapped * HOST_OPS_PER_LORA_LINEAR[m.gc]
+    return model.layers * per_layer + HOST_OPS_BASE[m.gc]
+
+
+def host_issue(model: ModelSpec, m: Mixture, device_seconds: float, c: RuntimeConstants) -> float:
+    """Seconds per micro step the GPU waits on the host: issuing the step's operations takes
+    ``host_ops x host_seconds_per_op``, overlapped with the kernels already queued, so only what
+    exceeds the device's own time is exposed (small models, short batches)."""
+    return max(0.0, host_ops(model, m) * c.host_seconds_per_op - device_seconds)
 
 
 def grad_accum_steps(m: Mixture, effective_batch: int) -> int:
@@ -228,10 +254,13 @@ def step_time(model: ModelSpec, gpu: GpuSpec, m: Mixture, effective_batch: int =
         optimizer = part * c.gpu_adam_bytes_per_param / gpu.memory_bandwidth
     else:
         optimizer = cpu_step
+    dequantize = accum * dequantize_time(model, gpu, m)
+    device = (compute + attention + memory_bound + dequantize) / accum
+    overhead = accum * (c.step_overhead_s + host_issue(model, m, device, c))
     return StepTime(compute=compute, attention=attention, memory_bound=memory_bound, communication=comm,
-                    offload=transfers, optimizer=optimizer, overhead=accum * c.step_overhead_s,
+                    offload=transfers, optimizer=optimizer, overhead=overhead,
                     grad_accum=accum, samples=accum * m.micro_batch * m.world,
-                    dequantize=accum * dequantize_time(model, gpu, m), flops=accum * useful, peak_flops=peak)
+                    dequantize=dequantize, flops=accum * useful, peak_flops=peak)
 
 
 def dequantize_time(model: ModelSpec, gpu: GpuSpec, m: Mixture) -> float:

@@ -1,0 +1,116 @@
+"""The host's time to issue a training step's operations, measured where compute is negligible: a
+Llama-shaped model at tiny width (hidden 64, 16 tokens) and growing depth, one CPU thread, the real
+step (HF model + PEFT, forward, backward, foreach AdamW), every aten operation dispatched counted.
+On a GPU each of these is a launch the Python/PyTorch/PEFT stack must issue; when the kernels are
+shorter than that, the step is host-bound (small models, short batches).
+
+    .venv/bin/python benchmarks/host_overhead.py [--out benchmarks/results]
+
+Writes benchmarks/results/host_overhead.json: per mixture class the operations per decoder layer,
+per LoRA-wrapped linear and per step (a least-squares line over the depths), and the seconds per
+operation (the median over every case: ``plan.constants.RuntimeConstants.host_seconds_per_op``).
+tests/plan/test_runtime.py holds the runtime's constants to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+DEPTHS = (2, 6, 12)
+# (class, mixture keys): no adapters (every linear trained), LoRA on q/v and on every linear, each with GC
+CLASSES = [("full", dict(lora=0)), ("full gc", dict(lora=0, gc=True)),
+           ("lora q,v", dict(lora=16)), ("lora q,v gc", dict(lora=16, gc=True)),
+           ("lora all", dict(lora=16, lora_targets="all-linear")),
+           ("lora all gc", dict(lora=16, lora_targets="all-linear", gc=True))]
+
+
+def measure(layers: int, keys: dict) -> dict:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ftmix.job.source import ModelSource
+    from ftmix.mixture import mixture_from_flags
+    from ftmix.model.build import build_model
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    config = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                  tie_word_embeddings=False)
+    m = mixture_from_flags(None, **dict(dict(zero=0, seq_len=16, micro_batch=1, attn="sdpa", precision="bf16-true"),
+                                        **keys))
+    model = build_model(ModelSource("catalog-config", "host-overhead", config=config), m, "cpu").model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    ids = torch.zeros(1, 16, dtype=torch.long)
+
+    def step():
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    count = Count()
+    with count:
+        step()
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"layers": layers, "ops": count.ops, "seconds": min(times)}
+
+
+def line(points: list[tuple[int, int]]) -> tuple[float, float]:
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+    return slope, my - slope * mx
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    classes = {}
+    for name, keys in CLASSES:
+        cases = [measure(layers, keys) for layers in DEPTHS]
+        per_layer, base = line([(c["layers"], c["ops"]) for c in cases])
+        classes[name] = {"keys": keys, "cases": cases, "ops_per_layer": round(per_layer, 1), "ops_base": round(base, 1)}
+        print(f"{name}: {per_layer:.1f} ops per layer + {base:.0f}; "
+              f"{1e6 * statistics.median(c['seconds'] / c['ops'] for c in cases):.2f} us per op", flush=True)
+    per_op = statistics.median(c["seconds"] / c["ops"] for v in classes.values() for c in v["cases"])
+    # a LoRA-wrapped linear's operations: all-linear (7 wrapped) against q,v (2 wrapped), per layer
+    lora_linear = {gc: (classes[f"lora all{gc}"]["ops_per_layer"] - classes[f"lora q,v{gc}"]["ops_per_layer"]) / 5
+                   for gc in ("", " gc")}
+    result = {"machine": f"{torch.__version__}, 1 thread", "seconds_per_op": per_op,
+              "ops_per_lora_linear": {"no gc": round(lora_linear[""], 1), "gc": round(lora_linear[" gc"], 1)},
+              "classes": classes}
+    (Path(args.out) / "host_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "classes"}))
+
+
+if __name__ == "__main__":
+    main()
