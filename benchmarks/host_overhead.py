@@ -7,8 +7,10 @@ shorter than that, the step is host-bound (small models, short batches).
     .venv/bin/python benchmarks/host_overhead.py [--out benchmarks/results]
 
 Writes benchmarks/results/host_overhead.json: per mixture class the operations per decoder layer,
-per LoRA-wrapped linear and per step (a least-squares line over the depths), and the seconds per
-operation (the median over every case: ``plan.constants.RuntimeConstants.host_seconds_per_op``).
+per LoRA-wrapped linear and per step (a least-squares line over the depths), the seconds per
+operation (the median over every case: ``plan.constants.RuntimeConstants.host_seconds_per_op``), and
+the check at full depth: the count ``plan.runtime.host_ops`` derives against the real step's on
+Llama, Qwen2 and Phi-3 over five mixture classes.
 tests/plan/test_runtime.py holds the runtime's constants to this file.
 """
 
@@ -33,12 +35,38 @@ CLASSES = [("full", dict(lora=0)), ("full gc", dict(lora=0, gc=True)),
            ("lora all gc", dict(lora=16, lora_targets="all-linear", gc=True))]
 
 
-def measure(layers: int, keys: dict) -> dict:
+# the count the runtime derives (``plan.runtime.host_ops``) against the real step's, at full depth
+# (32 layers) on three families: Llama's seven linears, Qwen2's q/k/v biases, Phi-3's fused projections
+CHECK_FAMILIES = {"llama": {}, "qwen2": {}, "phi3": {"pad_token_id": 0}}
+CHECK_CLASSES = [dict(lora=0), dict(lora=0, gc=True), dict(lora=16), dict(lora=16, gc=True),
+                 dict(lora=8, lora_targets="all-linear", gc=True)]
+
+
+def config_of(model_type: str, layers: int) -> dict:
+    return dict(model_type=model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                tie_word_embeddings=False, **CHECK_FAMILIES.get(model_type, {}))
+
+
+def mixture_of(keys: dict):
+    from ftmix.mixture import mixture_from_flags
+
+    return mixture_from_flags(None, **dict(dict(zero=0, seq_len=16, micro_batch=1, attn="sdpa", precision="bf16-true"),
+                                           **keys))
+
+
+def predicted_ops(row: dict) -> float:
+    from ftmix.catalog import spec_from_hf_config
+    from ftmix.plan.runtime import host_ops
+
+    return host_ops(spec_from_hf_config(config_of(row["model_type"], row["layers"]), "check"), mixture_of(row["keys"]))
+
+
+def measure(layers: int, keys: dict, model_type: str = "llama") -> dict:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from ftmix.job.source import ModelSource
-    from ftmix.mixture import mixture_from_flags
     from ftmix.model.build import build_model
 
     class Count(TorchDispatchMode):
@@ -50,12 +78,9 @@ def measure(layers: int, keys: dict) -> dict:
             self.ops += 1
             return func(*args, **(kwargs or {}))
 
-    config = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
-                  tie_word_embeddings=False)
-    m = mixture_from_flags(None, **dict(dict(zero=0, seq_len=16, micro_batch=1, attn="sdpa", precision="bf16-true"),
-                                        **keys))
-    model = build_model(ModelSource("catalog-config", "host-overhead", config=config), m, "cpu").model
+    m = mixture_of(keys)
+    model = build_model(ModelSource("catalog-config", "host-overhead", config=config_of(model_type, layers)), m,
+                        "cpu").model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
@@ -105,9 +130,19 @@ def main() -> None:
     # a LoRA-wrapped linear's operations: all-linear (7 wrapped) against q,v (2 wrapped), per layer
     lora_linear = {gc: (classes[f"lora all{gc}"]["ops_per_layer"] - classes[f"lora q,v{gc}"]["ops_per_layer"]) / 5
                    for gc in ("", " gc")}
+    check = []
+    for model_type in CHECK_FAMILIES:
+        for keys in CHECK_CLASSES:
+            row = dict(measure(32, keys, model_type), model_type=model_type, keys=keys)
+            row["predicted_ops"] = predicted_ops(row)
+            row["error"] = round(row["predicted_ops"] / row["ops"] - 1, 4)
+            check.append(row)
+            print(f"check {model_type} {keys}: counted {row['ops']}, predicted {row['predicted_ops']:.0f} "
+                  f"({100 * row['error']:+.1f}%)", flush=True)
     result = {"machine": f"{torch.__version__}, 1 thread", "seconds_per_op": per_op,
               "ops_per_lora_linear": {"no gc": round(lora_linear[""], 1), "gc": round(lora_linear[" gc"], 1)},
-              "classes": classes}
+              "classes": classes, "check_32_layers": check,
+              "check_worst": max(abs(r["error"]) for r in check)}
     (Path(args.out) / "host_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "classes"}))
 

@@ -154,6 +154,15 @@ def test_host_issue_is_the_measured_per_op_time_and_exposed_only_past_the_device
 
     measured = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "host_overhead.json").read_text())
     assert DEFAULT.host_seconds_per_op == pytest.approx(measured["seconds_per_op"], rel=0.01)
+    # the count it derives against the real step's at full depth, three families, five classes: within 5%
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import host_overhead
+
+    for row in measured["check_32_layers"]:
+        assert host_overhead.predicted_ops(row) == pytest.approx(row["predicted_ops"])
+        assert abs(row["predicted_ops"] / row["ops"] - 1) <= 0.05, row
     classes = measured["classes"]
     for gc in (False, True):
         suffix = " gc" if gc else ""

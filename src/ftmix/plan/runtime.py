@@ -114,7 +114,9 @@ def micro_step_flops(model: ModelSpec, m: Mixture) -> tuple[float, float, float]
 # Operations a micro step issues (forward, backward, optimizer), per decoder layer and once
 # (benchmarks/results/host_overhead.json, least squares over 2, 6 and 12 layers): a layer with every
 # linear trained, or a frozen layer plus each LoRA-wrapped linear's own; GC re-runs the forward.
-HOST_OPS_TRAINED_LAYER = {False: 237.0, True: 368.0}
+HOST_OPS_TRAINED_LAYER = {False: 237.0, True: 368.0}  # Llama's seven linears, no biases
+HOST_OPS_PER_TRAINED_LINEAR = 7.67  # a fused projection has fewer (Phi-3: qkv_proj, gate_up_proj)
+HOST_OPS_PER_TRAINED_BIAS = 5.0  # Qwen2's q/k/v biases
 HOST_OPS_FROZEN_LAYER = {False: 176.0, True: 272.0}
 HOST_OPS_PER_LORA_LINEAR = {False: 34.0, True: 51.6}
 HOST_OPS_BASE = {False: 105.0, True: 105.0}
@@ -123,7 +125,9 @@ HOST_OPS_BASE = {False: 105.0, True: 105.0}
 def host_ops(model: ModelSpec, m: Mixture) -> float:
     """Operations the host issues for one micro step of ``m`` on ``model``."""
     if m.lora == 0:
-        per_layer = HOST_OPS_TRAINED_LAYER[m.gc]
+        linears = [lin for lin in model.linears if lin.role != "norm"]
+        per_layer = (HOST_OPS_TRAINED_LAYER[m.gc] + HOST_OPS_PER_TRAINED_LINEAR * (len(linears) - 7)
+                     + HOST_OPS_PER_TRAINED_BIAS * sum(lin.bias for lin in linears))
     else:
         wrapped = sum(1 for lin in model.linears if lin.name in set(resolve_targets(m, model)))
         per_layer = HOST_OPS_FROZEN_LAYER[m.gc] + wrapped * HOST_OPS_PER_LORA_LINEAR[m.gc]
