@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -63,45 +62,20 @@ def predicted_ops(row: dict) -> float:
 
 
 def measure(layers: int, keys: dict, model_type: str = "llama") -> dict:
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
+    import time
 
-    from ftmix.job.source import ModelSource
-    from ftmix.model.build import build_model
+    from ftmix.measure.host_issue import step_ops_and_seconds
 
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = 0
+    def fastest(step, device) -> float:
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return min(times)
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops += 1
-            return func(*args, **(kwargs or {}))
-
-    m = mixture_of(keys)
-    model = build_model(ModelSource("catalog-config", "host-overhead", config=config_of(model_type, layers)), m,
-                        "cpu").model
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
-    ids = torch.zeros(1, 16, dtype=torch.long)
-
-    def step():
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(3):
-        step()
-    count = Count()
-    with count:
-        step()
-    times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"layers": layers, "ops": count.ops, "seconds": min(times)}
+    ops, seconds = step_ops_and_seconds(config_of(model_type, layers), mixture_of(keys), "cpu", fastest)
+    return {"layers": layers, "ops": ops, "seconds": seconds}
 
 
 def line(points: list[tuple[int, int]]) -> tuple[float, float]:

@@ -232,10 +232,13 @@ def calibrate_gpu_cmd(
     if device not in ("auto", "cuda", "cpu"):
         raise FtmixError(f"--device must be auto, cuda or cpu, got {device!r}")
     spec = load_gpu(gpu) if gpu else None
-    # lazy: the sweep runs torch on the device, after its arguments are checked
-    import torch
+    if device == "cpu" and spec is None:
+        raise FtmixError("--device cpu needs --gpu NAME: the catalog GPU whose datasheet the fit is relative to")
+    with engine_output_to(Path(os.devnull)):  # bitsandbytes' and DeepSpeed's import-time notes
+        # lazy: the sweep runs torch on the device, after its arguments are checked
+        import torch
 
-    from ftmix.measure.gpu_sweep import device_name, sweep
+        from ftmix.measure.gpu_sweep import device_name, sweep
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -243,17 +246,20 @@ def calibrate_gpu_cmd(
         raise FtmixError("--device cuda: torch sees no CUDA device here")
     if spec is None:
         if device != "cuda":
-            raise FtmixError("--device cpu needs --gpu NAME: the catalog GPU whose datasheet the fit is relative to")
+            raise FtmixError("no CUDA device here: --device cpu --gpu NAME checks the harness on this CPU")
         spec = match_gpu(device_name(device), torch.cuda.get_device_properties(0).total_memory)
         if spec is None:
             raise FtmixError(f"{device_name(device)} is not in the GPU catalog (ftmix gpus): name the nearest with --gpu")
-    bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    terminal = os.fdopen(os.dup(2), "w")  # the progress bar's, while the engines' notes go to /dev/null
+    bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), file=terminal)
     task = bar.add_task(f"sweeping {device}", total=None)
     try:
-        measured = sweep(device, hidden=hidden, budget_s=seconds,
-                         progress=lambda what: bar.update(task, description=what))
+        with engine_output_to(Path(os.devnull)):
+            measured = sweep(device, hidden=hidden, budget_s=seconds,
+                             progress=lambda what: bar.update(task, description=what))
     finally:
         bar.stop()
+        terminal.close()
     result = fit(measured, spec)
     path.write_text(json.dumps(result, indent=1) + "\n")
     if json_out:

@@ -12,6 +12,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+from ftmix.measure.host_issue import step_ops_and_seconds
+from ftmix.mixture import mixture_from_flags
 
 REPEATS = 5
 MIN_SAMPLE_S = 0.02
@@ -95,6 +97,12 @@ def sweep(device: str = "cuda", hidden: int = 4096, tokens: tuple[int, ...] = (1
                                      "flops_per_s": flops / seconds})
             if progress:
                 progress(f"{kernel} at s={s}")
+    if not spent():
+        out["host_seconds_per_op"] = host_seconds_per_op(device)
+        if progress:
+            progress("host issue time per operation")
+    else:
+        out["skipped"].append("host issue time: the budget was spent")
     big = torch.randn(64 * 2**20 // 2, device=device, dtype=dtype)  # 64 MiB
     seconds = _timed(lambda: big.mul(1.0001), device)
     out["memory_bytes_per_s"] = 2 * big.numel() * big.element_size() / seconds  # read + write
@@ -127,3 +135,15 @@ def sweep(device: str = "cuda", hidden: int = 4096, tokens: tuple[int, ...] = (1
         out["skipped"].append("collectives: fewer than two GPUs here")
     out["seconds"] = round(time.perf_counter() - start, 2)
     return out
+
+
+def host_seconds_per_op(device: str, layers: int = 8) -> float:
+    """The host's time to issue one operation of a real training step (HF Llama + PEFT LoRA, forward,
+    backward, foreach AdamW) at tiny width, where the device's kernels take next to nothing: the
+    step's time over the operations it dispatched (benchmarks/host_overhead.py's measurement)."""
+    config = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                  tie_word_embeddings=False)
+    m = mixture_from_flags(None, zero=0, lora=16, seq_len=16, micro_batch=1, attn="sdpa", precision="bf16-true")
+    ops, seconds = step_ops_and_seconds(config, m, device, _timed)
+    return seconds / ops

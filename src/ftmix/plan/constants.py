@@ -60,9 +60,10 @@ class RuntimeConstants:
     step_overhead_s: float = 0.015
     # The host's time to issue one operation of the step (Python, HF + PEFT modules, the aten
     # dispatcher, a launch): measured on the real step at tiny width where compute is negligible,
-    # benchmarks/results/host_overhead.json (8.4 us, one core of this 2-core machine). The step is
-    # host-bound when issuing takes longer than the GPU runs (``plan.runtime.host_issue``).
-    host_seconds_per_op: float = 8.41e-6
+    # benchmarks/results/host_overhead.json (9.3 us, one core of this 2-core machine; 8.3-9.3 over
+    # three runs). The step is host-bound when issuing takes longer than the GPU runs
+    # (``plan.runtime.host_issue``); ``ftmix calibrate-gpu`` measures it on the user's own host.
+    host_seconds_per_op: float = 9.32e-6
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ gives (``ftmix.measure.gpu_sweep`` measures), written as a calibration file for 
   the constants priced at that bandwidth (``elementwise_passes``, ``eager_bytes_per_score``,
   ``gpu_adam_bytes_per_param``: each the same bytes, moved at the bandwidth reached).
 - Host-device copies: pinned copies' bytes/s, the PCIe constant of the GPU's generation.
+- The host's time to issue one operation of a real step at tiny width (``host_seconds_per_op``).
 - Collectives across the local GPUs: an all-reduce's bus bandwidth over the catalog's link,
   ``link_efficiency`` (needs two GPUs or more).
 """
@@ -64,6 +65,8 @@ def fit(sweep: dict, gpu: GpuSpec) -> dict:
             constants[key] = getattr(DEFAULT, key) * slower
     if sweep.get("host_copy_bytes_per_s"):
         constants[pcie_constant(gpu)] = sweep["host_copy_bytes_per_s"]
+    if sweep.get("host_seconds_per_op"):
+        constants["host_seconds_per_op"] = sweep["host_seconds_per_op"]
     if sweep.get("allreduce_busbw"):
         constants["link_efficiency"] = sweep["allreduce_busbw"] / gpu.intra_node_bandwidth
     clamped = [k for k, v in constants.items() if v > RANGES[k][1]]
