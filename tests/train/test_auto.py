@@ -15,11 +15,11 @@ AUTO = ["--mixture", "auto", "--gpu", "a100-80gb", "--lora", "8", "--json"]
 
 
 def _timed(tmp_path) -> str:
-    """A calibration without the per-step overhead: a tiny model's step times then differ by their
-    compute (with it, every candidate ties and the plan takes the least memory, leaving nothing
-    smaller to fall back to)."""
+    """A calibration without the per-step overhead and the host's issue time: a tiny model's step
+    times then differ by their compute (with them, every candidate ties and the plan takes the least
+    memory, leaving nothing smaller to fall back to)."""
     path = tmp_path / "cal.json"
-    path.write_text(json.dumps({"constants": {"step_overhead_s": 0}}))
+    path.write_text(json.dumps({"constants": {"step_overhead_s": 0, "host_seconds_per_op": 0}}))
     return f"calibration={path}"
 
 
