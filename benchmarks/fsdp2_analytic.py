@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from isolated import keep_committed, run_case  # noqa: E402 - the benchmarks' shared helpers
+from isolated import measured_rows, run_case  # noqa: E402 - the benchmarks' shared helpers
 
 BASE = dict(sharding="fsdp2", offload="none", precision="bf16", attn="sdpa", micro_batch=1)
 # (model, mixture keys, grad_accum): FULL_SHARD and SHARD_GRAD_OP, LoRA and full fine-tuning, GC,
@@ -102,21 +102,17 @@ def main() -> None:
             r["error"] = round(r["analytic_bytes"] / r["simulated_bytes"] - 1, 5)
         write(rows, Path(args.out))
         return
-    rows = []
-    for name, keys, accum in CASES:
-        if args.only and args.only not in case_id(name, keys, accum):
-            continue
+    def measure(case_id: str, case: tuple) -> dict:
+        name, keys, accum = case
         sim = run_case(ONE, name, json.dumps(dict(BASE, **keys)), json.dumps(accum))
-        row = dict(case=case_id(name, keys, accum), model=name, keys=keys, grad_accum=accum, **sim,
-                   **predict(name, keys, accum))
+        row = dict(case=case_id, model=name, keys=keys, grad_accum=accum, **sim, **predict(name, keys, accum))
         row["error"] = round(row["analytic_bytes"] / row["simulated_bytes"] - 1, 5)
-        rows.append(row)
-        print(f"{row['case']}: simulated {row['simulated_bytes'] / 1e9:.3f} GB, analytic "
-              f"{row['analytic_bytes'] / 1e9:.3f} GB ({100 * row['error']:+.2f}%)", flush=True)
-    if args.only:
-        rows = keep_committed(rows, Path(args.out) / "fsdp2_analytic.json")
-    write(rows, Path(args.out))
+        return row
 
+    rows = measured_rows([(case_id(*c), c) for c in CASES], args.only, Path(args.out) / "fsdp2_analytic.json",
+                         measure, lambda r: f"{r['case']}: simulated {r['simulated_bytes'] / 1e9:.3f} GB, analytic "
+                                            f"{r['analytic_bytes'] / 1e9:.3f} GB ({100 * r['error']:+.2f}%)")
+    write(rows, Path(args.out))
 
 def write(rows: list[dict], out: Path) -> None:
     errors = [abs(r["error"]) for r in rows]

@@ -26,3 +26,16 @@ def keep_committed(rows: list[dict], committed: Path) -> list[dict]:
         return rows
     ran = {r["case"] for r in rows}
     return [r for r in json.loads(committed.read_text())["rows"] if r["case"] not in ran] + rows
+
+
+def measured_rows(cases, only: str | None, committed: Path, measure, describe) -> list[dict]:
+    """``cases``: (id, case) pairs. Each whose id holds ``only`` (every one without it) becomes a row
+    by ``measure(id, case)``, announced by ``describe(row)``; a partial run keeps the committed rows
+    of the others."""
+    rows = []
+    for case_id, case in cases:
+        if only and only not in case_id:
+            continue
+        rows.append(measure(case_id, case))
+        print(describe(rows[-1]), flush=True)
+    return keep_committed(rows, committed) if only else rows

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from isolated import keep_committed, run_case  # noqa: E402 - the benchmarks' shared helpers
+from isolated import measured_rows, run_case  # noqa: E402 - the benchmarks' shared helpers
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 512}
@@ -95,21 +95,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--only", default=None)
     args = ap.parse_args()
-    rows = []
-    for case in cases():
-        if args.only and args.only not in case_id(case):
-            continue
+    def measure(case_id: str, case: dict) -> dict:
         counted = run_case(ONE, case["model"], json.dumps(case["config"]), json.dumps(case["keys"]),
                            "1" if case["fake"] else "0")
-        row = dict(case=case_id(case), **case, **counted, **predict(case))
+        row = dict(case=case_id, **case, **counted, **predict(case))
         row["error"] = round(row["predicted_flops"] / row["counted_flops"] - 1, 6)
-        rows.append(row)
-        print(f"{row['case']}: counted {row['counted_flops']:.4g}, predicted {row['predicted_flops']:.4g} "
-              f"({100 * row['error']:+.3f}%)", flush=True)
-    if args.only:
-        rows = keep_committed(rows, Path(args.out) / "step_flops.json")
-    write(rows, Path(args.out))
+        return row
 
+    rows = measured_rows([(case_id(c), c) for c in cases()], args.only, Path(args.out) / "step_flops.json", measure,
+                         lambda r: f"{r['case']}: counted {r['counted_flops']:.4g}, predicted "
+                                   f"{r['predicted_flops']:.4g} ({100 * r['error']:+.3f}%)")
+    write(rows, Path(args.out))
 
 def write(rows: list[dict], out: Path) -> None:
     errors = [abs(r["error"]) for r in rows]

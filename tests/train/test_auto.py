@@ -3,6 +3,7 @@ candidate that needs less (issue 12). On CPU the out-of-memory is the device-mem
 limit (memory_limit_gb), here set between the first and the second candidate's peaks."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,22 @@ def _timed(tmp_path) -> str:
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"constants": {"step_overhead_s": 0, "host_seconds_per_op": 0}}))
     return f"calibration={path}"
+
+
+def _auto_after_an_injected_oom(tmp_path, *extra: str) -> tuple[Path, dict]:
+    """--mixture auto with an out-of-memory injected at step 3 of 4, checkpoints every step: the run
+    folder and its record (the fallback must have finished)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = _flags(out, save_steps=1, keep_last=2) + ["max_steps=4", *extra, _timed(tmp_path)] + AUTO
+    env = dict(os.environ, HF_HUB_OFFLINE="1", FTMIX_INJECT_OOM_AT_STEP="3")
+    proc = subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads((out / "run.json").read_text())
 
 
 def _flags(out, **extra):
@@ -78,17 +95,7 @@ def test_auto_on_cpu_needs_a_gpu_to_plan_for(tmp_path):
 def test_a_later_oom_resumes_from_the_checkpoint_when_the_stage_stays(tmp_path):
     """With --zero 0 fixed, the next candidate keeps the engine (GC or another kernel): it resumes
     from the failed attempt's last checkpoint instead of starting over."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path / "run"
-    args = _flags(out, save_steps=1, keep_last=2) + ["max_steps=4", "--zero", "0", _timed(tmp_path)] + AUTO
-    env = dict(os.environ, HF_HUB_OFFLINE="1", FTMIX_INJECT_OOM_AT_STEP="3")
-    proc = subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads((out / "run.json").read_text())
+    _, record = _auto_after_an_injected_oom(tmp_path, "--zero", "0")
     first, second = record["attempts"]
     assert first["outcome"] == "oom" and "at step 3" in first["error"]
     assert second["resumed"] is True and second["mixture"]["zero"] == 0
@@ -100,18 +107,7 @@ def test_an_fsdp2_run_falls_back_and_resumes_its_distributed_checkpoint(tmp_path
     """Issue 21: auto's out-of-memory fallback under FSDP2 (the engine fixed, FULL_SHARD without
     offload): the next candidate keeps the engine and resumes from the failed attempt's torch
     distributed checkpoint."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path / "run"
-    args = _flags(out, save_steps=1, keep_last=2) + ["max_steps=4", "sharding=fsdp2", "--zero", "3", "--offload",
-                                                     "none", _timed(tmp_path)] + AUTO
-    env = dict(os.environ, HF_HUB_OFFLINE="1", FTMIX_INJECT_OOM_AT_STEP="3")
-    proc = subprocess.run([sys.executable, "-m", "ftmix", "train", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads((out / "run.json").read_text())
+    out, record = _auto_after_an_injected_oom(tmp_path, "sharding=fsdp2", "--zero", "3", "--offload", "none")
     first, second = record["attempts"]
     assert first["outcome"] == "oom" and "at step 3" in first["error"]
     assert second["resumed"] is True and second["mixture"]["sharding"] == "fsdp2" and second["label"] != first["label"]

@@ -20,7 +20,7 @@ from ftmix.catalog import gpu_names, load_gpu, load_model, match_gpu, model_name
 from ftmix.cli import options as o
 from ftmix.cli.options import guard
 from ftmix.cli.render import (LazyProgress, compare_report, console, context_matrix_table, estimate_table, eval_table,
-                              gpu_calibration_report, step_time_line,
+                              arch_fit_report, gpu_calibration_report, step_time_line,
                               matrix_table,
                               plan_report, print_json, reach_table, train_summary)
 from ftmix.cli.study import study_app
@@ -198,14 +198,7 @@ def calibrate_arch_cmd(
     before = max(abs(r["simulated"] / r["analytic"] - 1) for r in entry["residuals"])
     if json_out:
         return print_json({"fingerprint": key, "file": str(path), "worst_error_before_fit": before, **entry})
-    table = Table(title=f"{name}: corrections fitted to the analytic activations (bytes per sequence; s = tokens)")
-    for col in ("class", "per layer", "per model"):
-        table.add_column(col)
-    for cls, t in entry["classes"].items():
-        table.add_row(cls, f"{t['layer'][0]:.4g}*s + {t['layer'][1]:.4g}*s^2", f"{t['base'][0]:.4g}*s + {t['base'][1]:.4g}*s^2")
-    console.print(table)
-    console.print(f"analytic vs simulated before the fit: worst {100 * before:.1f}% at "
-                  f"s={'/'.join(map(str, lengths))}, 2-3 layers. Saved to {path} ({key}).")
+    arch_fit_report(name, entry, before, lengths, str(path), key)
 
 
 @app.command("calibrate-gpu")

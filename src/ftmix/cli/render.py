@@ -276,15 +276,32 @@ class LazyProgress:
             self.bar.stop()
 
 
+def print_table(title: str, columns: tuple[str, ...], rows) -> None:
+    """A titled table of rows of text, printed."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def arch_fit_report(name: str, entry: dict, before: float, lengths, path: str, key: str) -> None:
+    """``calibrate-arch``'s corrections per mixture class, and the error they remove."""
+    print_table(f"{name}: corrections fitted to the analytic activations (bytes per sequence; s = tokens)",
+                ("class", "per layer", "per model"),
+                ((cls, f"{t['layer'][0]:.4g}*s + {t['layer'][1]:.4g}*s^2", f"{t['base'][0]:.4g}*s + {t['base'][1]:.4g}*s^2")
+                 for cls, t in entry["classes"].items()))
+    console.print(f"analytic vs simulated before the fit: worst {100 * before:.1f}% at "
+                  f"s={'/'.join(map(str, lengths))}, 2-3 layers. Saved to {path} ({key}).")
+
+
 def gpu_calibration_report(result: dict, path: str) -> None:
     """``calibrate-gpu``'s constants beside ftmix's defaults, the fit's residuals, what was skipped."""
     seconds = result["measurements"]["seconds"]
-    table = Table(title=f"{result['gpu']}: step-time constants from {result['device']} ({seconds:.0f} s)")
-    for col in ("constant", "fitted", "ftmix's default"):
-        table.add_column(col)
-    for key, value in result["constants"].items():
-        table.add_row(key, f"{value:.4g}", f"{getattr(DEFAULT, key):.4g}")
-    console.print(table)
+    print_table(f"{result['gpu']}: step-time constants from {result['device']} ({seconds:.0f} s)",
+                ("constant", "fitted", "ftmix's default"),
+                ((key, f"{value:.4g}", f"{getattr(DEFAULT, key):.4g}") for key, value in result["constants"].items()))
     fitted, clamped = result["fit"], result["clamped_to_their_range"]
     console.print(f"GEMM efficiency curve: median residual {100 * fitted['gemm_residual_median']:.1f}%, worst "
                   f"{100 * fitted['gemm_residual_worst']:.1f}% over {fitted['gemm_points']} token counts. "

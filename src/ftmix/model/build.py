@@ -87,12 +87,19 @@ def quantization_config(m: Mixture, sharded_base: bool = False):
     if m.bits == 8:
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
-    # ZeRO-3 and FSDP shard only floating parameters: the packed codes stored in 16-bit elements, as
-    # PEFT's DeepSpeed + QLoRA and bitsandbytes' FSDP-QLoRA guides set ``bnb_4bit_quant_storage``
-    storage = compute if (m.zero == 3 or sharded_base) else torch.uint8
+    storage = quant_storage(m, sharded_base)
     return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantize[4:7],
                                            bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute,
                                            bnb_4bit_quant_storage=storage)
+
+
+def quant_storage(m: Mixture, sharded_base: bool = False):
+    """The dtype 4-bit codes are packed into: ZeRO-3 and FSDP shard only floating parameters, so
+    there the codes are stored in 16-bit elements, as PEFT's DeepSpeed + QLoRA and bitsandbytes'
+    FSDP-QLoRA guides set ``bnb_4bit_quant_storage``; else uint8."""
+    if m.zero == 3 or sharded_base:
+        return torch.bfloat16 if m.precision.startswith("bf16") else torch.float16
+    return torch.uint8
 
 
 def build_model(source: ModelSource, m: Mixture, device: str = "cpu", lora_dropout: float = 0.0,
@@ -216,10 +223,8 @@ def quantize_in_place(model, m: Mixture, device: str, sharded_base: bool = False
            if type(mod) is torch.nn.Linear and name.rsplit(".", 1)[-1] != "lm_head"}
     with unset_fake_temporarily():  # bitsandbytes' own code on first use (its 8-bit code book)
         bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
-        config = quantization_config(m, sharded_base)
-        model = replace_with_bnb_linear(model, ["lm_head"], config)
-    storage = getattr(config, "bnb_4bit_quant_storage", torch.uint8)
-    storage = getattr(torch, storage) if isinstance(storage, str) else storage
+        model = replace_with_bnb_linear(model, ["lm_head"], quantization_config(m, sharded_base))
+    storage = quant_storage(m, sharded_base)
     for name, linear in old.items():
         new = model.get_submodule(name)
         w = linear.weight.data.contiguous().to(device)
